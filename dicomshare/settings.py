@@ -1,0 +1,142 @@
+"""Deployment configuration: one versioned document, read the same way everywhere.
+
+The document is the ``dicomshare`` key of ``cdk.json``'s context (see the README's
+"Configuration" section). The CDK app reads it from the context and hands it to every
+Lambda as the JSON environment variable :data:`CONFIG_ENV`; the local system reads
+``cdk.json`` directly and sets the same variable. Handlers call :func:`from_environment`.
+
+Resource names (buckets, queue, table, secret, event bus) are not configuration: CDK
+generates them and passes them in the environment variables named below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+CONFIG_VERSION = 1
+
+CONFIG_ENV = "DICOMSHARE_CONFIG"
+INGEST_BUCKET_ENV = "INGEST_BUCKET"
+DEID_BUCKET_ENV = "DEID_BUCKET"
+QUARANTINE_BUCKET_ENV = "QUARANTINE_BUCKET"
+TABLE_NAME_ENV = "TABLE_NAME"
+DEID_SECRET_ARN_ENV = "DEID_SECRET_ARN"
+EVENT_BUS_NAME_ENV = "EVENT_BUS_NAME"
+
+PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+
+DEFAULT_OPTIONS = ("rtnLongModifDatesOpt", "cleanDescOpt")
+"""PS3.15 E.3 options applied when a partner names none: the clinician-sharing profile."""
+
+
+class ConfigError(ValueError):
+    """The configuration document is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A system allowed to upload under ``<id>/`` in the ingest bucket."""
+
+    id: str
+    principal: str | None = None
+    """AWS account id or role ARN allowed to assume the partner's upload role."""
+    options: tuple[str, ...] = DEFAULT_OPTIONS
+    """PS3.15 E.3 option keys (as in the Table E.1-1 data) for this partner's uploads."""
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.id}/"
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = "dev"
+    partners: tuple[Partner, ...] = ()
+    max_object_bytes: int = 4 * 1024**3
+    share_min_seconds: int = 300
+    share_max_seconds: int = 30 * 24 * 3600
+    share_default_seconds: int = 7 * 24 * 3600
+    presign_seconds: int = 900
+    allow_burned_in_annotation: bool = False
+    high_risk_sop_classes: tuple[str, ...] = (
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+        "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
+    )
+    retention: Mapping[str, int] = field(
+        default_factory=lambda: {
+            "ingest_linger_days": 7,
+            "quarantine_days": 90,
+            "noncurrent_version_days": 30,
+            "log_days": 365,
+        }
+    )
+
+    def partner(self, partner_id: str) -> Partner | None:
+        return next((p for p in self.partners if p.id == partner_id), None)
+
+    def to_json(self) -> str:
+        return json.dumps(to_document(self), sort_keys=True)
+
+
+def to_document(settings: Settings) -> dict[str, Any]:
+    return {
+        "version": CONFIG_VERSION,
+        "environment": settings.environment,
+        "partners": [
+            {"id": p.id, "principal": p.principal, "options": list(p.options)}
+            for p in settings.partners
+        ],
+        "max_object_bytes": settings.max_object_bytes,
+        "share_min_seconds": settings.share_min_seconds,
+        "share_max_seconds": settings.share_max_seconds,
+        "share_default_seconds": settings.share_default_seconds,
+        "presign_seconds": settings.presign_seconds,
+        "allow_burned_in_annotation": settings.allow_burned_in_annotation,
+        "high_risk_sop_classes": list(settings.high_risk_sop_classes),
+        "retention": dict(settings.retention),
+    }
+
+
+def from_document(doc: Mapping[str, Any]) -> Settings:
+    """Validate and load a configuration document (the ``dicomshare`` context value)."""
+    version = doc.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"version: expected {CONFIG_VERSION}, got {version!r}")
+    defaults = Settings()
+    partners = []
+    for i, p in enumerate(doc.get("partners", [])):
+        pid = p.get("id", "")
+        if not PARTNER_ID.match(pid):
+            raise ConfigError(f"partners[{i}].id: lower-case letters, digits and '-' only")
+        partners.append(
+            Partner(id=pid, principal=p.get("principal"), options=tuple(p.get("options", DEFAULT_OPTIONS)))
+        )
+    if len({p.id for p in partners}) != len(partners):
+        raise ConfigError("partners: ids must be unique")
+    settings = Settings(
+        environment=doc.get("environment", defaults.environment),
+        partners=tuple(partners),
+        max_object_bytes=int(doc.get("max_object_bytes", defaults.max_object_bytes)),
+        share_min_seconds=int(doc.get("share_min_seconds", defaults.share_min_seconds)),
+        share_max_seconds=int(doc.get("share_max_seconds", defaults.share_max_seconds)),
+        share_default_seconds=int(doc.get("share_default_seconds", defaults.share_default_seconds)),
+        presign_seconds=int(doc.get("presign_seconds", defaults.presign_seconds)),
+        allow_burned_in_annotation=bool(doc.get("allow_burned_in_annotation", False)),
+        high_risk_sop_classes=tuple(doc.get("high_risk_sop_classes", defaults.high_risk_sop_classes)),
+        retention={**defaults.retention, **doc.get("retention", {})},
+    )
+    if not re.match(r"^[a-z][a-z0-9]{1,15}$", settings.environment):
+        raise ConfigError("environment: 2-16 lower-case letters and digits, starting with a letter")
+    if not settings.share_min_seconds <= settings.share_default_seconds <= settings.share_max_seconds:
+        raise ConfigError("share_*_seconds: need min <= default <= max")
+    return settings
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:
+    """The settings a Lambda handler (or the local system) was started with."""
+    raw = environ.get(CONFIG_ENV)
+    return from_document(json.loads(raw)) if raw else Settings()

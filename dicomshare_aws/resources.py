@@ -1,0 +1,39 @@
+"""Pipeline resource definitions shared by the CDK stacks and the local system.
+
+Values an engineer would otherwise have to keep equal in two places live here once:
+function timeouts and the queue settings derived from them, the S3 event filters, the
+routes that are public. ``stacks/`` builds CloudFormation from these; ``dicomshare_local``
+creates the same resources on the moto server from these.
+"""
+
+from __future__ import annotations
+
+INGEST_TIMEOUT_SECONDS = 120
+PREVIEW_TIMEOUT_SECONDS = 60
+COUNTS_TIMEOUT_SECONDS = 60
+API_TIMEOUT_SECONDS = 29
+
+VISIBILITY_TIMEOUT_FACTOR = 6
+"""SQS visibility timeout = 6 x the consuming function's timeout (AWS's guidance)."""
+
+MAX_RECEIVE_COUNT = 5
+"""Deliveries before a message moves to the dead-letter queue."""
+
+SQS_BATCH_SIZE = 10
+STREAM_BATCH_SIZE = 100
+
+INGEST_EVENTS = ("s3:ObjectCreated:*",)
+"""Ingest bucket -> ingest queue: every new object, whatever its prefix."""
+
+PREVIEW_FILTER = {"prefix": "studies/", "suffix": ".dcm"}
+"""De-identified bucket -> preview queue: new de-identified instances only."""
+
+EVENT_SOURCE = "dicomshare"
+"""``Source`` of the EventBridge events this system emits."""
+
+PUBLIC_ROUTES = frozenset({("POST", "/redeem"), ("GET", "/view")})
+"""Routes a clinician reaches with a share token; every other route is admin (IAM)."""
+
+
+def visibility_timeout(function_timeout_seconds: int) -> int:
+    return VISIBILITY_TIMEOUT_FACTOR * function_timeout_seconds
