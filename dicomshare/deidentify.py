@@ -1,0 +1,620 @@
+"""The de-identification engine: PS3.15 Annex E, streaming, consistent without a lookup table.
+
+:func:`deidentify_header` reads an object up to its Pixel Data element and returns a
+:class:`Plan`: the new bytes that replace everything before Pixel Data, and the byte range
+of the source's Pixel Data element, which is copied verbatim (native or encapsulated).
+The output is always::
+
+    plan.new_header + source[plan.pixel_offset:plan.pixel_end]
+
+so pixel data is never held in memory and, on S3, can be copied server-side. Anything
+after the Pixel Data element (Data Set Trailing Padding (FFFC,FFFC), Digital Signatures
+(FFFA,FFFA)) is dropped. When ``plan.pixel_offset`` is ``None`` (no Pixel Data, or the
+Deflated transfer syntax, PS3.5 A.5, which cannot be spliced and is rewritten in memory up
+to :data:`DEFLATED_MAX_BYTES`) ``new_header`` is the whole output.
+
+What is done to each attribute (see ``docs/deidentification.md``):
+
+- attributes listed in PS3.15 Table E.1-1 take the :class:`~dicomshare.profile.Profile`
+  action, at every nesting depth of every sequence; all private attributes are removed;
+  an overlay group (60xx) goes whole when its Overlay Data is removed;
+- attributes *not* in the table: Person Names are emptied; dates (DA, DT) are shifted with
+  the patient's offset under the modified-dates option, kept under the full-dates option
+  and emptied otherwise, times (TM) are kept under either option and emptied otherwise;
+  UIDs are replaced (well-known and class UIDs are kept); free text (AE, LO, LT, SH, ST,
+  UC, UR, UT) is emptied unless it is a coded-entry attribute of :data:`KEPT_TEXT`;
+  attributes unknown to the data dictionary are removed; everything else is kept;
+- the File Meta Information (PS3.10 7.1) is rebuilt: only version, SOP class, the new SOP
+  instance UID, transfer syntax and this implementation's identity remain.
+
+UIDs become ``2.25.<HMAC-SHA256(secret, uid) as a version-8 UUID>`` (PS3.5 B.2), so
+every object of a study, every re-upload and every reference map the same way. Patient
+ID and Patient's Name become the keyed pseudonym ``DS-<base32>``; the date offset is
+derived from the secret and the original Patient ID (1 to 3650 days back).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import io
+import os
+import re
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID_dictionary
+
+from dicomshare import profile as profiles
+from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
+from dicomshare.settings import Settings
+from dicomshare.validation import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    MALFORMED,
+    MISSING_REQUIRED,
+    NOT_DICOM,
+    TRUNCATED,
+    UNSUPPORTED_TRANSFER_SYNTAX,
+    DeidentificationRefused,
+    check_dataset,
+    check_preamble,
+    check_size,
+    check_transfer_syntax,
+    pixel_data_end,
+    transfer_syntax_encoding,
+)
+
+__all__ = [
+    "DeidentificationRefused",
+    "Plan",
+    "deidentify_header",
+    "deidentify_file",
+    "write_output",
+    "new_uid",
+    "patient_pseudonym",
+    "date_offset_days",
+]
+
+IMPLEMENTATION_CLASS_UID = "2.25.104380893744129446262960219330931745792"
+"""(0002,0012) of every output: this implementation, not the source's."""
+IMPLEMENTATION_VERSION_NAME = "DICOMSHARE_0_1"
+
+DEFLATED_MAX_BYTES = 64 * 1024**2
+"""Deflated objects are rewritten in memory; larger ones are refused."""
+
+COPY_CHUNK_BYTES = 1024**2
+
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+"""Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3)."""
+
+MAX_DATE_OFFSET_DAYS = 3650
+
+KEPT_TEXT = frozenset(
+    {
+        0x00080100,  # Code Value
+        0x00080102,  # Coding Scheme Designator
+        0x00080103,  # Coding Scheme Version
+        0x00080104,  # Code Meaning
+        0x00080105,  # Mapping Resource
+        0x00080106,  # Context Group Version
+        0x0008010F,  # Context Identifier
+        0x00080119,  # Long Code Value
+        0x00080120,  # URN Code Value
+        0x00080070,  # Manufacturer
+        0x00281054,  # Rescale Type
+        0x00283003,  # LUT Explanation
+    }
+)
+"""Text attributes outside Table E.1-1 kept verbatim: coded entries (PS3.3 8.8) and
+equipment/LUT vocabulary. Any other text attribute outside the table is emptied."""
+
+KEPT_UID_KEYWORDS = frozenset(
+    {
+        "SOPClassUID",
+        "ReferencedSOPClassUID",
+        "MediaStorageSOPClassUID",
+        "AffectedSOPClassUID",
+        "RequestedSOPClassUID",
+        "ReferencedSOPClassUIDInFile",
+        "RelatedGeneralSOPClassUID",
+        "OriginalSpecializedSOPClassUID",
+        "SOPClassesInStudy",
+        "TransferSyntaxUID",
+        "ReferencedTransferSyntaxUIDInFile",
+        "CodingSchemeUID",
+        "ContextGroupExtensionCreatorUID",
+        "MappingResourceUID",
+        "ContextUID",
+        "PrivateInformationCreatorUID",
+        "ImplementationClassUID",
+    }
+)
+"""UI attributes naming a class, syntax or scheme, never an instance: always kept."""
+
+_TEXT_VRS = frozenset({"AE", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+_DATE_VRS = frozenset({"DA", "DT"})
+_DUMMY = {
+    "AE": "ANONYMIZED",
+    "AS": "000D",
+    "CS": "ANONYMIZED",
+    "DA": "19000101",
+    "DS": "0",
+    "DT": "19000101000000",
+    "IS": "0",
+    "LO": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "PN": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "TM": "000000",
+    "UC": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+}
+_NUMERIC_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
+_DATE_FORMATS = ("%Y%m%d", "%Y-%m-%d", "%d.%m.%Y", "%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d %b %Y", "%b %d %Y")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The result of :func:`deidentify_header`.
+
+    ``new_header``: preamble, File Meta Information and the de-identified data set up to
+    (excluding) Pixel Data. ``pixel_offset``/``pixel_end``: the source byte range of the
+    Pixel Data element to append verbatim; ``pixel_offset`` is ``None`` when
+    ``new_header`` is the whole output. ``dataset``: the de-identified data set without
+    pixel data (for the indexer).
+    """
+
+    new_header: bytes
+    pixel_offset: int | None
+    pixel_end: int
+    dataset: Dataset
+    patient_pseudonym: str
+
+    @property
+    def pixel_length(self) -> int:
+        return 0 if self.pixel_offset is None else self.pixel_end - self.pixel_offset
+
+    @property
+    def output_size(self) -> int:
+        return len(self.new_header) + self.pixel_length
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.dataset.StudyInstanceUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.dataset.SeriesInstanceUID)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.dataset.SOPClassUID)
+
+    @property
+    def relative_path(self) -> str:
+        """``<study>/<series>/<sop>.dcm``, from the new UIDs only."""
+        return f"{self.study_instance_uid}/{self.series_instance_uid}/{self.sop_instance_uid}.dcm"
+
+
+def new_uid(secret: bytes, uid: str) -> str:
+    """The replacement for ``uid``: ``2.25.`` + a version-8 UUID from HMAC-SHA256 (PS3.5 B.2)."""
+    digest = bytearray(hmac.new(secret, b"uid\x00" + uid.encode("ascii", "replace"), hashlib.sha256).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def patient_pseudonym(secret: bytes, patient_id: str) -> str:
+    """Keyed pseudonym for a Patient ID: ``DS-`` + 26 base32 characters (fits SH/LO/PN)."""
+    digest = hmac.new(secret, b"patient\x00" + patient_id.encode("utf-8"), hashlib.sha256).digest()
+    return "DS-" + base64.b32encode(digest[:16]).decode("ascii").rstrip("=")
+
+
+def date_offset_days(secret: bytes, patient_id: str) -> int:
+    """The patient's date shift: from -1 to -3650 days, the same for all of their studies."""
+    digest = hmac.new(secret, b"dateshift\x00" + patient_id.encode("utf-8"), hashlib.sha256).digest()
+    return -(1 + int.from_bytes(digest[:8], "big") % MAX_DATE_OFFSET_DAYS)
+
+
+def _shift_date(value: str, days: int) -> str:
+    """Shift a DA value (or DA range, PS3.5 Table 6.2-1) by ``days``; ``""`` if unparseable."""
+    if "-" in value:
+        return "-".join(_shift_date(part, days) if part else "" for part in value.split("-"))
+    text = value.strip()
+    if not re.fullmatch(r"\d{8}", text):
+        return ""
+    try:
+        day = datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        return (day + datetime.timedelta(days=days)).strftime("%Y%m%d")
+    except (ValueError, OverflowError):
+        return ""
+
+
+def _shift_datetime(value: str, days: int) -> str:
+    """Shift the date part of a DT value, keeping its precision, time and UTC offset."""
+    match = re.fullmatch(r"(\d{4})(\d{2})?(\d{2})?([^+\-]*)([+\-]\d{4})?", value.strip())
+    if not match:
+        return ""
+    year, month, day, rest, offset = match.groups()
+    shifted = _shift_date(f"{year}{month or '01'}{day or '01'}", days)
+    if not shifted:
+        return ""
+    precision = 4 + (2 if month else 0) + (2 if day else 0)
+    return shifted[:precision] + (rest or "") + (offset or "")
+
+
+def _values(value: object) -> list:
+    return list(value) if isinstance(value, (MultiValue, list)) else [value]
+
+
+class _Deidentifier:
+    """One object's de-identification: the profile, the keys and the values to clean out."""
+
+    def __init__(self, profile: Profile, secret: bytes, ds: Dataset) -> None:
+        self.profile = profile
+        self.secret = secret
+        self.dates = (
+            KEEP if "rtnLongFullDatesOpt" in profile.options
+            else CLEAN if "rtnLongModifDatesOpt" in profile.options
+            else EMPTY
+        )
+        patient_id = str(ds.get("PatientID", "") or "").strip()
+        patient_key = patient_id or f"study:{ds.get('StudyInstanceUID', '')}"
+        self.pseudonym = patient_pseudonym(secret, patient_key)
+        self.offset = date_offset_days(secret, patient_key)
+        self.cleans_text = any(row_action == CLEAN for row_action in profile.actions.values())
+        self.identifiers: set[str] = set()
+        self.words: set[str] = set()
+
+    def action(self, elem: DataElement) -> str:
+        tag, vr = int(elem.tag), elem.VR
+        group = tag >> 16
+        if tag & 0xFFFF == 0 or group == 0x0002:
+            return REMOVE
+        if tag in (0x00100010, 0x00100020) and self.profile.action(tag) != KEEP:
+            return "P"
+        found = self.profile.action(tag)
+        if 0x6000 <= group <= 0x60FF and self.profile.action((group << 16) | 0x3000) == REMOVE:
+            return REMOVE
+        if found is not None:
+            return found
+        if not keyword_for_tag(tag) and tag != 0x00080005:
+            return REMOVE
+        if vr == "PN":
+            return EMPTY
+        if vr in _DATE_VRS:
+            return self.dates
+        if vr == "TM":
+            return KEEP if self.dates != EMPTY else EMPTY
+        if vr == "UI":
+            return UID
+        if vr in _TEXT_VRS:
+            return KEEP if tag in KEPT_TEXT else EMPTY
+        if vr == "UN":
+            return REMOVE
+        return KEEP
+
+    def collect(self, ds: Dataset) -> None:
+        """Gather every identifying value (anything not kept) for the Clean action."""
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    self.collect(item)
+                continue
+            action = self.action(elem)
+            if action in (KEEP, CLEAN) or elem.VR not in _TEXT_VRS | _DATE_VRS | {"PN", "UI"}:
+                continue
+            for value in _values(elem.value):
+                text = str(value or "").strip()
+                if len(text) >= 3:
+                    self.identifiers.add(text)
+                if elem.VR == "PN" or elem.tag in (0x00100020, 0x00080050, 0x00080080):
+                    self.words.update(w for w in re.split(r"[\s^=,.\-/]+", text) if len(w) >= 2)
+                if elem.VR == "DA":
+                    self.identifiers.update(_date_spellings(text))
+
+    def clean_text(self, text: str) -> str:
+        """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
+        for value in sorted(self.identifiers, key=len, reverse=True):
+            text = re.sub(re.escape(value), "", text, flags=re.IGNORECASE)
+        for word in sorted(self.words, key=len, reverse=True):
+            text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", text, flags=re.IGNORECASE)
+        return re.sub(r"\s{2,}", " ", text).strip()
+
+    def replace_uid(self, elem: DataElement, value: str) -> str:
+        if not value or value in UID_dictionary or elem.keyword in KEPT_UID_KEYWORDS:
+            return value
+        return new_uid(self.secret, value)
+
+    def apply(self, ds: Dataset) -> None:
+        """Apply the profile to every element of ``ds`` and, recursively, its sequences."""
+        for tag in list(ds.keys()):
+            elem = ds[tag]
+            action = self.action(elem)
+            if action == REMOVE:
+                del ds[tag]
+            elif elem.VR == "SQ":
+                if action == EMPTY:
+                    elem.value = Sequence()
+                else:
+                    for item in elem.value:
+                        self.apply(item)
+            elif action == "P":
+                elem.value = self.pseudonym
+            elif action == EMPTY:
+                elem.value = None
+            elif action == UID or (action == DUMMY and elem.VR == "UI"):
+                elem.value = self._map(elem, lambda v: self.replace_uid(elem, v)) if elem.VR == "UI" else None
+            elif action == DUMMY:
+                elem.value = self._dummy(elem.VR)
+            elif action == CLEAN:
+                elem.value = self._clean(elem)
+
+    def _map(self, elem: DataElement, fn) -> object:
+        values = [fn(str(v)) for v in _values(elem.value) if v is not None]
+        if not values:
+            return None
+        return values if len(values) > 1 else values[0]
+
+    def _dummy(self, vr: str) -> object:
+        if vr in _NUMERIC_VRS:
+            return 0
+        return _DUMMY.get(vr)
+
+    def _clean(self, elem: DataElement) -> object:
+        vr = elem.VR
+        if vr == "DA":
+            return self._map(elem, lambda v: _shift_date(v, self.offset)) if self.dates == CLEAN else None
+        if vr == "DT":
+            return self._map(elem, lambda v: _shift_datetime(v, self.offset)) if self.dates == CLEAN else None
+        if vr == "TM":
+            return elem.value if self.dates != EMPTY else None
+        if vr in _TEXT_VRS:
+            return self._map(elem, self.clean_text)
+        if vr == "PN":
+            return None
+        if vr == "UI":
+            return self._map(elem, lambda v: self.replace_uid(elem, v))
+        return elem.value
+
+    def record(self, ds: Dataset) -> None:
+        """PS3.15 E.1.1 and PS3.3 C.7.1.1: what was done, in the output itself."""
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self.profile.method
+        items = []
+        for code in self.profile.codes:
+            item = Dataset()
+            item.CodeValue = code.value
+            item.CodingSchemeDesignator = code.scheme_designator
+            item.CodeMeaning = code.meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        ds.LongitudinalTemporalInformationModified = {KEEP: "UNMODIFIED", CLEAN: "MODIFIED", EMPTY: "REMOVED"}[
+            self.dates
+        ]
+
+
+def _date_spellings(value: str) -> Iterator[str]:
+    if re.fullmatch(r"\d{8}", value):
+        try:
+            day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+        except ValueError:
+            return
+        for fmt in _DATE_FORMATS:
+            yield day.strftime(fmt)
+
+
+def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def _single_character_set(ds: Dataset) -> None:
+    """Declare UTF-8 (ISO_IR 192) once, at the top, when the source used anything but ASCII.
+
+    Every text value has been decoded with its own (possibly nested) Specific Character Set
+    by then; the writer encodes them all as UTF-8, so no value is re-encoded into a
+    character set that cannot hold it (PS3.5 6.1.2.3, PS3.3 C.12.1.1.2).
+    """
+
+    def declared(d: Dataset) -> bool:
+        found = bool(str(d.get("SpecificCharacterSet", "") or "").strip("\\ ").replace("ISO_IR 6", ""))
+        for elem in d:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    found = declared(item) or found
+                    if "SpecificCharacterSet" in item:
+                        del item.SpecificCharacterSet
+        return found
+
+    if declared(ds):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+class _ExactReader:
+    """A file wrapper whose short reads raise :class:`EOFError`.
+
+    pydicom reads a value that runs past the end of the file without complaint; a read
+    returning some but not all requested bytes is exactly that truncation. pydicom may
+    swallow the error and return a partial data set, so it is also remembered.
+    """
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self._fp = fp
+        self.short_read = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fp.read(size)
+        if size is not None and 0 < len(data) < size:
+            self.short_read = True
+            raise EOFError("short read")
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._fp, name)
+
+
+def _read(fp: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+    reader = _ExactReader(fp)
+    try:
+        ds = pydicom.dcmread(reader, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        raise DeidentificationRefused(NOT_DICOM) from exc
+    except (EOFError, struct.error) as exc:
+        raise DeidentificationRefused(TRUNCATED) from exc
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise DeidentificationRefused(TRUNCATED if reader.short_read else MALFORMED) from exc
+    if reader.short_read:
+        raise DeidentificationRefused(TRUNCATED)
+    return ds
+
+
+def _at_pixel_data(fp: BinaryIO, little_endian: bool) -> bool:
+    start = fp.tell()
+    head = fp.read(4)
+    fp.seek(start)
+    if len(head) < 4:
+        return False
+    group, element = struct.unpack(("<" if little_endian else ">") + "HH", head)
+    return (group << 16 | element) in PIXEL_DATA_TAGS
+
+
+def _size(fp: BinaryIO) -> int:
+    position = fp.tell()
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(position)
+    return size
+
+
+def deidentify_header(
+    fp: BinaryIO,
+    *,
+    profile: Profile,
+    secret: bytes,
+    settings: Settings,
+    size: int | None = None,
+) -> Plan:
+    """Validate and de-identify the object readable from the seekable ``fp``.
+
+    Reads the header only (up to Pixel Data, whose element header and, if encapsulated,
+    item headers are read to find its end). Raises :class:`DeidentificationRefused` with a
+    reason from :mod:`dicomshare.validation`; nothing else escapes for bad input.
+    """
+    size = _size(fp) if size is None else size
+    check_size(size, settings)
+    check_preamble(fp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta_ds = _read(fp, stop_before_pixels=True)
+        transfer_syntax = str(meta_ds.file_meta.get("TransferSyntaxUID", "") or "")
+        if not transfer_syntax:
+            raise DeidentificationRefused(f"{MISSING_REQUIRED}:TransferSyntaxUID")
+        check_transfer_syntax(transfer_syntax)
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            if size > DEFLATED_MAX_BYTES:
+                raise DeidentificationRefused(UNSUPPORTED_TRANSFER_SYNTAX)
+            fp.seek(0)
+            ds, pixel_offset, pixel_end = _read(fp, stop_before_pixels=False), None, 0
+        else:
+            ds = meta_ds
+            little_endian, implicit_vr = transfer_syntax_encoding(transfer_syntax)
+            if ds.original_encoding != (implicit_vr, little_endian):
+                raise DeidentificationRefused(MALFORMED)
+            if _at_pixel_data(fp, little_endian):
+                pixel_offset = fp.tell()
+                pixel_end = pixel_data_end(
+                    fp, pixel_offset, size, little_endian=little_endian, implicit_vr=implicit_vr
+                )
+            else:
+                pixel_offset, pixel_end = None, 0
+        try:
+            check_dataset(ds, settings)
+            deidentifier = _Deidentifier(profile, secret, ds)
+            if deidentifier.cleans_text:
+                deidentifier.collect(ds)
+            deidentifier.apply(ds)
+            _single_character_set(ds)
+            deidentifier.record(ds)
+            ds.file_meta = _file_meta(ds, transfer_syntax)
+            ds.preamble = b"\x00" * 128
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        except DeidentificationRefused:
+            raise
+        except Exception as exc:  # a value pydicom cannot parse or write: refuse, never crash
+            raise DeidentificationRefused(MALFORMED) from exc
+    header_ds = ds
+    if "PixelData" in header_ds:
+        header_ds = Dataset(ds)
+        del header_ds.PixelData
+    return Plan(buffer.getvalue(), pixel_offset, pixel_end, header_ds, deidentifier.pseudonym)
+
+
+def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:
+    """Write the de-identified object: new header, then the source's Pixel Data in chunks."""
+    dst.write(plan.new_header)
+    if plan.pixel_offset is None:
+        return
+    src.seek(plan.pixel_offset)
+    remaining = plan.pixel_length
+    while remaining:
+        chunk = src.read(min(COPY_CHUNK_BYTES, remaining))
+        if not chunk:
+            raise DeidentificationRefused(TRUNCATED)
+        dst.write(chunk)
+        remaining -= len(chunk)
+
+
+def deidentify_file(
+    src_path: str | os.PathLike,
+    dst: str | os.PathLike | BinaryIO,
+    *,
+    profile: Profile | None = None,
+    secret: bytes,
+    settings: Settings | None = None,
+) -> Plan:
+    """De-identify a local file into ``dst``: a directory (the file goes to
+    ``dst/<study>/<series>/<sop>.dcm``, written atomically) or a writable binary file object.
+    """
+    profile = profile or profiles.named("clinical")
+    settings = settings or Settings()
+    with open(src_path, "rb") as src:
+        plan = deidentify_header(src, profile=profile, secret=secret, settings=settings)
+        if not isinstance(dst, (str, os.PathLike)):
+            write_output(plan, src, dst)
+            return plan
+        target = Path(dst) / plan.relative_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".partial-", delete=False) as out:
+            try:
+                write_output(plan, src, out)
+            except BaseException:
+                out.close()
+                os.unlink(out.name)
+                raise
+        os.replace(out.name, target)
+    return plan

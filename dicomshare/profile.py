@@ -1,0 +1,172 @@
+"""The Application Level Confidentiality Profile (DICOM PS3.15 Annex E, Table E.1-1).
+
+The table ships with the package (``dicomshare/data/confidentiality_profile_attributes.json``,
+PS3.15 revision 2024b, 621 rows) and is the single source of truth: :class:`Profile` turns
+it into one action per attribute tag for the basic profile plus the chosen options of
+PS3.15 E.3.
+
+Action codes (PS3.15 E.1.1): ``X`` remove, ``Z`` zero length, ``D`` dummy value,
+``K`` keep, ``C`` clean, ``U`` consistent UID replacement. Compound codes are resolved to
+the single action that keeps the object valid (see :func:`resolve`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Mapping
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+REVISION = "2024b"
+"""PS3.15 revision the packaged table was extracted from."""
+
+REMOVE, EMPTY, DUMMY, KEEP, CLEAN, UID = "X", "Z", "D", "K", "C", "U"
+
+OPTION_CODES: Mapping[str, Code] = MappingProxyType(
+    {
+        "rtnLongFullDatesOpt": codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption,
+        "rtnLongModifDatesOpt": codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption,
+        "rtnPatCharsOpt": codes.DCM.RetainPatientCharacteristicsOption,
+        "rtnDevIdOpt": codes.DCM.RetainDeviceIdentityOption,
+        "rtnInstIdOpt": codes.DCM.RetainInstitutionIdentityOption,
+        "rtnUIDsOpt": codes.DCM.RetainUidsOption,
+        "cleanDescOpt": codes.DCM.CleanDescriptorsOption,
+    }
+)
+"""PS3.15 E.3 options this engine implements, with their CID 7050 codes.
+
+``rtnSafePrivOpt``, ``cleanStructContOpt`` and ``cleanGraphOpt`` are not implemented:
+naming one is a configuration error rather than a silent downgrade to the basic profile.
+"""
+
+BASIC_PROFILE_CODE: Code = codes.DCM.BasicApplicationConfidentialityProfile
+
+PROFILES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "clinical": ("rtnLongModifDatesOpt", "cleanDescOpt"),
+        "basic": (),
+    }
+)
+"""Named profiles: ``clinical`` (the default for sharing with clinicians) and ``basic``."""
+
+_COMPOUND = {"X/Z": EMPTY, "X/D": DUMMY, "Z/D": DUMMY, "X/Z/D": DUMMY, "X/Z/U*": UID}
+
+
+def resolve(code: str, in_composite_iod: bool) -> str:
+    """The single action for a (possibly compound) Table E.1-1 code.
+
+    PS3.15 E.1.1: X/Z, X/D, Z/D, X/Z/D and X/Z/U* mean "the first action unless the
+    next is needed to keep the object conformant". The table does not say which IOD makes
+    an attribute Type 1 or 2, so for attributes used in standard composite IODs
+    (``stdCompIOD`` = Y) the engine takes the action that is valid for every type:
+    ``Z`` for X/Z, ``D`` for X/D, Z/D and X/Z/D (a Type 1 attribute may not be empty), and
+    ``U`` for X/Z/U* (references keep resolving, with replaced UIDs). Attributes of no
+    standard IOD take the first action.
+    """
+    if "/" not in code:
+        return code
+    return _COMPOUND[code] if in_composite_iod else code[0]
+
+
+@cache
+def table_rows() -> tuple[Mapping[str, str], ...]:
+    """The rows of Table E.1-1 as packaged (read with :mod:`importlib.resources`)."""
+    text = resources.files("dicomshare.data").joinpath("confidentiality_profile_attributes.json")
+    return tuple(MappingProxyType(row) for row in json.loads(text.read_text(encoding="utf-8")))
+
+
+def _row_action(row: Mapping[str, str], options: tuple[str, ...]) -> str:
+    """The action for one row: an option overrides the basic profile, K before C."""
+    chosen = [row[o] for o in options if o in row]
+    for preferred in (KEEP, CLEAN):
+        if preferred in chosen:
+            return preferred
+    return resolve(row["basicProfile"], row.get("stdCompIOD") == "Y")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The basic profile plus PS3.15 E.3 options, as one action per tag.
+
+    ``options`` are the option keys of the packaged table (``rtnLongModifDatesOpt``,
+    ``cleanDescOpt``, ...), as configured in :attr:`dicomshare.settings.Partner.options`.
+    """
+
+    name: str = "clinical"
+    options: tuple[str, ...] = PROFILES["clinical"]
+    revision: str = REVISION
+    actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
+    repeating: Mapping[tuple[int, int, int], str] = field(init=False, repr=False, compare=False)
+    private_action: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.options if o not in OPTION_CODES]
+        if unknown:
+            raise ValueError(f"unsupported PS3.15 E.3 option(s): {', '.join(unknown)}")
+        object.__setattr__(self, "options", tuple(sorted(set(self.options), key=list(OPTION_CODES).index)))
+        actions: dict[int, str] = {}
+        repeating: dict[tuple[int, int, int], str] = {}
+        private = REMOVE
+        for row in table_rows():
+            action = _row_action(row, self.options)
+            ident = row["id"]
+            if ident.startswith("gggg"):
+                private = action
+            elif "x" in ident:
+                group, element = ident[:4], ident[4:]
+                mask = 0xFF00 if group.endswith("xx") else 0xFFFF
+                element_any = element == "xxxx"
+                repeating[(int(group.replace("x", "0"), 16), mask, -1 if element_any else int(element, 16))] = action
+            else:
+                actions[int(ident, 16)] = action
+        object.__setattr__(self, "actions", MappingProxyType(actions))
+        object.__setattr__(self, "repeating", MappingProxyType(repeating))
+        object.__setattr__(self, "private_action", private)
+
+    def action(self, tag: int) -> str | None:
+        """The action for ``tag``, or ``None`` when Table E.1-1 does not list it.
+
+        Repeating groups (PS3.5 7.6): ``(50xx,xxxx)`` curves, ``(60xx,3000)`` overlay data,
+        ``(60xx,4000)`` overlay comments. Private attributes (odd groups, PS3.5 7.8) take
+        the "Private Attributes" row.
+        """
+        group, element = tag >> 16, tag & 0xFFFF
+        if group & 1:
+            return self.private_action
+        found = self.actions.get(tag)
+        if found is not None:
+            return found
+        for (base, mask, elem), act in self.repeating.items():
+            if group & mask == base and elem in (-1, element):
+                return act
+        return None
+
+    @property
+    def codes(self) -> tuple[Code, ...]:
+        """De-identification Method Code Sequence content (CID 7050): profile, then options."""
+        return (BASIC_PROFILE_CODE, *(OPTION_CODES[o] for o in self.options))
+
+    @property
+    def method(self) -> list[str]:
+        """De-identification Method (0012,0063, LO, VM 1-n): profile, revision, options."""
+        return [f"dicomshare {self.name} profile", f"PS3.15 {self.revision} Basic Profile", *self.options]
+
+
+def named(name: str) -> Profile:
+    """A named profile (``clinical`` or ``basic``); ``ValueError`` for any other name."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return Profile(name=name, options=PROFILES[name])
+
+
+def for_partner(partner_options: tuple[str, ...]) -> Profile:
+    """The profile for a partner's uploads (:attr:`dicomshare.settings.Partner.options`)."""
+    for name, options in PROFILES.items():
+        if set(options) == set(partner_options):
+            return Profile(name=name, options=options)
+    return Profile(name="custom", options=tuple(partner_options))

@@ -1,0 +1,172 @@
+"""What the pipeline accepts, and the machine-readable reasons it refuses the rest.
+
+An object is accepted when it is a DICOM PS3.10 file (128-byte preamble, ``DICM``, File
+Meta Information), in a transfer syntax of :data:`SUPPORTED_TRANSFER_SYNTAXES`, with the
+attributes the index needs (:data:`REQUIRED`), no larger than
+:attr:`dicomshare.settings.Settings.max_object_bytes`, and complete: a native Pixel Data
+element's declared length fits in the object and encapsulated Pixel Data (PS3.5 A.4) ends
+with its Sequence Delimitation Item.
+
+Every refusal is a :class:`DeidentificationRefused` whose ``reason`` is one of the
+constants below (``missing_required:<Keyword>`` names the attribute). Reasons never
+contain a value from the object.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from dicomshare.settings import Settings
+
+NOT_DICOM = "not_dicom"
+TRUNCATED = "truncated"
+MALFORMED = "malformed"
+EMPTY_OBJECT = "empty_object"
+TOO_LARGE = "too_large"
+UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
+UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"
+BURNED_IN_ANNOTATION = "burned_in_annotation"
+MISSING_REQUIRED = "missing_required"
+"""Prefix: the full reason is ``missing_required:<Keyword>``."""
+
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+SUPPORTED_TRANSFER_SYNTAXES = frozenset(
+    {
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
+        "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 with RPCL Options (Lossless Only)
+        "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+    }
+)
+"""Transfer syntaxes (PS3.5 Section 10 and Annex A) the engine rewrites."""
+
+UNSUPPORTED_SOP_CLASSES = frozenset({"1.2.840.10008.1.3.10"})
+"""Media Storage Directory (DICOMDIR): its records hold identities and byte offsets."""
+
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+
+
+class DeidentificationRefused(Exception):
+    """The object is not de-identified; ``reason`` says why, machine-readable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_size(size: int, settings: Settings) -> None:
+    if size == 0:
+        raise DeidentificationRefused(EMPTY_OBJECT)
+    if size > settings.max_object_bytes:
+        raise DeidentificationRefused(TOO_LARGE)
+
+
+def check_preamble(fp: BinaryIO) -> None:
+    """PS3.10 7.1: a 128-byte preamble followed by ``DICM``; leaves ``fp`` at the start."""
+    fp.seek(0)
+    head = fp.read(132)
+    fp.seek(0)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise DeidentificationRefused(NOT_DICOM)
+
+
+def check_transfer_syntax(transfer_syntax: str | None) -> None:
+    if transfer_syntax not in SUPPORTED_TRANSFER_SYNTAXES:
+        raise DeidentificationRefused(UNSUPPORTED_TRANSFER_SYNTAX)
+
+
+def check_dataset(ds: Dataset, settings: Settings) -> None:
+    """Required attributes, SOP class, and the burned-in annotation policy.
+
+    Burned In Annotation (0028,0301) = YES, or a SOP class in
+    :attr:`~dicomshare.settings.Settings.high_risk_sop_classes`, is refused unless
+    :attr:`~dicomshare.settings.Settings.allow_burned_in_annotation`: the basic profile
+    does not clean pixel data (PS3.15 E.3.1, Clean Pixel Data Option).
+    """
+    if str(ds.get("file_meta", Dataset()).get("MediaStorageSOPClassUID", "")) in UNSUPPORTED_SOP_CLASSES:
+        raise DeidentificationRefused(UNSUPPORTED_SOP_CLASS)
+    for keyword in REQUIRED:
+        if not str(ds.get(keyword, "") or "").strip():
+            raise DeidentificationRefused(f"{MISSING_REQUIRED}:{keyword}")
+    if settings.allow_burned_in_annotation:
+        return
+    burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if burned == "YES" or str(ds.SOPClassUID) in settings.high_risk_sop_classes:
+        raise DeidentificationRefused(BURNED_IN_ANNOTATION)
+
+
+def _read_exact(fp: BinaryIO, n: int) -> bytes:
+    data = fp.read(n)
+    if len(data) != n:
+        raise DeidentificationRefused(TRUNCATED)
+    return data
+
+
+def pixel_data_end(fp: BinaryIO, offset: int, size: int, *, little_endian: bool, implicit_vr: bool) -> int:
+    """Offset just past the Pixel Data element that starts at ``offset``.
+
+    Native data (PS3.5 A.1): the declared length must fit in ``size``. Encapsulated data
+    (PS3.5 A.4, undefined length): the items are walked by their lengths (only the 8-byte
+    item headers are read) up to the Sequence Delimitation Item, which must be present.
+    """
+    endian = "<" if little_endian else ">"
+    fp.seek(offset)
+    header = _read_exact(fp, 8)
+    if implicit_vr:
+        (length,) = struct.unpack(endian + "L", header[4:8])
+        value_start = offset + 8
+    elif header[4:6] in _LONG_LENGTH_VRS:
+        (length,) = struct.unpack(endian + "L", _read_exact(fp, 4))
+        value_start = offset + 12
+    else:
+        (length,) = struct.unpack(endian + "H", header[6:8])
+        value_start = offset + 8
+    if length != _UNDEFINED_LENGTH:
+        end = value_start + length
+        if end > size:
+            raise DeidentificationRefused(TRUNCATED)
+        return end
+    position = value_start
+    while True:
+        fp.seek(position)
+        group, element, item_length = struct.unpack(endian + "HHL", _read_exact(fp, 8))
+        tag = group << 16 | element
+        position += 8
+        if tag == _SEQUENCE_DELIMITER:
+            return position
+        if tag != _ITEM or item_length == _UNDEFINED_LENGTH:
+            raise DeidentificationRefused(MALFORMED)
+        position += item_length
+        if position > size:
+            raise DeidentificationRefused(TRUNCATED)
+
+
+def transfer_syntax_encoding(transfer_syntax: str) -> tuple[bool, bool]:
+    """``(little_endian, implicit_vr)`` of a transfer syntax (PS3.5 Section 10)."""
+    uid = UID(transfer_syntax)
+    return uid.is_little_endian, uid.is_implicit_VR
