@@ -1,0 +1,221 @@
+"""Rewrite one S3 object into its de-identified copy without pulling the pixel data through.
+
+The header is read with ranged GETs through :class:`S3RangeReader` (small requests,
+growing while reads are sequential) and de-identified by
+:func:`dicomshare.deidentify.deidentify_header`. Then:
+
+- objects below :data:`SMALL_OBJECT_BYTES` are fetched with one GET and written with one
+  PutObject (with ``ChecksumSHA256``, so S3 verifies the body);
+- larger objects become a multipart upload: part 1 is the new header plus enough source
+  pixel bytes (ranged GET) to reach S3's 5 MiB minimum part size, every following part is
+  an ``UploadPartCopy`` of the source's Pixel Data range (``CopySourceRange``, at most
+  :data:`COPY_PART_BYTES` each, ``CopySourceIfMatch`` the ETag that was read), so those
+  bytes never pass through the function. Any error aborts the upload: no orphaned parts.
+
+Integrity, honestly: a server-side copy cannot be hashed without reading it back, so
+:attr:`RewriteResult.sha256` is the SHA-256 of the whole output only when the whole output
+passed through the function (small objects); for multipart rewrites it is ``None`` and
+:attr:`RewriteResult.header_sha256` plus the source ETag (copied with ``If-Match``) and the
+output ETag are what is known. The destination bucket's default encryption (SSE-KMS)
+applies; no encryption headers are sent and no source metadata is copied.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dicomshare.deidentify import Plan, deidentify_header
+from dicomshare.profile import Profile
+from dicomshare.settings import Settings
+
+SMALL_OBJECT_BYTES = 8 * 1024**2
+MIN_PART_BYTES = 5 * 1024**2
+"""S3's minimum size of every part but the last."""
+COPY_PART_BYTES = 512 * 1024**2
+FIRST_READ_BYTES = 16 * 1024
+MAX_READ_BYTES = 4 * 1024**2
+CONTENT_TYPE = "application/dicom"
+
+
+class S3RangeReader(io.RawIOBase):
+    """A seekable, read-only file over one S3 object version, fetched by ``Range`` GETs.
+
+    A miss fetches :data:`FIRST_READ_BYTES`; while reads continue where the last fetch
+    ended the fetch size doubles up to :data:`MAX_READ_BYTES`. ``bytes_read`` counts every
+    byte fetched. Every GET names the ETag first seen (``IfMatch``), so a concurrent
+    overwrite fails the rewrite instead of mixing two objects.
+    """
+
+    def __init__(self, s3_client: Any, bucket: str, key: str, size: int) -> None:
+        super().__init__()
+        self._s3, self._bucket, self._key, self._size = s3_client, bucket, key, size
+        self._pos = 0
+        self._block_start, self._block = 0, b""
+        self._fetch_size = FIRST_READ_BYTES
+        self.etag: str | None = None
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def fetch(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the object (one GET)."""
+        if end <= start:
+            return b""
+        extra = {"IfMatch": self.etag} if self.etag else {}
+        response = self._s3.get_object(Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end - 1}", **extra)
+        self.etag = self.etag or response["ETag"]
+        data = response["Body"].read()
+        self.bytes_read += len(data)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._pos
+        end = min(self._pos + size, self._size)
+        if end <= self._pos:
+            return b""
+        block_end = self._block_start + len(self._block)
+        if not (self._block_start <= self._pos and end <= block_end):
+            sequential = self._pos == block_end
+            self._fetch_size = min(self._fetch_size * 2, MAX_READ_BYTES) if sequential else FIRST_READ_BYTES
+            fetch_end = min(max(end, self._pos + self._fetch_size), self._size)
+            self._block_start, self._block = self._pos, self.fetch(self._pos, fetch_end)
+        offset = self._pos - self._block_start
+        data = self._block[offset : offset + end - self._pos]
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """What :func:`deidentify_object` wrote, for the indexer (no identifying value in it)."""
+
+    plan: Plan
+    bucket: str
+    key: str
+    size: int
+    """Bytes written (the de-identified object's size)."""
+    bytes_read: int
+    """Bytes this function fetched from the source object."""
+    header_sha256: str
+    sha256: str | None
+    """SHA-256 of the whole output when it passed through the function; ``None`` for a
+    multipart rewrite whose pixel data was copied server-side."""
+    etag: str
+    multipart: bool
+
+
+def deidentify_object(
+    s3_client: Any,
+    src_bucket: str,
+    src_key: str,
+    dst_bucket: str,
+    dst_key_fn: Callable[[Plan], str],
+    *,
+    profile: Profile,
+    secret: bytes,
+    settings: Settings,
+    size: int,
+) -> RewriteResult:
+    """De-identify ``s3://src_bucket/src_key`` (``size`` bytes) into ``dst_bucket``.
+
+    ``dst_key_fn(plan)`` names the destination from the de-identified data set (for example
+    :func:`dicomshare.index.deidentified_object_key` of the new UIDs). Raises
+    :class:`dicomshare.validation.DeidentificationRefused` (nothing written) when the
+    object is refused.
+    """
+    if size < SMALL_OBJECT_BYTES:
+        body = s3_client.get_object(Bucket=src_bucket, Key=src_key)["Body"].read()
+        plan = deidentify_header(io.BytesIO(body), profile=profile, secret=secret, settings=settings, size=len(body))
+        output = plan.new_header + (body[plan.pixel_offset : plan.pixel_end] if plan.pixel_offset is not None else b"")
+        digest = hashlib.sha256(output)
+        key = dst_key_fn(plan)
+        response = s3_client.put_object(
+            Bucket=dst_bucket,
+            Key=key,
+            Body=output,
+            ContentType=CONTENT_TYPE,
+            ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
+        )
+        return RewriteResult(
+            plan, dst_bucket, key, len(output), len(body),
+            hashlib.sha256(plan.new_header).hexdigest(), digest.hexdigest(), response["ETag"], False,
+        )
+    reader = S3RangeReader(s3_client, src_bucket, src_key, size)
+    plan = deidentify_header(reader, profile=profile, secret=secret, settings=settings, size=size)
+    key = dst_key_fn(plan)
+    if plan.pixel_offset is None or plan.pixel_length + len(plan.new_header) < SMALL_OBJECT_BYTES:
+        pixels = reader.fetch(plan.pixel_offset, plan.pixel_end) if plan.pixel_offset is not None else b""
+        output = plan.new_header + pixels
+        digest = hashlib.sha256(output)
+        response = s3_client.put_object(
+            Bucket=dst_bucket,
+            Key=key,
+            Body=output,
+            ContentType=CONTENT_TYPE,
+            ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
+        )
+        return RewriteResult(
+            plan, dst_bucket, key, len(output), reader.bytes_read,
+            hashlib.sha256(plan.new_header).hexdigest(), digest.hexdigest(), response["ETag"], False,
+        )
+    etag = _multipart_rewrite(s3_client, reader, src_bucket, src_key, dst_bucket, key, plan)
+    return RewriteResult(
+        plan, dst_bucket, key, plan.output_size, reader.bytes_read,
+        hashlib.sha256(plan.new_header).hexdigest(), None, etag, True,
+    )
+
+
+def _multipart_rewrite(
+    s3_client: Any, reader: S3RangeReader, src_bucket: str, src_key: str, dst_bucket: str, key: str, plan: Plan
+) -> str:
+    assert plan.pixel_offset is not None
+    upload_id = s3_client.create_multipart_upload(Bucket=dst_bucket, Key=key, ContentType=CONTENT_TYPE)["UploadId"]
+    try:
+        copy_start = min(plan.pixel_offset + max(0, MIN_PART_BYTES - len(plan.new_header)), plan.pixel_end)
+        first = plan.new_header + reader.fetch(plan.pixel_offset, copy_start)
+        part = s3_client.upload_part(Bucket=dst_bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=first)
+        parts = [{"PartNumber": 1, "ETag": part["ETag"]}]
+        copy_source = {"Bucket": src_bucket, "Key": src_key}
+        for start in range(copy_start, plan.pixel_end, COPY_PART_BYTES):
+            end = min(start + COPY_PART_BYTES, plan.pixel_end)
+            number = len(parts) + 1
+            copied = s3_client.upload_part_copy(
+                Bucket=dst_bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource=copy_source,
+                CopySourceRange=f"bytes={start}-{end - 1}",
+                CopySourceIfMatch=reader.etag,
+            )
+            parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+        done = s3_client.complete_multipart_upload(
+            Bucket=dst_bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        s3_client.abort_multipart_upload(Bucket=dst_bucket, Key=key, UploadId=upload_id)
+        raise
+    return done["ETag"]
