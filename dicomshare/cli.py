@@ -1,0 +1,143 @@
+"""The ``dicomshare`` command.
+
+``dicomshare deid SRC DST`` de-identifies a file or a folder (recursively) on this machine
+with the same engine as the pipeline. Output files are named from the *new* UIDs
+(``DST/<study>/<series>/<sop>.dcm``), never from input names, which often carry patient
+names. Each refused file gets one line: its path relative to SRC and the reason. That path
+is printed deliberately: it is the user's own folder, on the user's own console, and they
+need it to find the file; nothing is logged or written elsewhere.
+
+Exit status: 0 all de-identified, 3 some refused, 2 usage error.
+
+``dicomshare local ...`` (the local system) is registered by :mod:`dicomshare_local.commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from dicomshare import profile as profiles
+from dicomshare.deidentify import DeidentificationRefused, deidentify_file
+
+EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
+DEFAULT_SECRET_FILE = Path(".dicomshare") / "deid-secret"
+SECRET_BYTES = 32
+
+
+class UsageError(Exception):
+    pass
+
+
+def read_secret_file(path: Path) -> bytes:
+    """The de-identification secret kept in ``path`` as hex; created (0600) when missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_hex(SECRET_BYTES) + "\n")
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{path}: expected a hex-encoded secret") from exc
+    if len(secret) < 16:
+        raise UsageError(f"{path}: the secret must be at least 16 bytes")
+    return secret
+
+
+def _inputs(src: Path, dst: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    dst = dst.resolve()
+    return sorted(
+        p for p in src.rglob("*") if p.is_file() and dst not in p.resolve().parents
+    )
+
+
+def _deidentify_one(task: tuple[Path, Path, str, bytes]) -> str | None:
+    """De-identify one file; the refusal reason, or ``None`` when written."""
+    path, dst, profile_name, secret = task
+    try:
+        deidentify_file(path, dst, profile=profiles.named(profile_name), secret=secret)
+    except DeidentificationRefused as refused:
+        return refused.reason
+    except OSError:
+        return "unreadable"
+    return None
+
+
+def deid(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.exists():
+        raise UsageError(f"{src}: no such file or folder")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    secret = read_secret_file(Path(args.secret_file))
+    paths = _inputs(src, dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    tasks = [(p, dst, args.profile, secret) for p in paths]
+    if args.jobs == 1:
+        reasons = list(map(_deidentify_one, tasks))
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            reasons = list(pool.map(_deidentify_one, tasks, chunksize=8))
+    refused = 0
+    for path, reason in zip(paths, reasons):
+        if reason is not None:
+            refused += 1
+            shown = path.relative_to(src) if path != src else Path(path.name)
+            print(f"refused {shown}: {reason}")
+    print(f"{len(paths) - refused} de-identified, {refused} refused, into {dst}")
+    return EXIT_REFUSED if refused else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicomshare", description="Share DICOM studies safely: de-identify, index, share."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{deid,local}")
+    deid_parser = subparsers.add_parser(
+        "deid",
+        help="de-identify DICOM files on this machine (PS3.15 basic profile + options)",
+        description="De-identify SRC (a file or a folder, recursively) into DST/<study>/<series>/<sop>.dcm. "
+        "Exit status: 0 all de-identified, 3 some refused (one line each), 2 usage error.",
+    )
+    deid_parser.add_argument("src", metavar="SRC", help="DICOM file or folder")
+    deid_parser.add_argument("dst", metavar="DST", help="output folder")
+    deid_parser.add_argument(
+        "--profile", choices=list(profiles.PROFILES), default="clinical",
+        help="clinical (default: basic profile + modified dates + clean descriptors) or basic",
+    )
+    deid_parser.add_argument(
+        "--secret-file", default=str(DEFAULT_SECRET_FILE),
+        help=f"hex secret keying UIDs, pseudonyms and date shifts (default: {DEFAULT_SECRET_FILE}, created if missing)",
+    )
+    deid_parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
+    deid_parser.set_defaults(func=deid)
+    _register_local(subparsers)
+    return parser
+
+
+def _register_local(subparsers: argparse._SubParsersAction) -> None:
+    from dicomshare_local import commands
+
+    commands.register(subparsers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as error:
+        print(f"dicomshare: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
