@@ -22,7 +22,8 @@ What is done to each attribute (see ``docs/deidentification.md``):
   the patient's offset under the modified-dates option, kept under the full-dates option
   and emptied otherwise, times (TM) are kept under either option and emptied otherwise;
   UIDs are replaced (well-known and class UIDs are kept); free text (AE, LO, LT, SH, ST,
-  UC, UR, UT) is emptied unless it is a coded-entry attribute of :data:`KEPT_TEXT`;
+  UC, UR, UT) gets a dummy value unless it is a coded-entry or equipment attribute of
+  :data:`KEPT_TEXT`;
   attributes unknown to the data dictionary are removed; everything else is kept;
 - the File Meta Information (PS3.10 7.1) is rebuilt: only version, SOP class, the new SOP
   instance UID, transfer syntax and this implementation's identity remain.
@@ -114,12 +115,15 @@ KEPT_TEXT = frozenset(
         0x00080119,  # Long Code Value
         0x00080120,  # URN Code Value
         0x00080070,  # Manufacturer
+        0x00081090,  # Manufacturer's Model Name
+        0x00181020,  # Software Versions
         0x00281054,  # Rescale Type
         0x00283003,  # LUT Explanation
     }
 )
 """Text attributes outside Table E.1-1 kept verbatim: coded entries (PS3.3 8.8) and
-equipment/LUT vocabulary. Any other text attribute outside the table is emptied."""
+equipment/LUT vocabulary. Any other non-empty text attribute outside the table gets a
+dummy value (valid whether the attribute is Type 1, 2 or 3)."""
 
 KEPT_UID_KEYWORDS = frozenset(
     {
@@ -307,7 +311,7 @@ class _Deidentifier:
         if vr == "UI":
             return UID
         if vr in _TEXT_VRS:
-            return KEEP if tag in KEPT_TEXT else EMPTY
+            return KEEP if tag in KEPT_TEXT else DUMMY
         if vr == "UN":
             return REMOVE
         return KEEP
@@ -363,7 +367,7 @@ class _Deidentifier:
                 elem.value = None
             elif action == UID or (action == DUMMY and elem.VR == "UI"):
                 elem.value = self._map(elem, lambda v: self.replace_uid(elem, v)) if elem.VR == "UI" else None
-            elif action == DUMMY:
+            elif action == DUMMY and not elem.is_empty:
                 elem.value = self._dummy(elem.VR)
             elif action == CLEAN:
                 elem.value = self._clean(elem)
