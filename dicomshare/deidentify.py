@@ -41,11 +41,13 @@ import datetime
 import hashlib
 import hmac
 import io
+import logging
 import os
 import re
 import struct
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -167,6 +169,7 @@ _DUMMY = {
     "UC": "ANONYMIZED",
     "UT": "ANONYMIZED",
 }
+_CLEANABLE_VRS = _TEXT_VRS | _DATE_VRS | {"TM", "UI", "PN"}
 _NUMERIC_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 _DATE_FORMATS = ("%Y%m%d", "%Y-%m-%d", "%d.%m.%Y", "%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d %b %Y", "%b %d %Y")
 
@@ -291,7 +294,7 @@ class _Deidentifier:
     def action(self, elem: DataElement) -> str:
         tag, vr = int(elem.tag), elem.VR
         group = tag >> 16
-        if tag & 0xFFFF == 0 or group == 0x0002:
+        if tag & 0xFFFF == 0 or group in (0x0000, 0x0002):
             return REMOVE
         if tag in (0x00100010, 0x00100020) and self.profile.action(tag) != KEEP:
             return "P"
@@ -317,14 +320,16 @@ class _Deidentifier:
         return KEEP
 
     def collect(self, ds: Dataset) -> None:
-        """Gather every identifying value (anything not kept) for the Clean action."""
+        """Gather every identifying value (anything not kept, descriptors aside) for Clean."""
         for elem in ds:
             if elem.VR == "SQ":
                 for item in elem.value:
                     self.collect(item)
                 continue
             action = self.action(elem)
-            if action in (KEEP, CLEAN) or elem.VR not in _TEXT_VRS | _DATE_VRS | {"PN", "UI"}:
+            if action == KEEP or (action == CLEAN and elem.VR in _TEXT_VRS):
+                continue
+            if elem.VR not in _TEXT_VRS | _DATE_VRS | {"PN", "UI"}:
                 continue
             for value in _values(elem.value):
                 text = str(value or "").strip()
@@ -369,8 +374,20 @@ class _Deidentifier:
                 elem.value = self._map(elem, lambda v: self.replace_uid(elem, v)) if elem.VR == "UI" else None
             elif action == DUMMY and not elem.is_empty:
                 elem.value = self._dummy(elem.VR)
-            elif action == CLEAN:
+            elif action == CLEAN and elem.VR in _CLEANABLE_VRS:
                 elem.value = self._clean(elem)
+            elif action == CLEAN:
+                self._apply_basic(ds, elem)
+
+    def _apply_basic(self, ds: Dataset, elem: DataElement) -> None:
+        """A value C cannot clean (codes, numbers): the basic profile's action instead."""
+        action = self.profile.basic_actions.get(int(elem.tag), REMOVE)
+        if action == REMOVE:
+            del ds[elem.tag]
+        elif action == EMPTY or elem.VR not in _DUMMY:
+            elem.value = None
+        elif action == DUMMY and not elem.is_empty:
+            elem.value = self._dummy(elem.VR)
 
     def _map(self, elem: DataElement, fn) -> object:
         values = [fn(str(v)) for v in _values(elem.value) if v is not None]
@@ -395,9 +412,7 @@ class _Deidentifier:
             return self._map(elem, self.clean_text)
         if vr == "PN":
             return None
-        if vr == "UI":
-            return self._map(elem, lambda v: self.replace_uid(elem, v))
-        return elem.value
+        return self._map(elem, lambda v: self.replace_uid(elem, v))
 
     def record(self, ds: Dataset) -> None:
         """PS3.15 E.1.1 and PS3.3 C.7.1.1: what was done, in the output itself."""
@@ -507,6 +522,20 @@ def _at_pixel_data(fp: BinaryIO, little_endian: bool) -> bool:
     return (group << 16 | element) in PIXEL_DATA_TAGS
 
 
+@contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings and log records quote values (names, IDs): none may reach a log."""
+    logger = logging.getLogger("pydicom")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled
+
+
 def _size(fp: BinaryIO) -> int:
     position = fp.tell()
     size = fp.seek(0, os.SEEK_END)
@@ -531,8 +560,7 @@ def deidentify_header(
     size = _size(fp) if size is None else size
     check_size(size, settings)
     check_preamble(fp)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_pydicom():
         meta_ds = _read(fp, stop_before_pixels=True)
         transfer_syntax = str(meta_ds.file_meta.get("TransferSyntaxUID", "") or "")
         if not transfer_syntax:

@@ -102,6 +102,8 @@ class Profile:
     revision: str = REVISION
     actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
     repeating: Mapping[tuple[int, int, int], str] = field(init=False, repr=False, compare=False)
+    basic_actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
+    """The basic profile's action where an option says C: used for values C cannot clean."""
     private_action: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +112,7 @@ class Profile:
             raise ValueError(f"unsupported PS3.15 E.3 option(s): {', '.join(unknown)}")
         object.__setattr__(self, "options", tuple(sorted(set(self.options), key=list(OPTION_CODES).index)))
         actions: dict[int, str] = {}
+        basic: dict[int, str] = {}
         repeating: dict[tuple[int, int, int], str] = {}
         private = REMOVE
         for row in table_rows():
@@ -124,9 +127,12 @@ class Profile:
                 repeating[(int(group.replace("x", "0"), 16), mask, -1 if element_any else int(element, 16))] = action
             else:
                 actions[int(ident, 16)] = action
+                if action == CLEAN:
+                    basic[int(ident, 16)] = resolve(row["basicProfile"], row.get("stdCompIOD") == "Y")
         object.__setattr__(self, "actions", MappingProxyType(actions))
         object.__setattr__(self, "repeating", MappingProxyType(repeating))
         object.__setattr__(self, "private_action", private)
+        object.__setattr__(self, "basic_actions", MappingProxyType(basic))
 
     def action(self, tag: int) -> str | None:
         """The action for ``tag``, or ``None`` when Table E.1-1 does not list it.
