@@ -1,0 +1,171 @@
+"""Share tokens, PINs and the rules deciding whether a share may be redeemed.
+
+A share gives a clinician time-limited access to one study (and optionally the same
+patient's earlier studies). It is reached with an opaque bearer token, not a JWT, so that
+it can be revoked before it expires. The token is 256 bits from :mod:`secrets`; only its
+SHA-256 hash is stored. An optional PIN is stored with scrypt (RFC 7914), salted.
+
+This module is pure domain: no AWS calls. ``dicomshare_aws.share_store`` persists
+:class:`Share` and enforces the counters atomically with the same rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from dicomshare.settings import Settings
+
+TOKEN_BYTES = 32
+"""Bytes of randomness in a token (256 bits, URL-safe base64 encoded)."""
+
+MAX_PIN_FAILURES = 5
+"""Wrong PINs after which a share locks until an administrator unlocks it."""
+
+AUTHORIZATION_SCHEME = "Share"
+"""``Authorization: Share <token>`` carries the token on ``POST /redeem``."""
+
+PIN_HEADER = "X-Share-Pin"
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+REFUSALS = {
+    "token_required": (401, "This link is incomplete: it carries no share token."),
+    "unknown_link": (404, "This link is not valid."),
+    "pin_required": (403, "This share is protected by a PIN."),
+    "wrong_pin": (403, "The PIN is not correct."),
+    "revoked": (410, "The sender has revoked this share."),
+    "expired": (410, "This share has expired."),
+    "exhausted": (410, "This share has been opened the maximum number of times."),
+    "locked": (410, "This share is locked after too many wrong PINs; ask the sender to unlock it."),
+}
+"""Machine reason -> (HTTP status, human message) for a refused redemption."""
+
+
+class ShareRefused(Exception):
+    """A redemption is refused; ``reason`` is a key of :data:`REFUSALS`."""
+
+    def __init__(self, reason: str, **detail: int):
+        self.reason = reason
+        self.status, self.message = REFUSALS[reason]
+        self.detail = detail
+        super().__init__(reason)
+
+
+class ShareRequestError(ValueError):
+    """A share cannot be created as requested; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Share:
+    share_id: str
+    study_uids: tuple[str, ...]
+    """The shared study first, then the priors (oldest last) when ``include_priors``."""
+    created_at: int
+    expires_at: int
+    created_by: str
+    recipient: str = ""
+    pin_hash: str = ""
+    max_redemptions: int | None = None
+    allow_download: bool = True
+    include_priors: bool = False
+    redemptions: int = 0
+    pin_failures: int = 0
+    revoked_at: int | None = None
+    first_redeemed_at: int | None = None
+
+    @property
+    def study_uid(self) -> str:
+        return self.study_uids[0]
+
+    @property
+    def locked(self) -> bool:
+        return self.pin_failures >= MAX_PIN_FAILURES
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def new_share_id() -> str:
+    return secrets.token_hex(8)
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_matches(token: str, stored_sha256: str) -> bool:
+    """Constant-time comparison of a presented token with the stored hash."""
+    return hmac.compare_digest(token_sha256(token), stored_sha256)
+
+
+def token_from_authorization(header: str | None) -> str | None:
+    """The token of an ``Authorization: Share <token>`` header, or None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != AUTHORIZATION_SCHEME.lower() or not token or len(token) > 256:
+        return None
+    return token
+
+
+def hash_pin(pin: str, salt: bytes | None = None) -> str:
+    """``scrypt$N$r$p$<salt>$<hash>`` (base64) of a PIN."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(pin.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def pin_matches(pin: str, stored: str) -> bool:
+    _, n, r, p, salt, digest = stored.split("$")
+    candidate = hashlib.scrypt(
+        pin.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=32
+    )
+    return hmac.compare_digest(candidate, base64.b64decode(digest))
+
+
+def expiry_seconds(expires_in: int | None, settings: Settings) -> int:
+    """The share lifetime asked for, checked against the configured bounds."""
+    if expires_in is None:
+        return settings.share_default_seconds
+    if not settings.share_min_seconds <= expires_in <= settings.share_max_seconds:
+        raise ShareRequestError(
+            "expires_in_out_of_range",
+            f"expires_in must be between {settings.share_min_seconds} and {settings.share_max_seconds} seconds",
+        )
+    return expires_in
+
+
+def refusal(share: Share, now: int) -> str | None:
+    """Why ``share`` cannot be redeemed at ``now`` (epoch seconds), before any PIN check."""
+    if share.revoked_at is not None:
+        return "revoked"
+    if share.locked:
+        return "locked"
+    if now >= share.expires_at:
+        return "expired"
+    if share.max_redemptions is not None and share.redemptions >= share.max_redemptions:
+        return "exhausted"
+    return None
+
+
+def presign_seconds(share: Share, now: int, settings: Settings) -> int:
+    """Lifetime of a presigned URL: ``Settings.presign_seconds``, never past the share's expiry."""
+    return max(1, min(settings.presign_seconds, share.expires_at - now))
+
+
+def iso(epoch: int | float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

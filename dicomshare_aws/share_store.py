@@ -1,0 +1,291 @@
+"""DynamoDB adapter for shares, their token items and audit trail, and the index reads the
+API needs (a study's items, the patient-studies and listing indexes).
+
+Item shapes and keys come from :mod:`dicomshare.index`. The counters that guard a share
+(redemptions, wrong PINs) change only through conditional ``UpdateItem`` calls, so two
+concurrent redemptions can never both take the last allowed one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Iterator
+
+import boto3
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from dicomshare import index
+from dicomshare.shares import MAX_PIN_FAILURES, Share, token_matches
+
+SHARES_COLLECTION = "SHARES"
+STUDIES_COLLECTION = "STUDIES"
+RETAIN_EXPIRED_SHARE_SECONDS = 90 * 24 * 3600
+"""An expired share item stays listable this long before DynamoDB TTL deletes it."""
+
+
+class InvalidPageToken(ValueError):
+    """A ``next`` pagination token that this API did not issue."""
+
+
+class ShareStore:
+    def __init__(self, table_name: str, dynamodb: Any = None):
+        self.table = (dynamodb or boto3.resource("dynamodb")).Table(table_name)
+
+    # shares -----------------------------------------------------------------
+
+    def put_share(self, share: Share, token_sha256: str) -> None:
+        """Write the share and its token item (token -> share id) in one transaction."""
+        item = share_item(share)
+        token_item = {
+            **index.token_key(token_sha256),
+            "share_id": share.share_id,
+            index.TTL_ATTRIBUTE: share.expires_at,
+        }
+        client = self.table.meta.client
+        client.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": self.table.name, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Put": {"TableName": self.table.name, "Item": token_item, "ConditionExpression": "attribute_not_exists(pk)"}},
+            ]
+        )
+
+    def share(self, share_id: str) -> Share | None:
+        item = self.table.get_item(Key=index.share_key(share_id), ConsistentRead=True).get("Item")
+        return share_from_item(item) if item else None
+
+    def share_for_token(self, token: str, token_sha256: str) -> Share | None:
+        """The share a token opens, or None; the stored hash is compared in constant time."""
+        item = self.table.get_item(Key=index.token_key(token_sha256), ConsistentRead=True).get("Item")
+        if not item or not token_matches(token, item[index.PK].removeprefix("TOKEN#")):
+            return None
+        return self.share(item["share_id"])
+
+    def list_shares(self, limit: int, page: str | None) -> tuple[list[Share], str | None]:
+        items, following = self._listing(SHARES_COLLECTION, limit, page)
+        return [share_from_item(i) for i in items], following
+
+    def record_redemption(self, share_id: str, now: int) -> Share | None:
+        """Count one redemption if the share is still redeemable; None if it is not."""
+        try:
+            attributes = self.table.update_item(
+                Key=index.share_key(share_id),
+                UpdateExpression="ADD redemptions :one SET first_redeemed_at = if_not_exists(first_redeemed_at, :now)",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND attribute_not_exists(revoked_at) AND pin_failures < :max_failures"
+                    " AND expires_at > :now AND (attribute_not_exists(max_redemptions) OR redemptions < max_redemptions)"
+                ),
+                ExpressionAttributeValues={":one": 1, ":now": now, ":max_failures": MAX_PIN_FAILURES},
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as error:
+            if _condition_failed(error):
+                return None
+            raise
+        return share_from_item(attributes)
+
+    def record_pin_failure(self, share_id: str) -> int:
+        """Count one wrong PIN; the new count (at most :data:`MAX_PIN_FAILURES`)."""
+        try:
+            attributes = self.table.update_item(
+                Key=index.share_key(share_id),
+                UpdateExpression="ADD pin_failures :one",
+                ConditionExpression="attribute_exists(pk) AND pin_failures < :max_failures",
+                ExpressionAttributeValues={":one": 1, ":max_failures": MAX_PIN_FAILURES},
+                ReturnValues="UPDATED_NEW",
+            )["Attributes"]
+        except ClientError as error:
+            if _condition_failed(error):
+                return MAX_PIN_FAILURES
+            raise
+        return int(attributes["pin_failures"])
+
+    def revoke(self, share_id: str, now: int) -> bool:
+        """Revoke at once (idempotent: the first revocation time is kept); False if unknown."""
+        return self._update_existing(
+            share_id, "SET revoked_at = if_not_exists(revoked_at, :now)", {":now": now}
+        )
+
+    def unlock(self, share_id: str) -> bool:
+        """Reset the wrong-PIN counter after a lockout; False if unknown."""
+        return self._update_existing(share_id, "SET pin_failures = :zero", {":zero": 0})
+
+    def _update_existing(self, share_id: str, expression: str, values: dict[str, Any]) -> bool:
+        try:
+            self.table.update_item(
+                Key=index.share_key(share_id),
+                UpdateExpression=expression,
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _condition_failed(error):
+                return False
+            raise
+        return True
+
+    # audit ------------------------------------------------------------------
+
+    def put_audit(self, share_id: str, action: str, who: str, outcome: str, **context: str) -> None:
+        """One audit record: who did what to which share, when, and with what outcome."""
+        at = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        event_id = secrets.token_hex(6)
+        self.table.put_item(
+            Item={
+                index.PK: f"SHARE#{share_id}",
+                index.SK: f"AUDIT#{at}#{event_id}",
+                "share_id": share_id,
+                "action": action,
+                "outcome": outcome,
+                "who": who,
+                "at": at,
+                **{k: v for k, v in context.items() if v},
+            }
+        )
+
+    def audit(self, share_id: str) -> list[dict[str, Any]]:
+        items = self._query_all(
+            KeyConditionExpression=Key(index.PK).eq(f"SHARE#{share_id}") & Key(index.SK).begins_with("AUDIT#")
+        )
+        return [{k: v for k, v in plain(i).items() if k not in (index.PK, index.SK)} for i in items]
+
+    # index reads --------------------------------------------------------------
+
+    def study(self, study_uid: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key=index.study_key(study_uid)).get("Item")
+        return plain(item) if item else None
+
+    def study_items(self, study_uid: str) -> list[dict[str, Any]]:
+        """Every item of a study: the study item, series items and instance items."""
+        return [plain(i) for i in self._query_all(KeyConditionExpression=Key(index.PK).eq(f"STUDY#{study_uid}"))]
+
+    def instances(self, study_uid: str) -> list[dict[str, Any]]:
+        return [
+            plain(i)
+            for i in self._query_all(
+                KeyConditionExpression=Key(index.PK).eq(f"STUDY#{study_uid}") & Key(index.SK).begins_with("INSTANCE#")
+            )
+        ]
+
+    def patient_studies(self, patient_pseudonym: str) -> list[dict[str, Any]]:
+        """The patient's studies, newest first (patient-studies index)."""
+        items = self._query_all(
+            IndexName=index.PATIENT_STUDIES_INDEX,
+            KeyConditionExpression=Key("gsi1pk").eq(f"PATIENT#{patient_pseudonym}"),
+            ScanIndexForward=False,
+        )
+        return [plain(i) for i in items]
+
+    def list_studies(self, limit: int, page: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        items, following = self._listing(STUDIES_COLLECTION, limit, page)
+        return [plain(i) for i in items], following
+
+    def _listing(self, collection: str, limit: int, page: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        arguments: dict[str, Any] = {
+            "IndexName": index.LISTING_INDEX,
+            "KeyConditionExpression": Key("gsi2pk").eq(collection),
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if page:
+            arguments["ExclusiveStartKey"] = decode_page(page, collection)
+        response = self.table.query(**arguments)
+        last = response.get("LastEvaluatedKey")
+        return response["Items"], encode_page(last) if last else None
+
+    def _query_all(self, **arguments: Any) -> Iterator[dict[str, Any]]:
+        while True:
+            response = self.table.query(**arguments)
+            yield from response["Items"]
+            if "LastEvaluatedKey" not in response:
+                return
+            arguments["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+def share_item(share: Share) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        **index.share_key(share.share_id),
+        "share_id": share.share_id,
+        "study_uids": list(share.study_uids),
+        "created_at": share.created_at,
+        "expires_at": share.expires_at,
+        "created_by": share.created_by,
+        "recipient": share.recipient,
+        "allow_download": share.allow_download,
+        "include_priors": share.include_priors,
+        "redemptions": share.redemptions,
+        "pin_failures": share.pin_failures,
+        "gsi2pk": SHARES_COLLECTION,
+        "gsi2sk": f"{share.created_at:012d}#{share.share_id}",
+        index.TTL_ATTRIBUTE: share.expires_at + RETAIN_EXPIRED_SHARE_SECONDS,
+    }
+    if share.pin_hash:
+        item["pin_hash"] = share.pin_hash
+    if share.max_redemptions is not None:
+        item["max_redemptions"] = share.max_redemptions
+    return item
+
+
+def share_from_item(item: dict[str, Any]) -> Share:
+    def optional_int(name: str) -> int | None:
+        return int(item[name]) if name in item else None
+
+    return Share(
+        share_id=item["share_id"],
+        study_uids=tuple(item["study_uids"]),
+        created_at=int(item["created_at"]),
+        expires_at=int(item["expires_at"]),
+        created_by=item.get("created_by", ""),
+        recipient=item.get("recipient", ""),
+        pin_hash=item.get("pin_hash", ""),
+        max_redemptions=optional_int("max_redemptions"),
+        allow_download=bool(item.get("allow_download", True)),
+        include_priors=bool(item.get("include_priors", False)),
+        redemptions=int(item.get("redemptions", 0)),
+        pin_failures=int(item.get("pin_failures", 0)),
+        revoked_at=optional_int("revoked_at"),
+        first_redeemed_at=optional_int("first_redeemed_at"),
+    )
+
+
+def plain(item: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB item with numbers as int/float instead of Decimal (JSON-ready)."""
+    return {k: _plain(v) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, set):
+        return sorted(_plain(v) for v in value)
+    return value
+
+
+def encode_page(last_evaluated_key: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(plain(last_evaluated_key)).encode()).decode().rstrip("=")
+
+
+def decode_page(page: str, collection: str) -> dict[str, Any]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(page + "=" * (-len(page) % 4)))
+    except (binascii.Error, ValueError) as error:
+        raise InvalidPageToken("next: not a page token from this API") from error
+    expected = {index.PK, index.SK, "gsi2pk", "gsi2sk"}
+    if not isinstance(key, dict) or set(key) != expected or key.get("gsi2pk") != collection:
+        raise InvalidPageToken("next: not a page token from this API")
+    if not all(isinstance(v, str) for v in key.values()):
+        raise InvalidPageToken("next: not a page token from this API")
+    return key
+
+
+def _condition_failed(error: ClientError) -> bool:
+    return error.response["Error"]["Code"] == "ConditionalCheckFailedException"

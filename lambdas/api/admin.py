@@ -1,0 +1,206 @@
+"""Admin routes (IAM-authenticated when deployed): shares, their audit trail, studies."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+
+from dicomshare import shares
+from dicomshare_aws.share_store import InvalidPageToken
+from lambdas.api import dependencies as deps
+from lambdas.api.errors import ApiError
+from lambdas.api.models import SHARE_ID_PATTERN, UID_PATTERN, CreatedShare, CreateShare
+
+router = Router()
+logger = Logger()
+
+ShareId = Annotated[str, Path(pattern=SHARE_ID_PATTERN)]
+StudyUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64)]
+Limit = Annotated[int, Query(ge=1, le=200)]
+Page = Annotated[str | None, Query(max_length=2048)]
+
+
+@router.post("/shares", responses={201: {"description": "Share created"}})
+def create_share(body: CreateShare) -> Response[CreatedShare]:
+    try:
+        lifetime = shares.expiry_seconds(body.expires_in, deps.settings())
+    except shares.ShareRequestError as error:
+        raise ApiError(422, error.reason, str(error)) from error
+    store = deps.store()
+    study = store.study(body.study_uid)
+    if study is None:
+        raise ApiError(404, "unknown_study", "No indexed study has this StudyInstanceUID.")
+    study_uids = [body.study_uid]
+    if body.include_priors and study.get("patient_pseudonym"):
+        study_uids += [
+            s["study_uid"]
+            for s in store.patient_studies(study["patient_pseudonym"])
+            if s.get("gsi1sk", "") < study.get("gsi1sk", "") and s["study_uid"] != body.study_uid
+        ]
+    now = int(time.time())
+    token = shares.new_token()
+    share = shares.Share(
+        share_id=shares.new_share_id(),
+        study_uids=tuple(study_uids),
+        created_at=now,
+        expires_at=now + lifetime,
+        created_by=admin_identity(),
+        recipient=body.recipient,
+        pin_hash=shares.hash_pin(body.pin) if body.pin else "",
+        max_redemptions=body.max_redemptions,
+        allow_download=body.allow_download,
+        include_priors=body.include_priors,
+    )
+    store.put_share(share, shares.token_sha256(token))
+    audit(share.share_id, "create", "ok")
+    logger.info("share created", extra={"share_id": share.share_id, "studies": len(study_uids)})
+    created = CreatedShare(
+        share_id=share.share_id,
+        token=token,
+        url=f"{public_base()}/view#{token}",
+        expires_at=shares.iso(share.expires_at),
+        study_uids=study_uids,
+    )
+    return Response(201, content_types.APPLICATION_JSON, created.model_dump(), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/shares")
+def list_shares(limit: Limit = 50, next: Page = None) -> dict[str, Any]:
+    found, following = paged(lambda: deps.store().list_shares(limit, next))
+    now = int(time.time())
+    return {"shares": [share_view(s, now) for s in found], "next": following}
+
+
+@router.get("/shares/<share_id>")
+def get_share(share_id: ShareId) -> dict[str, Any]:
+    return share_view(existing_share(share_id), int(time.time()))
+
+
+@router.delete("/shares/<share_id>")
+def revoke_share(share_id: ShareId) -> dict[str, Any]:
+    now = int(time.time())
+    if not deps.store().revoke(share_id, now):
+        raise unknown_share()
+    audit(share_id, "revoke", "ok")
+    logger.info("share revoked", extra={"share_id": share_id})
+    return share_view(existing_share(share_id), now)
+
+
+@router.post("/shares/<share_id>/unlock")
+def unlock_share(share_id: ShareId) -> dict[str, Any]:
+    if not deps.store().unlock(share_id):
+        raise unknown_share()
+    audit(share_id, "unlock", "ok")
+    logger.info("share unlocked", extra={"share_id": share_id})
+    return share_view(existing_share(share_id), int(time.time()))
+
+
+@router.get("/shares/<share_id>/audit")
+def share_audit(share_id: ShareId) -> dict[str, Any]:
+    existing_share(share_id)
+    return {"share_id": share_id, "audit": deps.store().audit(share_id)}
+
+
+@router.get("/studies")
+def list_studies(limit: Limit = 50, next: Page = None) -> dict[str, Any]:
+    found, following = paged(lambda: deps.store().list_studies(limit, next))
+    return {"studies": [study_view(s) for s in found], "next": following}
+
+
+@router.get("/studies/<study_uid>")
+def get_study(study_uid: StudyUid) -> dict[str, Any]:
+    store = deps.store()
+    items = store.study_items(study_uid)
+    study = next((i for i in items if i["sk"] == "STUDY"), None)
+    if study is None:
+        raise ApiError(404, "unknown_study", "No indexed study has this StudyInstanceUID.")
+    series = [
+        {k: i.get(k) for k in ("series_uid", "modality", "series_description", "series_number", "instance_count", "total_bytes")}
+        for i in items
+        if i["sk"].startswith("SERIES#")
+    ]
+    others = store.patient_studies(study["patient_pseudonym"]) if study.get("patient_pseudonym") else []
+    return {
+        "study": study_view(study),
+        "series": sorted(series, key=lambda s: (str(s["series_number"]), s["series_uid"])),
+        "priors": [study_view(s) for s in others if s.get("gsi1sk", "") < study.get("gsi1sk", "")],
+        "later": [study_view(s) for s in others if s.get("gsi1sk", "") > study.get("gsi1sk", "")],
+    }
+
+
+def share_view(share: shares.Share, now: int) -> dict[str, Any]:
+    """A share as administrators see it: state and counts, never the token or its hash."""
+    return {
+        "share_id": share.share_id,
+        "study_uid": share.study_uid,
+        "study_uids": list(share.study_uids),
+        "status": shares.refusal(share, now) or "active",
+        "recipient": share.recipient,
+        "created_by": share.created_by,
+        "created_at": shares.iso(share.created_at),
+        "expires_at": shares.iso(share.expires_at),
+        "revoked_at": shares.iso(share.revoked_at) if share.revoked_at else None,
+        "first_redeemed_at": shares.iso(share.first_redeemed_at) if share.first_redeemed_at else None,
+        "redemptions": share.redemptions,
+        "max_redemptions": share.max_redemptions,
+        "pin_protected": bool(share.pin_hash),
+        "pin_failures": share.pin_failures,
+        "allow_download": share.allow_download,
+        "include_priors": share.include_priors,
+    }
+
+
+def study_view(item: dict[str, Any]) -> dict[str, Any]:
+    fields = (
+        "study_uid", "patient_pseudonym", "study_date", "study_time", "study_description", "modalities",
+        "series_count", "instance_count", "total_bytes", "partner", "first_received", "last_received",
+    )
+    return {k: item.get(k) for k in fields}
+
+
+def existing_share(share_id: str) -> shares.Share:
+    share = deps.store().share(share_id)
+    if share is None:
+        raise unknown_share()
+    return share
+
+
+def unknown_share() -> ApiError:
+    return ApiError(404, "unknown_share", "No share has this id.")
+
+
+def paged(read: Any) -> Any:
+    try:
+        return read()
+    except InvalidPageToken as error:
+        raise ApiError(422, "invalid_next", str(error)) from error
+
+
+def admin_identity() -> str:
+    identity = router.current_event.request_context.identity
+    return identity.user_arn or identity.caller or ""
+
+
+def audit(share_id: str, action: str, outcome: str) -> None:
+    identity = router.current_event.request_context.identity
+    deps.store().put_audit(
+        share_id, action, admin_identity(), outcome,
+        source_ip=identity.source_ip or "", user_agent=identity.user_agent or "",
+    )
+
+
+def public_base() -> str:
+    """Where clinicians reach this API: ``https://<API Gateway domain>/<stage>`` when
+    deployed; the request's own ``Host`` over plain HTTP when the local gateway (loopback
+    only) forwarded it."""
+    event = router.current_event
+    context = event.request_context
+    host = event.headers.get("Host") or event.headers.get("host") or ""
+    if event.headers.get("X-Forwarded-Proto") == "http" and host.split(":")[0] in ("127.0.0.1", "localhost"):
+        return f"http://{host}/{context.stage}"
+    return f"https://{context.domain_name}/{context.stage}"

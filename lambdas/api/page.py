@@ -1,0 +1,49 @@
+"""``GET /view`` (public): the clinician share page, one static HTML file (no build step,
+no external resource). The token stays in the URL fragment, which browsers never send."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from functools import cache
+from pathlib import Path
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+router = Router()
+
+
+@cache
+def page() -> tuple[str, str]:
+    """The page and its Content-Security-Policy: only the page's own inline script and
+    style (by hash) run; it may fetch the API and presigned S3 URLs, nothing else."""
+    html = (Path(__file__).parent / "view.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "img-src https: http: blob:; connect-src 'self' https: http:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return html, policy
+
+
+@router.get("/view", include_in_schema=False)
+def view() -> Response:
+    html, policy = page()
+    return Response(
+        200,
+        "text/html; charset=utf-8",
+        html,
+        headers={
+            "Content-Security-Policy": policy,
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )
