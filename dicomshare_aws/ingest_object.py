@@ -1,0 +1,230 @@
+"""One uploaded object, from the ingest bucket to exactly one place.
+
+For each object named by an S3 event notification: **validate** and **de-identify** it
+(:func:`dicomshare_aws.s3_deidentify.deidentify_object`, with the partner's PS3.15 E.3
+options), **store** the result in the de-identified bucket under a key built from the new
+UIDs only (:func:`dicomshare.index.deidentified_object_key`), **index** it (an instance
+item), then delete the original. A refused object is **moved** to the quarantine bucket
+(server-side copy, the reason as object tag and metadata, a quarantine record), then
+deleted. The original is deleted only after its de-identified copy or its quarantine copy
+and record are written, so a crash at any step leaves the original in place and the
+event to be retried.
+
+Idempotency: conditional writes, not Powertools idempotency
+-----------------------------------------------------------
+The natural key of an instance is its *de-identified* SOP Instance UID, and the engine's
+output is deterministic (UIDs are keyed hashes of the originals, the header is rebuilt
+the same way every time, pixel data is copied verbatim). So every retry, redelivery or
+re-upload of a file writes the same bytes to the same S3 key, and the instance item is a
+conditional put (``attribute_not_exists(pk)``) that only the first attempt wins. A Lambda
+killed mid-object simply redoes the work on the next delivery and converges: the
+re-written object is identical, the second put is refused (outcome ``duplicate``, no
+second count: counts come from the table's stream of *new* instance items, see
+:mod:`dicomshare_aws.counts`), and the original is then deleted. A multipart upload
+interrupted by a crash is aborted on error by the engine; one interrupted by a killed
+Lambda is removed by the bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule, and
+an incomplete multipart upload is never visible as an object.
+
+Powertools idempotency would add a table of in-flight records and an expiry window, and
+would still need these conditional writes for the "same file, two keys" case, which it
+cannot see (two different events). When a redelivered event finds the original already
+gone (``404`` on ``HeadObject``: an earlier delivery finished), the outcome is
+``already_processed``: neither a failure nor a quarantine.
+
+Nothing here logs or stores a DICOM value or the original key: logs carry the key's
+SHA-256, quarantine keys are ``<partner>/<object_id>``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from functools import cache
+from typing import Callable, Iterator
+from urllib.parse import unquote_plus
+
+from botocore.exceptions import ClientError
+
+from dicomshare import index, index_items, validation
+from dicomshare.profile import Profile, for_partner
+from dicomshare.settings import Settings
+from dicomshare.validation import DeidentificationRefused
+from dicomshare_aws import index_store
+from dicomshare_aws.s3_deidentify import deidentify_object
+
+INGESTED = "ingested"
+DUPLICATE = "duplicate"
+QUARANTINED = "quarantined"
+ALREADY_PROCESSED = "already_processed"
+
+UNKNOWN_PARTNER = "unknown_partner"
+"""Quarantine reason: the key is outside every configured ``<partner-id>/`` prefix."""
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+@dataclass(frozen=True)
+class UploadedObject:
+    """An object named by an S3 event notification (key URL-decoded)."""
+
+    bucket: str
+    key: str
+    request_id: str
+
+    @property
+    def key_sha256(self) -> str:
+        return index_items.key_sha256(self.key)
+
+
+class ObjectFailed(Exception):
+    """An object could not be processed this time (an AWS error); the message holds only
+    the key's hash and the error's type and code, never the key or a value."""
+
+    def __init__(self, key_sha256: str, error: str) -> None:
+        super().__init__(f"object {key_sha256} not processed: {error}")
+        self.error = error
+
+    @classmethod
+    def from_error(cls, error: Exception, obj: "UploadedObject") -> "ObjectFailed":
+        code = error.response["Error"].get("Code", "") if isinstance(error, ClientError) else ""
+        return cls(obj.key_sha256, f"{type(error).__name__}({code})" if code else type(error).__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str
+    partner: str
+    size: int
+    reason: str = ""
+    study_uid: str = ""
+    stored_bytes: int = 0
+    bytes_read: int = 0
+    """Bytes the function fetched from the uploaded object (small for large objects: their
+    pixel data is copied server-side)."""
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where objects go: the resource names a handler reads from its environment."""
+
+    deid_bucket: str
+    quarantine_bucket: str
+    table_name: str
+
+
+def uploaded_objects(body: str) -> Iterator[UploadedObject]:
+    """The objects of one SQS message body holding an S3 event notification.
+
+    Keys arrive URL-encoded (``+`` for space, ``%2B`` for ``+``) and are decoded with
+    ``unquote_plus``. The ``s3:TestEvent`` S3 sends when a notification is configured
+    has no records and yields nothing.
+    """
+    notification = json.loads(body)
+    for record in notification.get("Records", []):
+        if not record.get("eventName", "").startswith("ObjectCreated:"):
+            continue
+        s3 = record["s3"]
+        yield UploadedObject(
+            bucket=s3["bucket"]["name"],
+            key=unquote_plus(s3["object"]["key"]),
+            request_id=record.get("responseElements", {}).get("x-amz-request-id", ""),
+        )
+
+
+@cache
+def partner_profile(options: tuple[str, ...]) -> Profile:
+    """The profile of a partner's options, built once per warm Lambda (Table E.1-1 has 621 rows)."""
+    return for_partner(options)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _partner_id(key: str, settings: Settings) -> str | None:
+    prefix, separator, _ = key.partition("/")
+    partner = settings.partner(prefix) if separator else None
+    return partner.id if partner else None
+
+
+def ingest_object(
+    s3,
+    dynamodb,
+    obj: UploadedObject,
+    *,
+    destinations: Destinations,
+    settings: Settings,
+    secret: Callable[[], bytes],
+) -> Outcome:
+    """Process one uploaded object; returns where it ended. Raises only for failures that
+    a retry can fix (AWS errors), leaving the original in the ingest bucket."""
+    try:
+        head = s3.head_object(Bucket=obj.bucket, Key=obj.key)
+    except ClientError as error:
+        if error.response["Error"]["Code"] in _NOT_FOUND:
+            return Outcome(ALREADY_PROCESSED, partner="", size=0)
+        raise
+    size = head["ContentLength"]
+    version = head.get("VersionId") or head["ETag"].strip('"')
+    partner_id = _partner_id(obj.key, settings)
+    try:
+        if partner_id is None:
+            raise DeidentificationRefused(UNKNOWN_PARTNER)
+        validation.check_size(size, settings)
+        partner = settings.partner(partner_id)
+        result = deidentify_object(
+            s3, obj.bucket, obj.key, destinations.deid_bucket,
+            lambda plan: index.deidentified_object_key(
+                plan.study_instance_uid, plan.series_instance_uid, plan.sop_instance_uid),
+            profile=partner_profile(partner.options),
+            secret=secret(),
+            settings=settings,
+            size=size,
+        )
+    except DeidentificationRefused as refused:
+        _quarantine(s3, dynamodb, obj, head, version, refused.reason, partner_id or index_items.UNKNOWN_PARTNER,
+                    destinations)
+        _delete_original(s3, obj, head)
+        return Outcome(QUARANTINED, partner=partner_id or index_items.UNKNOWN_PARTNER, size=size,
+                       reason=refused.reason)
+    item = index_items.instance_item(
+        result.plan.dataset,
+        transfer_syntax_uid=str(result.plan.dataset.file_meta.TransferSyntaxUID),
+        s3_key=result.key,
+        size=result.size,
+        sha256=result.sha256,
+        received_at=_now(),
+        partner=partner_id,
+        patient_pseudonym=result.plan.patient_pseudonym,
+    )
+    created = index_store.put_new(dynamodb, destinations.table_name, item)
+    _delete_original(s3, obj, head)
+    return Outcome(INGESTED if created else DUPLICATE, partner=partner_id, size=size,
+                   study_uid=item["study_uid"], stored_bytes=result.size, bytes_read=result.bytes_read)
+
+
+def _quarantine(s3, dynamodb, obj: UploadedObject, head: dict, version: str, reason: str, partner: str,
+                destinations: Destinations) -> None:
+    """Server-side copy to ``<partner>/<object_id>`` with the reason, then the record."""
+    object_id = index_items.object_id(obj.bucket, obj.key, version)
+    source = {"Bucket": obj.bucket, "Key": obj.key}
+    if head.get("VersionId"):
+        source["VersionId"] = head["VersionId"]
+    s3.copy(
+        source,
+        destinations.quarantine_bucket,
+        index_items.quarantine_object_key(partner, object_id),
+        ExtraArgs={"Metadata": {"reason": reason}, "MetadataDirective": "REPLACE",
+                   "Tagging": f"reason={reason}", "TaggingDirective": "REPLACE"},
+    )
+    index_store.put_new(dynamodb, destinations.table_name, index_items.quarantine_item(
+        object_id_=object_id, reason=reason, partner=partner, size=head["ContentLength"],
+        original_key=obj.key, received_at=_now()))
+
+
+def _delete_original(s3, obj: UploadedObject, head: dict) -> None:
+    """Delete exactly the version that was processed: a newer upload to the same key
+    (with its own event) stays in place."""
+    version = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+    s3.delete_object(Bucket=obj.bucket, Key=obj.key, **version)
