@@ -35,19 +35,22 @@ class UsageError(Exception):
 
 
 def read_secret_file(path: Path) -> bytes:
-    """The de-identification secret kept in ``path`` as hex; created (0600) when missing."""
+    """The de-identification secret kept in ``path``; created (0600, 32 random bytes as hex)
+    when missing. The key is the file's text, exactly as the pipeline uses the Secrets
+    Manager secret string, so the same secret gives the same UIDs here and in the pipeline.
+    """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as out:
             out.write(secrets.token_hex(SECRET_BYTES) + "\n")
     try:
-        secret = bytes.fromhex(path.read_text().strip())
+        secret = path.read_text(encoding="ascii").strip()
     except (ValueError, OSError) as exc:
-        raise UsageError(f"{path}: expected a hex-encoded secret") from exc
-    if len(secret) < 16:
-        raise UsageError(f"{path}: the secret must be at least 16 bytes")
-    return secret
+        raise UsageError(f"{path}: unreadable secret file") from exc
+    if len(secret) < 32:
+        raise UsageError(f"{path}: the secret must be at least 32 characters")
+    return secret.encode("ascii")
 
 
 def _inputs(src: Path, dst: Path) -> list[Path]:

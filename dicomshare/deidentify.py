@@ -599,11 +599,10 @@ def deidentify_header(
             raise
         except Exception as exc:  # a value pydicom cannot parse or write: refuse, never crash
             raise DeidentificationRefused(MALFORMED) from exc
-    header_ds = ds
-    if "PixelData" in header_ds:
-        header_ds = Dataset(ds)
-        del header_ds.PixelData
-    return Plan(buffer.getvalue(), pixel_offset, pixel_end, header_ds, deidentifier.pseudonym)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return Plan(buffer.getvalue(), pixel_offset, pixel_end, ds, deidentifier.pseudonym)
 
 
 def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:

@@ -1,0 +1,133 @@
+"""S3 rewrite against a moto server over real HTTP: small objects in one PUT, large ones as
+a multipart upload whose pixel data is copied server-side."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import numpy as np
+import pydicom
+import pytest
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless
+
+from dicomshare import index, profile
+from dicomshare.deidentify import deidentify_header
+from dicomshare.settings import Settings
+from dicomshare.validation import DeidentificationRefused
+from dicomshare_aws import s3_deidentify
+from dicomshare_aws.s3_deidentify import deidentify_object
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+SRC, DST = "ingest", "deid"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client(
+        "s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=SRC)
+    client.create_bucket(Bucket=DST)
+    yield client
+    server.stop()
+
+
+def dicom_bytes(frames: int, rows: int = 512, encapsulated: bool = False) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4.5", "1.2.3.4", "1.2.3.4.1"
+    ds.Modality, ds.PatientID, ds.PatientName = "CT", "SECRETPATIENT", "Doe^Jane"
+    ds.Rows = ds.Columns = rows
+    ds.NumberOfFrames = frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    pixels = np.random.default_rng(7).integers(0, 65535, size=frames * rows * rows, dtype=np.uint16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    if encapsulated:
+        frame_bytes = len(pixels) // frames
+        ds.PixelData = pydicom.encaps.encapsulate(
+            [pixels[i * frame_bytes : (i + 1) * frame_bytes] for i in range(frames)]
+        )
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    else:
+        ds.PixelData = pixels
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def rewrite(s3, key: str, data: bytes):
+    s3.put_object(Bucket=SRC, Key=key, Body=data)
+    return deidentify_object(
+        s3, SRC, key, DST,
+        lambda plan: index.deidentified_object_key(plan.study_instance_uid, plan.series_instance_uid, plan.sop_instance_uid),
+        profile=profile.named("clinical"), secret=SECRET, settings=Settings(), size=len(data),
+    )
+
+
+def expected_output(data: bytes) -> bytes:
+    plan = deidentify_header(io.BytesIO(data), profile=profile.named("clinical"), secret=SECRET, settings=Settings())
+    return plan.new_header + data[plan.pixel_offset : plan.pixel_end]
+
+
+def test_small_object_single_put(s3):
+    data = dicom_bytes(frames=1, rows=64)
+    result = rewrite(s3, "partner/small.dcm", data)
+    body = s3.get_object(Bucket=DST, Key=result.key)["Body"].read()
+    assert body == expected_output(data)
+    assert not result.multipart and result.sha256 is not None and result.size == len(body)
+    assert result.key.startswith("studies/2.25.") and b"SECRETPATIENT" not in body
+
+
+@pytest.mark.parametrize("encapsulated", [False, True], ids=["native", "encapsulated"])
+def test_large_object_multipart_copies_pixel_data_server_side(s3, monkeypatch, encapsulated):
+    monkeypatch.setattr(s3_deidentify, "COPY_PART_BYTES", 6 * 1024**2)
+    data = dicom_bytes(frames=24, encapsulated=encapsulated)
+    assert len(data) >= 12 * 1024**2
+    result = rewrite(s3, f"partner/large-{encapsulated}.dcm", data)
+    body = s3.get_object(Bucket=DST, Key=result.key)["Body"].read()
+    assert body == expected_output(data)
+    assert result.multipart and result.sha256 is None and result.size == len(body)
+    assert result.bytes_read < len(data) // 2
+    assert pydicom.dcmread(io.BytesIO(body)).PixelData == pydicom.dcmread(io.BytesIO(data)).PixelData
+    assert s3.list_multipart_uploads(Bucket=DST).get("Uploads", []) == []
+
+
+def test_refused_object_writes_nothing(s3):
+    data = dicom_bytes(frames=20)
+    truncated = data[: len(data) - 1000]
+    s3.put_object(Bucket=SRC, Key="partner/truncated.dcm", Body=truncated)
+    before = s3.list_objects_v2(Bucket=DST).get("KeyCount", 0)
+    with pytest.raises(DeidentificationRefused) as refused:
+        deidentify_object(
+            s3, SRC, "partner/truncated.dcm", DST, lambda plan: "never",
+            profile=profile.named("clinical"), secret=SECRET, settings=Settings(), size=len(truncated),
+        )
+    assert refused.value.reason == "truncated"
+    assert s3.list_objects_v2(Bucket=DST).get("KeyCount", 0) == before
+
+
+def test_source_overwritten_mid_rewrite_aborts_the_upload(s3):
+    data = dicom_bytes(frames=24)
+    s3.put_object(Bucket=SRC, Key="partner/overwritten.dcm", Body=data)
+
+    def key_after_overwrite(plan):
+        s3.put_object(Bucket=SRC, Key="partner/overwritten.dcm", Body=data[:-2] + b"\x00\x00")
+        return "studies/overwritten.dcm"
+
+    with pytest.raises(Exception):
+        deidentify_object(
+            s3, SRC, "partner/overwritten.dcm", DST, key_after_overwrite,
+            profile=profile.named("clinical"), secret=SECRET, settings=Settings(), size=len(data),
+        )
+    assert s3.list_multipart_uploads(Bucket=DST).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=DST, Prefix="studies/overwritten").get("KeyCount", 0) == 0
