@@ -243,7 +243,7 @@ def key_object_selection(
         ds.SOPClassUID = item["sop_class_uid"]
         ds.Modality = item.get("modality", "")
         ds.PatientID = study.get("patient_pseudonym", "")
-        ds.PatientName = study.get("patient_pseudonym", "")
+        ds.PatientName = study.get("patient_pseudonym", "") + "^"
         ds.PatientBirthDate = ""
         ds.PatientSex = ""
         ds.AccessionNumber = ""

@@ -34,7 +34,7 @@ def page() -> tuple[str, str]:
 
 
 @router.get("/view", include_in_schema=False)
-def view() -> Response:
+def view() -> Response[str]:
     html, policy = page()
     return Response(
         200,

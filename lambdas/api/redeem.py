@@ -29,12 +29,17 @@ logger = Logger()
 DICOM = "application/dicom"
 
 
-@router.post("/redeem", compress=True)
+@router.post("/redeem", compress=True, responses={
+    200: {"description": "The manifest (JSON), or with Accept: application/dicom the Key Object Selection document",
+          "content": {"application/json": {}, DICOM: {}}},
+    401: {"description": "token_required"}, 403: {"description": "pin_required, wrong_pin"},
+    404: {"description": "unknown_link"}, 410: {"description": "revoked, expired, exhausted, locked"},
+})
 def redeem(
     authorization: Annotated[str | None, Header(alias="Authorization")] = None,
     pin: Annotated[str | None, Header(alias=shares.PIN_HEADER, max_length=64)] = None,
     study_uid: Annotated[str | None, Query(pattern=UID_PATTERN, max_length=64)] = None,
-) -> dict[str, Any]:
+):
     store = deps.store()
     token = shares.token_from_authorization(authorization)
     if token is None:

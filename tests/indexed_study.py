@@ -1,0 +1,55 @@
+"""A real DICOM study placed as the ingest pipeline leaves it: de-identified objects in the
+de-identified bucket (so the preview Lambda renders them) and instance items written with
+the ingest side's own item builder and conditional put; the counts aggregator then builds the study and
+series items from the stream. Used by the share API, page and preview tests."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from dataclasses import dataclass, field
+
+from pydicom.uid import generate_uid
+
+from dicomshare import index
+from dicomshare.index_items import instance_item
+from dicomshare_aws.index_store import put_new
+from dicomshare_local import demo
+
+
+
+@dataclass
+class IndexedStudy:
+    study_uid: str
+    pseudonym: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    """SOPInstanceUID -> bytes of the de-identified object."""
+    series_uids: list[str] = field(default_factory=list)
+
+
+def put_study(system, *, pseudonym: str, study_date: str, slices: int = 3, size: int = 64,
+              description: str = "CT ABDOMEN", series: int = 1) -> IndexedStudy:
+    s3, dynamodb = system.client("s3"), system.client("dynamodb")
+    study_uid = generate_uid()
+    study = IndexedStudy(study_uid, pseudonym)
+    for number in range(1, series + 1):
+        series_uid = generate_uid()
+        study.series_uids.append(series_uid)
+        for ds in demo.ct_series(slices, study_date, description, size=size):
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = study_uid, series_uid, number
+            ds.PatientName = ds.PatientID = pseudonym
+            data = demo.part10_bytes(ds)
+            key = index.deidentified_object_key(study_uid, series_uid, ds.SOPInstanceUID)
+            s3.put_object(Bucket=system.resources.deid_bucket, Key=key, Body=data, ContentType="application/dicom")
+            study.files[ds.SOPInstanceUID] = data
+            item = instance_item(
+                ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(), received_at=now(), partner="demo-partner",
+                patient_pseudonym=pseudonym,
+            )
+            put_new(dynamodb, system.resources.table_name, item)
+    return study
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")

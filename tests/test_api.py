@@ -1,0 +1,274 @@
+"""The share API over real HTTP against the local system (moto server, real handlers)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import urllib.request
+
+import pydicom
+import pytest
+
+from dicomshare import index
+from dicomshare.shares import MAX_PIN_FAILURES
+from indexed_study import put_study
+
+
+@pytest.fixture(scope="module")
+def studies(local_system):
+    """Two studies of one patient (a prior and a current one) and an unrelated study."""
+    prior = put_study(local_system, pseudonym="PSEUDO-API-1", study_date="20200105", slices=2)
+    current = put_study(local_system, pseudonym="PSEUDO-API-1", study_date="20240301", slices=3, series=2)
+    other = put_study(local_system, pseudonym="PSEUDO-API-2", study_date="20230101", slices=1)
+    local_system.wait_idle()
+    return {"prior": prior, "current": current, "other": other}
+
+
+def create(api, study_uid: str, **options) -> dict:
+    status, body = api.call("POST", "/shares", {"study_uid": study_uid, "expires_in": 3600, **options})
+    assert status == 201, body
+    return body
+
+
+def redeem(api, token: str | None, pin: str | None = None, accept: str | None = None):
+    headers = {}
+    if token is not None:
+        headers["Authorization"] = f"Share {token}"
+    if pin is not None:
+        headers["X-Share-Pin"] = pin
+    if accept:
+        headers["Accept"] = accept
+    return api.call("POST", "/redeem", headers=headers, admin=False)
+
+
+def audit_outcomes(api, share_id: str) -> list[tuple[str, str]]:
+    status, body = api.call("GET", f"/shares/{share_id}/audit")
+    assert status == 200
+    return [(r["action"], r["outcome"]) for r in body["audit"]]
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+def test_lifecycle_create_redeem_download_revoke(api, local_system, studies):
+    current = studies["current"]
+    share = create(api, current.study_uid, recipient="Dr Second Opinion")
+    assert share["url"] == f"{local_system.api_url}/view#{share['token']}"
+    assert len(share["token"]) >= 43
+
+    status, manifest = redeem(api, share["token"])
+    assert status == 200, manifest
+    [study] = manifest["studies"]
+    assert study["study_uid"] == current.study_uid
+    assert study["patient_pseudonym"] == "PSEUDO-API-1"
+    assert study["instance_count"] == 6 and study["series_count"] == 2
+    instances = [i for s in study["series"] for i in s["instances"]]
+    assert {i["sop_instance_uid"] for i in instances} == set(current.files)
+    for instance in instances[:2]:
+        data = download(instance["url"])
+        assert data == current.files[instance["sop_instance_uid"]]
+        assert hashlib.sha256(data).hexdigest() == instance["sha256"]
+        assert download(instance["preview_url"]).startswith(b"\x89PNG")
+    ohif = manifest["dicomjson"]["studies"][0]
+    assert ohif["StudyInstanceUID"] == current.study_uid
+    first = ohif["series"][0]["instances"][0]
+    assert first["url"].startswith("dicomweb:http")
+    assert first["metadata"]["Rows"] == 64 and len(first["metadata"]["ImageOrientationPatient"]) == 6
+
+    status, inspected = api.call("GET", f"/shares/{share['share_id']}")
+    assert status == 200 and inspected["redemptions"] == 1 and inspected["status"] == "active"
+    assert share["token"] not in json.dumps(inspected)
+
+    status, revoked = api.call("DELETE", f"/shares/{share['share_id']}")
+    assert status == 200 and revoked["status"] == "revoked"
+    status, body = redeem(api, share["token"])
+    assert (status, body["error"]) == (410, "revoked")
+    assert audit_outcomes(api, share["share_id"]) == [
+        ("create", "ok"), ("redeem", "ok"), ("revoke", "ok"), ("redeem", "revoked")]
+    record = api.call("GET", f"/shares/{share['share_id']}/audit")[1]["audit"][0]
+    assert record["who"].startswith("arn:aws:iam::") and record["source_ip"] == "127.0.0.1"
+
+
+def test_first_redemption_emits_one_event(api, local_system, studies):
+    share = create(api, studies["other"].study_uid)
+    assert redeem(api, share["token"])[0] == 200
+    assert redeem(api, share["token"])[0] == 200
+    sqs = local_system.client("sqs")
+    found = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not found:
+        for message in sqs.receive_message(QueueUrl=local_system.resources.events_queue_url,
+                                           MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            event = json.loads(message["Body"])
+            if event["detail-type"] == "ShareFirstRedeemed" and event["detail"]["share_id"] == share["share_id"]:
+                found.append(event)
+                assert share["token"] not in message["Body"]
+    assert len(found) == 1
+
+
+def test_expired_share_is_refused(api, local_system, studies):
+    share = create(api, studies["other"].study_uid)
+    local_system.client("dynamodb").update_item(
+        TableName=local_system.resources.table_name,
+        Key={k: {"S": v} for k, v in index.share_key(share["share_id"]).items()},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+    status, body = redeem(api, share["token"])
+    assert (status, body["error"]) == (410, "expired")
+    assert api.call("GET", f"/shares/{share['share_id']}")[1]["status"] == "expired"
+
+
+def test_pin_required_wrong_lockout_and_unlock(api, studies):
+    share = create(api, studies["other"].study_uid, pin="4711")
+    status, body = redeem(api, share["token"])
+    assert (status, body["error"]) == (403, "pin_required")
+    for attempt in range(1, MAX_PIN_FAILURES):
+        status, body = redeem(api, share["token"], pin="0000")
+        assert (status, body["error"], body["attempts_left"]) == (403, "wrong_pin", MAX_PIN_FAILURES - attempt)
+    status, body = redeem(api, share["token"], pin="0000")
+    assert (status, body["error"]) == (410, "locked")
+    assert redeem(api, share["token"], pin="4711")[1]["error"] == "locked"
+    status, unlocked = api.call("POST", f"/shares/{share['share_id']}/unlock")
+    assert status == 200 and unlocked["status"] == "active"
+    assert redeem(api, share["token"], pin="4711")[0] == 200
+    outcomes = audit_outcomes(api, share["share_id"])
+    assert ("redeem", "pin_required") in outcomes and ("unlock", "ok") in outcomes
+    assert outcomes.count(("redeem", "wrong_pin")) == MAX_PIN_FAILURES - 1
+
+
+def test_max_redemptions_is_enforced(api, studies):
+    share = create(api, studies["other"].study_uid, max_redemptions=1)
+    assert redeem(api, share["token"])[0] == 200
+    status, body = redeem(api, share["token"])
+    assert (status, body["error"]) == (410, "exhausted")
+
+
+@pytest.mark.parametrize("authorization", ["Share AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "Share x"])
+def test_unknown_tokens_get_404_without_a_hint(api, authorization):
+    status, body = api.call("POST", "/redeem", headers={"Authorization": authorization}, admin=False)
+    assert status == 404
+    assert body == {"error": "unknown_link", "message": "This link is not valid."}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer something"}, {"Authorization": "Share "}])
+def test_missing_token_is_refused(api, headers):
+    status, body = api.call("POST", "/redeem", headers=headers, admin=False)
+    assert (status, body["error"]) == (401, "token_required")
+
+
+def test_view_only_share_has_no_dicom_urls(api, studies):
+    share = create(api, studies["other"].study_uid, allow_download=False)
+    status, manifest = redeem(api, share["token"])
+    assert status == 200 and manifest["share"]["allow_download"] is False
+    instances = [i for s in manifest["studies"][0]["series"] for i in s["instances"]]
+    assert instances and all("url" not in i and i["preview_url"] for i in instances)
+    assert manifest["dicomjson"] is None
+
+
+def test_include_priors_shares_the_earlier_study(api, studies):
+    share = create(api, studies["current"].study_uid, include_priors=True)
+    assert share["study_uids"] == [studies["current"].study_uid, studies["prior"].study_uid]
+    status, manifest = redeem(api, share["token"])
+    assert [(s["study_uid"], s["prior"]) for s in manifest["studies"]] == [
+        (studies["current"].study_uid, False), (studies["prior"].study_uid, True)]
+    assert len(manifest["dicomjson"]["studies"]) == 2
+    status, detail = api.call("GET", f"/studies/{studies['current'].study_uid}")
+    assert [p["study_uid"] for p in detail["priors"]] == [studies["prior"].study_uid]
+
+
+def test_key_object_selection_manifest(api, studies):
+    current = studies["current"]
+    share = create(api, current.study_uid)
+    status, payload = redeem(api, share["token"], accept="application/dicom")
+    assert status == 200
+    ds = pydicom.dcmread(io.BytesIO(payload))
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"
+    assert (ds.ConceptNameCodeSequence[0].CodeValue, ds.ConceptNameCodeSequence[0].CodeMeaning) == ("113030", "Manifest")
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert referenced == set(current.files)
+    assert str(ds.PatientID) == "PSEUDO-API-1"
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"{not json", "body"),
+    ({}, "study_uid"),
+    ({"study_uid": "not a uid"}, "study_uid"),
+    ({"study_uid": "1.2.3", "expires_in": "soon"}, "expires_in"),
+    ({"study_uid": "1.2.3", "pin": "12"}, "pin"),
+    ({"study_uid": "1.2.3", "colour": "red"}, "colour"),
+    ({"study_uid": "1.2.3", "max_redemptions": 0}, "max_redemptions"),
+])
+def test_malformed_create_bodies_get_422_with_a_reason(api, body, field):
+    status, answer = api.call("POST", "/shares", body)
+    assert status == 422, answer
+    assert answer["error"] == "invalid_request" and field in answer["message"]
+    assert "Traceback" not in json.dumps(answer) and "12" not in json.dumps(answer)
+
+
+def test_out_of_range_expiry_and_unknown_study(api, studies, local_settings):
+    status, body = api.call("POST", "/shares", {"study_uid": studies["other"].study_uid,
+                                                "expires_in": local_settings.share_max_seconds + 1})
+    assert (status, body["error"]) == (422, "expires_in_out_of_range")
+    status, body = api.call("POST", "/shares", {"study_uid": "1.2.3.4.5"})
+    assert (status, body["error"]) == (404, "unknown_study")
+    assert api.call("GET", "/shares/0123456789abcdef")[0] == 404
+    assert api.call("GET", "/shares/not-an-id")[0] == 422
+    assert api.call("GET", "/nowhere")[0] == 404
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/shares"), ("POST", "/shares"), ("GET", "/studies"),
+                                          ("DELETE", "/shares/0123456789abcdef"), ("GET", "/openapi.json")])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token"])
+def test_admin_routes_refuse_missing_or_bad_credentials(api, method, path, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    status, body = api.call(method, path, {}, headers=headers, admin=False)
+    assert status == 403 and body["error"]
+
+
+def test_handler_refuses_admin_events_without_a_caller_identity(local_system):
+    from dicomshare_local.pollers import LambdaContext
+    from lambdas.api.handler import handler
+
+    event = {"httpMethod": "GET", "path": "/shares", "headers": {}, "requestContext": {"identity": {}}}
+    response = handler(event, LambdaContext("api", 29))
+    assert response["statusCode"] == 403 and json.loads(response["body"])["error"] == "admin_only"
+
+
+def test_study_listing_pages_and_openapi(api, studies):
+    status, first = api.call("GET", "/studies?limit=1")
+    assert status == 200 and len(first["studies"]) == 1 and first["next"]
+    assert {"study_uid", "instance_count", "series_count", "modalities"} <= set(first["studies"][0])
+    status, second = api.call("GET", f"/studies?limit=1&next={first['next']}")
+    assert status == 200 and second["studies"][0]["study_uid"] != first["studies"][0]["study_uid"]
+    assert api.call("GET", "/studies?next=garbage")[1]["error"] == "invalid_next"
+    assert api.call("GET", "/studies?limit=0")[0] == 422
+    status, listing = api.call("GET", "/shares?limit=2")
+    assert status == 200 and all("token" not in s for s in listing["shares"])
+    status, schema = api.call("GET", "/openapi.json")
+    assert status == 200 and {"/shares", "/redeem", "/studies/{study_uid}"} <= set(schema["paths"])
+
+
+def test_token_never_reaches_logs_or_the_index(api, local_system, studies, caplog):
+    share = create(api, studies["other"].study_uid, pin="2468")
+    token = share["token"]
+    redeem(api, token)
+    redeem(api, token, pin="1357")
+    redeem(api, token, pin="2468")
+    api.call("DELETE", f"/shares/{share['share_id']}")
+    redeem(api, token)
+    logged = json.dumps([record.__dict__ for record in caplog.records], default=str)
+    assert "share redeemed" in logged and "redemption refused" in logged
+    assert token not in logged and "2468" not in logged
+    pages = local_system.client("dynamodb").get_paginator("scan").paginate(TableName=local_system.resources.table_name)
+    items = [item for page in pages for item in page["Items"]]
+    assert token not in json.dumps(items) and "2468" not in json.dumps(items)
