@@ -1,0 +1,62 @@
+"""The dicomshare CDK app: which configuration document, which removal policies, the three
+stacks and how they reference each other (storage <- ingest <- share API, no cycles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aws_cdk as cdk
+
+from dicomshare.settings import ConfigError, Settings, from_document
+from stacks.ingest import IngestStack
+from stacks.share_api import ShareApiStack
+from stacks.storage import StorageStack
+
+CONTEXT_KEY = "dicomshare"
+"""``cdk.json`` context: the default configuration document (the local system reads it too)."""
+ENV_CONTEXT_KEY = "dicomshare_env"
+"""``-c dicomshare_env=prod`` selects the document under ``dicomshare:prod`` instead."""
+
+RETAINED_ENVIRONMENTS = frozenset({"prod"})
+"""Environments whose keys, buckets, table and secret outlive ``cdk destroy``."""
+
+
+@dataclass(frozen=True)
+class DicomshareStacks:
+    storage: StorageStack
+    ingest: IngestStack
+    share_api: ShareApiStack
+
+
+def configuration(app: cdk.App) -> Settings:
+    """The configuration document selected by the context, validated."""
+    environment = app.node.try_get_context(ENV_CONTEXT_KEY)
+    key = f"{CONTEXT_KEY}:{environment}" if environment else CONTEXT_KEY
+    document = app.node.try_get_context(key)
+    if document is None:
+        raise ConfigError(f"context: no configuration document under {key!r} (see docs/deployment.md)")
+    settings = from_document(document)
+    if environment and settings.environment != environment:
+        raise ConfigError(f"{key}.environment: expected {environment!r}, got {settings.environment!r}")
+    return settings
+
+
+def removal_policy(settings: Settings) -> cdk.RemovalPolicy:
+    return cdk.RemovalPolicy.RETAIN if settings.environment in RETAINED_ENVIRONMENTS else cdk.RemovalPolicy.DESTROY
+
+
+def build(app: cdk.App) -> DicomshareStacks:
+    settings = configuration(app)
+    removal = removal_policy(settings)
+    prefix = f"dicomshare-{settings.environment}"
+    storage = StorageStack(app, f"{prefix}-storage", settings=settings, removal=removal,
+                           description=f"dicomshare {settings.environment}: buckets, index table, secret, partner roles")
+    ingest = IngestStack(app, f"{prefix}-ingest", storage=storage, removal=removal,
+                         description=f"dicomshare {settings.environment}: ingest, preview and counts pipeline")
+    share_api = ShareApiStack(app, f"{prefix}-share-api", storage=storage, bus=ingest.bus, removal=removal,
+                              description=f"dicomshare {settings.environment}: share API and clinician page")
+    for stack in (storage, ingest, share_api):
+        cdk.Tags.of(stack).add("application", "dicomshare")
+        cdk.Tags.of(stack).add("environment", settings.environment)
+    return DicomshareStacks(storage, ingest, share_api)

@@ -1,0 +1,346 @@
+"""Ingest: S3 events -> SQS (+ DLQ) -> the ingest function (validate, de-identify, index or
+quarantine); de-identified instances -> SQS -> the preview function; the index table's
+stream -> the counts function; the event bus; alarms on dead letters and backlogs.
+
+Least privilege: each function's role names the exact actions on the exact resources its
+handler uses (see the ``*_permissions`` functions), nothing from the ``grant*`` helpers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from dicomshare import settings as config
+from dicomshare_aws import resources
+from stacks.acknowledge import acknowledge, object_wildcard
+from stacks.python_function import PythonFunction, allow_cloudwatch_logs
+from stacks.storage import StorageStack
+
+# Memory sizes: starting points, to be replaced by the measurements of bench/ (see
+# docs/deployment.md, "Function sizing"). Lambda gives CPU in proportion to memory
+# (1 vCPU at 1769 MB).
+INGEST_MEMORY_MB = 1024
+"""Parses the header, rewrites it and streams the pixel data through in parts: CPU-bound on
+the header, never holds a whole multi-GB object in memory."""
+PREVIEW_MEMORY_MB = 2048
+"""Decodes one frame (JPEG 2000 / JPEG-LS / JPEG) into numpy: up to a few hundred MB for
+large multi-frame instances, and decoding wants the CPU of ~1.2 vCPU."""
+COUNTS_MEMORY_MB = 256
+"""Sums up to 100 stream records into a handful of DynamoDB updates: I/O-bound, small."""
+
+INGEST_CONCURRENCY = 20
+"""Reserved concurrency of the ingest function, also the SQS event source's maximum
+concurrency (so Lambda never throttles messages back to the queue and on to the DLQ)."""
+PREVIEW_CONCURRENCY = 10
+COUNTS_CONCURRENCY = 5
+"""One invocation per stream shard at a time; five covers a table with that many shards."""
+
+DLQ_RETENTION = cdk.Duration.days(14)
+INGEST_BACKLOG_ALARM_SECONDS = 900
+PREVIEW_BACKLOG_ALARM_SECONDS = 3600
+STREAM_RETRY_ATTEMPTS = 5
+
+
+class IngestStack(cdk.Stack):
+    def __init__(self, scope: Construct, id: str, *, storage: StorageStack, removal: cdk.RemovalPolicy, **kwargs) -> None:
+        super().__init__(scope, id, **kwargs)
+        settings = storage.settings
+
+        self.pipeline_key = kms.Key(
+            self, "PipelineKey",
+            description="dicomshare queues, alarm topic and function logs",
+            enable_key_rotation=True,
+            removal_policy=removal,
+        )
+        allow_cloudwatch_logs(self.pipeline_key)
+        self.pipeline_key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
+
+        self.bus = events.EventBus(self, "EventBus")
+
+        self.alarm_topic = sns.Topic(self, "AlarmTopic", master_key=self.pipeline_key, enforce_ssl=True)
+        cdk.CfnOutput(self, "AlarmTopicArn", value=self.alarm_topic.topic_arn,
+                      description="Subscribe an operator to dead-letter and backlog alarms")
+
+        self.ingest_dlq = self.dead_letter_queue("IngestDeadLetterQueue")
+        self.ingest_queue = self.work_queue("IngestQueue", resources.INGEST_TIMEOUT_SECONDS, self.ingest_dlq)
+        self.preview_dlq = self.dead_letter_queue("PreviewDeadLetterQueue")
+        self.preview_queue = self.work_queue("PreviewQueue", resources.PREVIEW_TIMEOUT_SECONDS, self.preview_dlq)
+        self.counts_dlq = self.dead_letter_queue("CountsDeadLetterQueue")
+        acknowledge(self.counts_dlq, {
+            "AwsSolutions-SQS3": "This queue is itself a dead-letter destination: the on-failure destination "
+            "of the table stream event source (records the counts function could not process).",
+        })
+
+        # The buckets are referenced by ARN, not as constructs: S3 notifications are then
+        # configured from this stack, so the storage stack never depends on these queues.
+        ingest_bucket = s3.Bucket.from_bucket_arn(self, "IngestBucketRef", storage.imported_arns["IngestBucketArn"])
+        for event in resources.INGEST_EVENTS:
+            ingest_bucket.add_event_notification(s3_event_type(event), s3n.SqsDestination(self.ingest_queue))
+        deid_bucket = s3.Bucket.from_bucket_arn(self, "DeidentifiedBucketRef", storage.imported_arns["DeidentifiedBucketArn"])
+        deid_bucket.add_event_notification(
+            s3.EventType.OBJECT_CREATED,
+            s3n.SqsDestination(self.preview_queue),
+            s3.NotificationKeyFilter(**resources.PREVIEW_FILTER),
+        )
+
+        self.ingest = PythonFunction(
+            self, "IngestFunction", name="ingest", settings=settings,
+            environment={
+                config.INGEST_BUCKET_ENV: storage.ingest_bucket.bucket_name,
+                config.DEID_BUCKET_ENV: storage.deid_bucket.bucket_name,
+                config.QUARANTINE_BUCKET_ENV: storage.quarantine_bucket.bucket_name,
+                config.TABLE_NAME_ENV: storage.table.table_name,
+                config.DEID_SECRET_ARN_ENV: storage.deid_secret.secret_arn,
+                config.EVENT_BUS_NAME_ENV: self.bus.event_bus_name,
+            },
+            memory_size=INGEST_MEMORY_MB, timeout_seconds=resources.INGEST_TIMEOUT_SECONDS,
+            reserved_concurrency=INGEST_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            invoked_by="SQS event source mapping, failed messages redrive to the ingest DLQ",
+        )
+        self.ingest.add_to_role_policy(*ingest_permissions(storage, self.bus))
+        acknowledge(self.ingest.role.node.find_child("DefaultPolicy"), {
+            object_wildcard(storage.exported_arn("IngestBucketArn"), "*"): "Reads and removes any upload: "
+            "partners choose their object keys under their own prefixes.",
+            object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Writes de-identified "
+            "instances, keyed by their new UIDs, under studies/ only.",
+            object_wildcard(storage.exported_arn("QuarantineBucketArn"), "*"): "Writes refused files under "
+            "<partner>/<object id>, for any partner.",
+        })
+        self.ingest.function.add_event_source(event_sources.SqsEventSource(
+            self.ingest_queue,
+            batch_size=resources.SQS_BATCH_SIZE,
+            report_batch_item_failures=True,
+            max_concurrency=INGEST_CONCURRENCY,
+        ))
+
+        self.preview = PythonFunction(
+            self, "PreviewFunction", name="preview", settings=settings,
+            environment={config.DEID_BUCKET_ENV: storage.deid_bucket.bucket_name},
+            memory_size=PREVIEW_MEMORY_MB, timeout_seconds=resources.PREVIEW_TIMEOUT_SECONDS,
+            reserved_concurrency=PREVIEW_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            invoked_by="SQS event source mapping, failed messages redrive to the preview DLQ",
+        )
+        self.preview.add_to_role_policy(*preview_permissions(storage))
+        acknowledge(self.preview.role.node.find_child("DefaultPolicy"), {
+            object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Reads the "
+            "de-identified instance named in each S3 event, any of them.",
+            object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "previews/*"): "Writes the preview "
+            "of each instance it reads, under previews/ only.",
+        })
+        self.preview.function.add_event_source(event_sources.SqsEventSource(
+            self.preview_queue,
+            batch_size=resources.SQS_BATCH_SIZE,
+            report_batch_item_failures=True,
+            max_concurrency=PREVIEW_CONCURRENCY,
+        ))
+
+        self.counts = PythonFunction(
+            self, "CountsFunction", name="counts", settings=settings,
+            environment={
+                config.TABLE_NAME_ENV: storage.table.table_name,
+                config.EVENT_BUS_NAME_ENV: self.bus.event_bus_name,
+            },
+            memory_size=COUNTS_MEMORY_MB, timeout_seconds=resources.COUNTS_TIMEOUT_SECONDS,
+            reserved_concurrency=COUNTS_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            invoked_by="DynamoDB stream event source mapping, failed batches go to its on-failure SQS destination",
+        )
+        self.counts.add_to_role_policy(*counts_permissions(storage, self.bus))
+        self.counts.function.add_event_source(event_sources.DynamoEventSource(
+            storage.table,
+            starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+            batch_size=resources.STREAM_BATCH_SIZE,
+            bisect_batch_on_error=True,
+            retry_attempts=STREAM_RETRY_ATTEMPTS,
+            report_batch_item_failures=True,
+            on_failure=event_sources.SqsDlq(self.counts_dlq),
+        ))
+        acknowledge(self.counts.role.node.find_child("DefaultPolicy"), {
+            f"AwsSolutions-IAM5[Action::{action}]": "Added by CDK's grant for the on-failure destination: "
+            "sending to the counts DLQ, encrypted with the pipeline key (this key only)."
+            for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*")
+        })
+
+        for queue, dlq, backlog_seconds in (
+            (self.ingest_queue, self.ingest_dlq, INGEST_BACKLOG_ALARM_SECONDS),
+            (self.preview_queue, self.preview_dlq, PREVIEW_BACKLOG_ALARM_SECONDS),
+            (None, self.counts_dlq, None),
+        ):
+            self.alarm(f"{dlq.node.id}Depth", dlq.metric_approximate_number_of_messages_visible(
+                period=cdk.Duration.minutes(1), statistic="Maximum"), threshold=1,
+                description="Messages in a dead-letter queue: objects or records that were not processed")
+            if queue is not None:
+                self.alarm(f"{queue.node.id}Age", queue.metric_approximate_age_of_oldest_message(
+                    period=cdk.Duration.minutes(1), statistic="Maximum"), threshold=backlog_seconds,
+                    description="The oldest message has waited too long: the function is failing or throttled")
+
+        acknowledge_notifications_handler(self)
+
+        cdk.CfnOutput(self, "EventBusName", value=self.bus.event_bus_name)
+        cdk.CfnOutput(self, "IngestDeadLetterQueueUrl", value=self.ingest_dlq.queue_url)
+
+    def dead_letter_queue(self, id: str) -> sqs.Queue:
+        return sqs.Queue(
+            self, id,
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.pipeline_key,
+            enforce_ssl=True,
+            retention_period=DLQ_RETENTION,
+        )
+
+    def work_queue(self, id: str, function_timeout_seconds: int, dlq: sqs.Queue) -> sqs.Queue:
+        return sqs.Queue(
+            self, id,
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.pipeline_key,
+            enforce_ssl=True,
+            visibility_timeout=cdk.Duration.seconds(resources.visibility_timeout(function_timeout_seconds)),
+            retention_period=DLQ_RETENTION,
+            dead_letter_queue=sqs.DeadLetterQueue(queue=dlq, max_receive_count=resources.MAX_RECEIVE_COUNT),
+        )
+
+    def alarm(self, id: str, metric: cloudwatch.Metric, *, threshold: float, description: str) -> None:
+        alarm = cloudwatch.Alarm(
+            self, id,
+            metric=metric,
+            threshold=threshold,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+        )
+        alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.alarm_topic))
+
+
+def acknowledge_notifications_handler(stack: cdk.Stack) -> None:
+    """CDK's own function that configures bucket notifications (a CloudFormation custom resource)."""
+    handler = next(c for c in stack.node.children if c.node.id.startswith("BucketNotificationsHandler"))
+    acknowledge(handler, {
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]":
+            "CDK's bucket-notifications custom resource, run only during deployment; its role is defined by CDK.",
+        "AwsSolutions-IAM5[Resource::*]": "CDK's bucket-notifications custom resource: s3:PutBucketNotification "
+        "on the buckets it configures, as CDK defines it; it runs only during deployment.",
+    })
+    for bucket in ("IngestBucketRef", "DeidentifiedBucketRef"):
+        acknowledge(stack.node.find_child(bucket), {
+            "HIPAA.Security-IAMNoInlinePolicy": "CDK's bucket-notifications custom resource policy, as CDK "
+            "defines it; it runs only during deployment.",
+        })
+
+
+def s3_event_type(name: str) -> s3.EventType:
+    """``s3:ObjectCreated:*`` -> ``EventType.OBJECT_CREATED`` (S3's names to CDK's)."""
+    words = re.findall(r"[A-Z][a-z]*", name.removeprefix("s3:").replace(":*", ""))
+    return s3.EventType["_".join(w.upper() for w in words)]
+
+
+def objects(storage: StorageStack, exported_arn: str, pattern: str) -> str:
+    """``<bucket ARN>/<pattern>`` for a bucket of the storage stack."""
+    return f"{storage.imported_arns[exported_arn]}/{pattern}"
+
+
+def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
+    """Read and remove uploads; write de-identified instances and quarantined files; index them."""
+    return [
+        iam.PolicyStatement(
+            sid="ReadAndRemoveUploads",
+            actions=["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:DeleteObject"],
+            resources=[objects(storage, "IngestBucketArn", "*")],
+        ),
+        iam.PolicyStatement(
+            sid="WriteDeidentifiedInstances",
+            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+            resources=[objects(storage, "DeidentifiedBucketArn", "studies/*")],
+        ),
+        iam.PolicyStatement(
+            sid="WriteQuarantine",
+            actions=["s3:PutObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload"],
+            resources=[objects(storage, "QuarantineBucketArn", "*")],
+        ),
+        iam.PolicyStatement(
+            sid="DecryptUploads",
+            actions=["kms:Decrypt"],
+            resources=[storage.ingest_key.key_arn],
+        ),
+        iam.PolicyStatement(
+            sid="EncryptOutputs",
+            actions=["kms:GenerateDataKey", "kms:Decrypt"],
+            resources=[storage.deid_key.key_arn, storage.quarantine_key.key_arn],
+        ),
+        iam.PolicyStatement(
+            sid="IndexInstancesAndQuarantine",
+            actions=["dynamodb:PutItem", "dynamodb:GetItem"],
+            resources=[storage.imported_arns["TableArn"]],
+        ),
+        iam.PolicyStatement(
+            sid="UseTableKey",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[storage.table_key.key_arn],
+        ),
+        iam.PolicyStatement(
+            sid="ReadDeidentificationSecret",
+            actions=["secretsmanager:GetSecretValue"],
+            resources=[storage.deid_secret.secret_arn],
+        ),
+        iam.PolicyStatement(
+            sid="DecryptDeidentificationSecret",
+            actions=["kms:Decrypt"],
+            resources=[storage.secret_key.key_arn],
+        ),
+        iam.PolicyStatement(sid="PublishEvents", actions=["events:PutEvents"], resources=[bus.event_bus_arn]),
+    ]
+
+
+def preview_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
+    """Read de-identified instances (ranged GETs), write their previews."""
+    return [
+        iam.PolicyStatement(
+            sid="ReadDeidentifiedInstances",
+            actions=["s3:GetObject"],
+            resources=[objects(storage, "DeidentifiedBucketArn", "studies/*")],
+        ),
+        iam.PolicyStatement(
+            sid="WritePreviews",
+            actions=["s3:PutObject"],
+            resources=[objects(storage, "DeidentifiedBucketArn", "previews/*")],
+        ),
+        iam.PolicyStatement(
+            sid="UseDeidentifiedKey",
+            actions=["kms:Decrypt", "kms:GenerateDataKey"],
+            resources=[storage.deid_key.key_arn],
+        ),
+    ]
+
+
+def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
+    """Update study and series counts (single updates or transactions of them).
+
+    DynamoDB has no IAM action for ``TransactWriteItems``: each item of a transaction is
+    authorized by its own action (``UpdateItem``, ``ConditionCheckItem`` ...).
+    """
+    return [
+        iam.PolicyStatement(
+            sid="UpdateCounts",
+            actions=["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"],
+            resources=[storage.imported_arns["TableArn"]],
+        ),
+        iam.PolicyStatement(
+            sid="UseTableKey",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[storage.table_key.key_arn],
+        ),
+        iam.PolicyStatement(sid="PublishEvents", actions=["events:PutEvents"], resources=[bus.event_bus_arn]),
+    ]

@@ -1,0 +1,225 @@
+"""Share API: the REST API (IAM-authorized admin routes, public share-token routes), its
+WAF web ACL (rate limit on redeeming tokens), access logs, throttling and tracing, and
+the api function: reads the index, writes only share/token/audit items, presigns GETs of
+de-identified objects.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_apigateway as apigateway
+from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_wafv2 as wafv2
+from constructs import Construct
+
+from dicomshare import settings as config
+from dicomshare_aws import resources
+from stacks.acknowledge import acknowledge, object_wildcard
+from stacks.python_function import PythonFunction, allow_cloudwatch_logs, encrypted_log_group, log_retention
+from stacks.storage import StorageStack
+
+API_MEMORY_MB = 512
+"""JSON in, JSON out, plus an occasional Key Object Selection document (highdicom, imported
+lazily): 512 MB keeps cold starts short. To be replaced by bench/ measurements."""
+API_CONCURRENCY = 20
+
+STAGE_NAME = "v1"
+THROTTLE_RATE = 50
+"""Requests per second, steady state, for the whole stage."""
+THROTTLE_BURST = 100
+PUBLIC_THROTTLE_RATE = 10
+"""Requests per second on each public (share-token) route."""
+PUBLIC_THROTTLE_BURST = 20
+REDEEM_LIMIT_PER_5_MINUTES = 100
+"""WAF: redemptions one client IP may attempt in 5 minutes before it is blocked."""
+
+SHARE_ITEM_KEYS = ("SHARE#*", "TOKEN#*")
+"""Partition keys of the items the API may write: shares, their tokens and audit records."""
+
+
+class ShareApiStack(cdk.Stack):
+    def __init__(self, scope: Construct, id: str, *, storage: StorageStack, bus: events.IEventBus,
+                 removal: cdk.RemovalPolicy, **kwargs) -> None:
+        super().__init__(scope, id, **kwargs)
+        settings = storage.settings
+
+        self.logs_key = kms.Key(self, "ApiLogsKey", description="dicomshare API access and function logs",
+                                enable_key_rotation=True, removal_policy=removal)
+        allow_cloudwatch_logs(self.logs_key)
+
+        self.handler = PythonFunction(
+            self, "ApiFunction", name="api", settings=settings,
+            environment={
+                config.TABLE_NAME_ENV: storage.table.table_name,
+                config.DEID_BUCKET_ENV: storage.deid_bucket.bucket_name,
+                config.EVENT_BUS_NAME_ENV: bus.event_bus_name,
+            },
+            memory_size=API_MEMORY_MB, timeout_seconds=resources.API_TIMEOUT_SECONDS,
+            reserved_concurrency=API_CONCURRENCY, logs_key=self.logs_key, removal=removal,
+            invoked_by="API Gateway's synchronous Lambda proxy integration",
+        )
+        self.handler.add_to_role_policy(*api_permissions(storage, bus))
+        acknowledge(self.handler.role.node.find_child("DefaultPolicy"), {
+            object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Presigns GETs of the "
+            "de-identified instances of any shared study; which ones a caller gets is decided per share.",
+            object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "previews/*"): "Presigns GETs of the "
+            "previews (PNG) of any shared study's instances, under previews/ only.",
+            object_wildcard(storage.exported_arn("TableArn"), "index/*"): "Queries both of the table's global "
+            "secondary indexes (patient-studies, listing).",
+        })
+
+        public_method_options = {
+            f"{path}/{method}": apigateway.MethodDeploymentOptions(
+                throttling_rate_limit=PUBLIC_THROTTLE_RATE, throttling_burst_limit=PUBLIC_THROTTLE_BURST)
+            for method, path in sorted(resources.PUBLIC_ROUTES)
+        }
+        integration = apigateway.LambdaIntegration(self.handler.function, proxy=True)
+        self.api = apigateway.RestApi(
+            self, "RestApi",
+            description=f"dicomshare {settings.environment}: shares and the clinician share page",
+            endpoint_types=[apigateway.EndpointType.REGIONAL],
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=removal,
+            default_integration=integration,
+            default_method_options=apigateway.MethodOptions(authorization_type=apigateway.AuthorizationType.IAM),
+            deploy_options=apigateway.StageOptions(
+                stage_name=STAGE_NAME,
+                access_log_destination=apigateway.LogGroupLogDestination(encrypted_log_group(
+                    self, "AccessLogs", key=self.logs_key, settings=settings, removal=removal)),
+                # Standard fields log the resource template (/view), never the request's
+                # path or query string, so no share token reaches the access log.
+                access_log_format=apigateway.AccessLogFormat.json_with_standard_fields(
+                    caller=True, http_method=True, ip=True, protocol=True, request_time=True,
+                    resource_path=True, response_length=True, status=True, user=True),
+                # Execution logs at ERROR level and no data trace: INFO would log query strings.
+                logging_level=apigateway.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,
+                metrics_enabled=True,
+                tracing_enabled=True,
+                throttling_rate_limit=THROTTLE_RATE,
+                throttling_burst_limit=THROTTLE_BURST,
+                method_options=public_method_options,
+            ),
+        )
+        self.api.root.add_proxy(any_method=True)
+        for method, path in sorted(resources.PUBLIC_ROUTES):
+            public = self.api.root.resource_for_path(path).add_method(
+                method, integration, authorization_type=apigateway.AuthorizationType.NONE)
+            acknowledge(public, {
+                rule: "Public by design: the share token in the request is the credential, verified (hash "
+                "lookup, expiry, revocation, PIN) by the function; WAF rate-limits redemption."
+                for rule in ("AwsSolutions-APIG4", "AwsSolutions-COG4")
+            })
+        acknowledge(self.api, {
+            "AwsSolutions-COG4": "Admin routes use AWS_IAM authorization (SigV4 by the hospital's IAM "
+            "principals), not a Cognito user pool.",
+            "AwsSolutions-APIG2": "The function validates every request (pydantic models) and answers 4xx JSON "
+            "with a reason; API Gateway's validation would answer in its own format.",
+            "HIPAA.Security-APIGWCacheEnabledAndEncrypted": "No cache, on purpose: responses depend on the caller's "
+            "token or identity and carry presigned URLs that must never be served to anyone else.",
+            "HIPAA.Security-APIGWSSLEnabled": "The stage's only backend is a Lambda proxy integration, reached over "
+            "AWS's own signed invoke path; a client certificate authenticates HTTP backends only.",
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]":
+                "The account-level role API Gateway uses to write execution and access logs; this AWS-managed "
+                "policy is the one AWS documents for it.",
+        })
+
+        self.web_acl = redeem_rate_limited_web_acl(self, "WebAcl", environment=settings.environment)
+        wafv2.CfnWebACLAssociation(self, "WebAclAssociation",
+                                   resource_arn=self.api.deployment_stage.stage_arn,
+                                   web_acl_arn=self.web_acl.attr_arn)
+        # WAF requires the log group name to start with "aws-waf-logs-". The path and query
+        # string are redacted: a share token may travel in either.
+        waf_logs = logs.LogGroup(
+            self, "WebAclLogs",
+            log_group_name=f"aws-waf-logs-dicomshare-{settings.environment}",
+            encryption_key=self.logs_key,
+            retention=log_retention(settings.retention["log_days"]),
+            removal_policy=removal,
+        )
+        wafv2.CfnLoggingConfiguration(
+            self, "WebAclLogging",
+            resource_arn=self.web_acl.attr_arn,
+            log_destination_configs=[self.format_arn(
+                service="logs", resource="log-group", resource_name=waf_logs.log_group_name,
+                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)],
+            redacted_fields=[
+                wafv2.CfnLoggingConfiguration.FieldToMatchProperty(uri_path={}),
+                wafv2.CfnLoggingConfiguration.FieldToMatchProperty(query_string={}),
+            ],
+        )
+
+        cdk.CfnOutput(self, "ApiUrl", value=self.api.url)
+        cdk.CfnOutput(self, "SharePageUrl", value=f"{self.api.url}view")
+
+
+def api_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
+    """Read the index; write only share, token and audit items; presign GETs; emit events.
+
+    ``dynamodb:LeadingKeys`` restricts writes by partition key. It also holds inside
+    ``TransactWriteItems``, whose items are each authorized by their own action (there is
+    no separate IAM action for the transaction).
+    """
+    return [
+        iam.PolicyStatement(
+            sid="ReadIndex",
+            actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"],
+            resources=[storage.imported_arns["TableArn"], f"{storage.imported_arns['TableArn']}/index/*"],
+        ),
+        iam.PolicyStatement(
+            sid="WriteSharesTokensAudit",
+            actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"],
+            resources=[storage.imported_arns["TableArn"]],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(SHARE_ITEM_KEYS)}},
+        ),
+        iam.PolicyStatement(
+            sid="UseTableKey",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[storage.table_key.key_arn],
+        ),
+        iam.PolicyStatement(
+            sid="PresignDeidentifiedObjects",
+            actions=["s3:GetObject"],
+            resources=[f"{storage.imported_arns['DeidentifiedBucketArn']}/{prefix}*" for prefix in ("studies/", "previews/")],
+        ),
+        iam.PolicyStatement(
+            sid="DecryptDeidentifiedObjects",
+            actions=["kms:Decrypt"],
+            resources=[storage.deid_key.key_arn],
+        ),
+        iam.PolicyStatement(sid="PublishEvents", actions=["events:PutEvents"], resources=[bus.event_bus_arn]),
+    ]
+
+
+def redeem_rate_limited_web_acl(scope: Construct, id: str, *, environment: str) -> wafv2.CfnWebACL:
+    """Regional web ACL: allow by default, block a client IP that redeems too often."""
+    metric = f"dicomshare-{environment}-redeem-rate"
+    return wafv2.CfnWebACL(
+        scope, id,
+        scope="REGIONAL",
+        default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+        visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+            cloud_watch_metrics_enabled=True, metric_name=f"dicomshare-{environment}-api", sampled_requests_enabled=True),
+        rules=[wafv2.CfnWebACL.RuleProperty(
+            name="redeem-rate-limit",
+            priority=0,
+            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                limit=REDEEM_LIMIT_PER_5_MINUTES,
+                aggregate_key_type="IP",
+                evaluation_window_sec=300,
+                # WAF sees the stage in the path (/v1/redeem): match the end of the path.
+                scope_down_statement=wafv2.CfnWebACL.StatementProperty(byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+                    field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+                    positional_constraint="ENDS_WITH",
+                    search_string="/redeem",
+                    text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+                )),
+            )),
+            visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True),
+        )],
+    )

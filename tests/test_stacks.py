@@ -1,0 +1,512 @@
+"""The CDK app: synthesized once (bundling skipped) with cdk-nag's AwsSolutions and
+HIPAA.Security packs; assertions on the templates, the nag report and cfn-lint.
+
+``test_ingest_bundle_fits_lambda_limit`` really bundles the ingest function (pip needs
+PyPI, or its cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+import aws_cdk as cdk  # noqa: E402
+import pytest  # noqa: E402
+from aws_cdk import aws_lambda as lambda_  # noqa: E402
+from aws_cdk.assertions import Match, Template  # noqa: E402
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks  # noqa: E402
+
+from dicomshare import index  # noqa: E402
+from dicomshare.settings import from_document  # noqa: E402
+from dicomshare_aws import resources  # noqa: E402
+from stacks.dicomshare_app import build  # noqa: E402
+from stacks.pip_bundling import PROJECT_ROOT, function_code  # noqa: E402
+
+CDK_CONTEXT = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
+PARTNER_ACCOUNT = "111122223333"
+PARTNER_ROLE_ARN = "arn:aws:iam::444455556666:role/pacs-uploader"
+LAMBDA_UNZIPPED_LIMIT = 250 * 1024**2
+
+
+def context(**overrides) -> dict:
+    """cdk.json's context, with template-only synthesis (no stack is bundled)."""
+    return {**CDK_CONTEXT, "aws:cdk:bundling-stacks": [], **overrides}
+
+
+def partner_document() -> dict:
+    """cdk.json's dev document, with two partners that have principals (so roles exist)."""
+    document = json.loads(json.dumps(CDK_CONTEXT["dicomshare"]))
+    document["partners"] = [
+        {"id": "demo-partner", "principal": PARTNER_ACCOUNT},
+        {"id": "pacs-b", "principal": PARTNER_ROLE_ARN, "options": ["rtnLongModifDatesOpt"]},
+    ]
+    return document
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory):
+    """One synthesis with both nag packs; the templates are written even if nag fails."""
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    app = cdk.App(context=context(dicomshare=partner_document()), outdir=str(outdir))
+    stacks = build(app)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    try:
+        app.synth()
+        nag_error = None
+    except RuntimeError as error:
+        nag_error = str(error)
+    return outdir, stacks, app, nag_error
+
+
+def template(synthesized, stack_name: str) -> Template:
+    outdir = synthesized[0]
+    return Template.from_json(json.loads((outdir / f"{stack_name}.template.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def storage(synthesized):
+    return template(synthesized, "dicomshare-dev-storage")
+
+
+@pytest.fixture(scope="module")
+def ingest(synthesized):
+    return template(synthesized, "dicomshare-dev-ingest")
+
+
+@pytest.fixture(scope="module")
+def share_api(synthesized):
+    return template(synthesized, "dicomshare-dev-share-api")
+
+
+def render(value) -> str:
+    """An IAM resource as text: imports by export name, attributes as <Id.Attr>."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Join" in value:
+        return value["Fn::Join"][0].join(render(v) for v in value["Fn::Join"][1])
+    if "Fn::ImportValue" in value:
+        return f"import:{value['Fn::ImportValue']}"
+    if "Fn::GetAtt" in value:
+        return "<{}.{}>".format(*value["Fn::GetAtt"])
+    if "Ref" in value:
+        return f"<{value['Ref']}>"
+    return json.dumps(value)
+
+
+def role_statements(t: Template, role_prefix: str) -> list[dict]:
+    """Every statement of the policies attached to the role whose logical id starts with ``role_prefix``."""
+    statements = []
+    for policy in t.find_resources("AWS::IAM::Policy").values():
+        roles = [r["Ref"] for r in policy["Properties"].get("Roles", [])]
+        if any(r.startswith(role_prefix) for r in roles):
+            for s in policy["Properties"]["PolicyDocument"]["Statement"]:
+                actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+                res = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+                statements.append({**s, "Action": actions, "Resource": [render(r) for r in res]})
+    assert statements, f"no policy for {role_prefix}"
+    return statements
+
+
+def granted(statements: list[dict], action: str) -> list[str]:
+    """Resources ``action`` is allowed on."""
+    return [r for s in statements if s["Effect"] == "Allow" and action in s["Action"] for r in s["Resource"]]
+
+
+def functions(t: Template) -> dict[str, dict]:
+    """The dicomshare functions (not CDK's own custom-resource handlers)."""
+    return {k: v for k, v in t.find_resources("AWS::Lambda::Function").items()
+            if v["Properties"]["Handler"].startswith("lambdas.")}
+
+
+# Configuration and stacks
+
+
+def test_cdk_json_documents_are_valid_configurations():
+    dev = from_document(CDK_CONTEXT["dicomshare"])
+    prod = from_document(CDK_CONTEXT["dicomshare:prod"])
+    assert (dev.environment, prod.environment) == ("dev", "prod")
+    assert [p.id for p in dev.partners] == ["demo-partner"]
+
+
+def test_stack_names_carry_the_environment(synthesized):
+    stacks = synthesized[1]
+    assert [s.stack_name for s in (stacks.storage, stacks.ingest, stacks.share_api)] == [
+        "dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api"]
+
+
+def test_prod_selects_its_document_and_retains_data():
+    app = cdk.App(context=context(dicomshare_env="prod"))
+    stacks = build(app)
+    assert stacks.storage.stack_name == "dicomshare-prod-storage"
+    for construct in (stacks.storage.ingest_bucket, stacks.storage.deid_bucket, stacks.storage.table,
+                      stacks.storage.deid_key, stacks.storage.deid_secret):
+        assert construct.node.default_child.cfn_options.deletion_policy == cdk.CfnDeletionPolicy.RETAIN
+    assert stacks.storage.table.node.default_child.deletion_protection_enabled is True
+
+
+def test_dev_is_destroyed_with_its_stacks(synthesized):
+    storage_stack = synthesized[1].storage
+    assert storage_stack.ingest_bucket.node.default_child.cfn_options.deletion_policy == cdk.CfnDeletionPolicy.DELETE
+
+
+@pytest.mark.parametrize("resource_type, name_property", [
+    ("AWS::S3::Bucket", "BucketName"), ("AWS::DynamoDB::Table", "TableName"),
+    ("AWS::SQS::Queue", "QueueName"), ("AWS::Lambda::Function", "FunctionName"),
+    ("AWS::IAM::Role", "RoleName"), ("AWS::SecretsManager::Secret", "Name"),
+])
+def test_physical_names_are_generated(synthesized, resource_type, name_property):
+    for name in ("dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api"):
+        for resource in template(synthesized, name).find_resources(resource_type).values():
+            assert name_property not in resource["Properties"]
+
+
+def test_template_tests_skip_bundling(synthesized):
+    """With ``aws:cdk:bundling-stacks`` = [] the asset is the unbundled source directory."""
+    manifest = json.loads((synthesized[0] / "dicomshare-dev-ingest.assets.json").read_text())
+    paths = {Path(f["source"]["path"]).name for f in manifest["files"].values()}
+    assert {"ingest", "preview", "counts"} <= paths
+
+
+# Storage
+
+
+def data_buckets(storage: Template) -> dict[str, dict]:
+    return {k: v for k, v in storage.find_resources("AWS::S3::Bucket").items() if not k.startswith("AccessLogs")}
+
+
+def test_data_buckets_are_kms_encrypted_private_versioned_and_logged(storage):
+    buckets = data_buckets(storage)
+    assert {re.sub(r"[0-9A-F]{8}$", "", k) for k in buckets} == {"IngestBucket", "DeidentifiedBucket", "QuarantineBucket"}
+    keys = set()
+    for bucket in buckets.values():
+        p = bucket["Properties"]
+        rule = p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+        keys.add(rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]["Fn::GetAtt"][0])
+        assert p["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+        assert p["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert p["LoggingConfiguration"]["DestinationBucketName"]["Ref"].startswith("AccessLogsBucket")
+    assert len(keys) == 3, "each bucket has its own key"
+
+
+def test_every_bucket_denies_plain_http(storage):
+    policies = storage.find_resources("AWS::S3::BucketPolicy")
+    assert len(policies) == 4
+    for policy in policies.values():
+        assert {"Effect": "Deny", "Action": "s3:*", "Principal": {"AWS": "*"},
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}}}.items() <= {
+            k: v for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny" for k, v in s.items()
+        }.items()
+
+
+def test_keys_rotate(synthesized):
+    for name in ("dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api"):
+        for key in template(synthesized, name).find_resources("AWS::KMS::Key").values():
+            assert key["Properties"]["EnableKeyRotation"] is True
+
+
+def lifecycle(storage: Template, prefix: str) -> list[dict]:
+    (bucket,) = [v for k, v in storage.find_resources("AWS::S3::Bucket").items() if k.startswith(prefix)]
+    return bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+
+
+def test_lifecycle_rules_follow_the_retention_settings(storage):
+    retention = from_document(partner_document()).retention
+    assert {"Id": "expire-lingering-uploads", "ExpirationInDays": retention["ingest_linger_days"],
+            "Status": "Enabled"} in lifecycle(storage, "IngestBucket")
+    assert {"Id": "expire-quarantined", "ExpirationInDays": retention["quarantine_days"],
+            "Status": "Enabled"} in lifecycle(storage, "QuarantineBucket")
+    for prefix in ("IngestBucket", "DeidentifiedBucket", "QuarantineBucket", "AccessLogsBucket"):
+        (old_versions,) = [r for r in lifecycle(storage, prefix) if r["Id"] == "expire-old-versions"]
+        assert old_versions["NoncurrentVersionExpiration"] == {"NoncurrentDays": retention["noncurrent_version_days"]}
+        assert old_versions["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert not [r for r in lifecycle(storage, "DeidentifiedBucket") if "ExpirationInDays" in r]
+
+
+def test_deidentified_bucket_allows_cross_origin_gets(storage):
+    storage.has_resource_properties("AWS::S3::Bucket", {
+        "CorsConfiguration": {"CorsRules": [Match.object_like({
+            "AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"]})]},
+    })
+
+
+def test_table_matches_the_index_model(storage):
+    storage.has_resource_properties("AWS::DynamoDB::Table", {
+        "KeySchema": [{"AttributeName": index.PK, "KeyType": "HASH"}, {"AttributeName": index.SK, "KeyType": "RANGE"}],
+        "BillingMode": "PAY_PER_REQUEST",
+        "SSESpecification": {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": Match.any_value()},
+        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        "TimeToLiveSpecification": {"AttributeName": index.TTL_ATTRIBUTE, "Enabled": True},
+        "StreamSpecification": {"StreamViewType": index.TABLE["stream"]},
+        "GlobalSecondaryIndexes": [
+            {"IndexName": gsi["name"], "Projection": {"ProjectionType": "ALL"}, "KeySchema": [
+                {"AttributeName": gsi["partition_key"], "KeyType": "HASH"},
+                {"AttributeName": gsi["sort_key"], "KeyType": "RANGE"}]}
+            for gsi in index.TABLE["global_secondary_indexes"]
+        ],
+    })
+
+
+def test_secret_is_64_hex_digits_under_its_own_key(storage):
+    storage.has_resource_properties("AWS::SecretsManager::Secret", {
+        "KmsKeyId": Match.any_value(),
+        "GenerateSecretString": {"PasswordLength": 64, "ExcludeUppercase": True, "ExcludePunctuation": True,
+                                 "ExcludeCharacters": "ghijklmnopqrstuvwxyz", "IncludeSpace": False,
+                                 "RequireEachIncludedType": False},
+    })
+
+
+# Partner roles
+
+
+def test_each_partner_with_a_principal_gets_an_upload_role(storage):
+    roles = {k: v for k, v in storage.find_resources("AWS::IAM::Role").items() if k.startswith("PartnerRole")}
+    assert len(roles) == 2
+    principals = {k[len("PartnerRole"):-8]: json.dumps(r["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"])
+                  for k, r in roles.items()}
+    assert f":iam::{PARTNER_ACCOUNT}:root" in principals["demopartner"]
+    assert principals["pacsb"] == json.dumps({"AWS": PARTNER_ROLE_ARN})
+    outputs = storage.find_outputs("*")
+    assert {"PartnerRoleArndemopartner", "PartnerRoleArnpacsb"} <= set(outputs)
+
+
+def test_partner_role_may_only_put_encrypted_objects_under_its_prefix(storage):
+    statements = role_statements(storage, "PartnerRoledemopartner")
+    actions = {a for s in statements for a in s["Action"]}
+    assert actions == {"s3:PutObject", "s3:AbortMultipartUpload", "kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"}
+    (put,) = [s for s in statements if "s3:PutObject" in s["Action"]]
+    assert len(put["Resource"]) == 1 and re.fullmatch(r"<IngestBucket\w+\.Arn>/demo-partner/\*", put["Resource"][0])
+    assert put["Condition"]["StringEquals"]["s3:x-amz-server-side-encryption"] == "aws:kms"
+    assert put["Condition"]["StringEquals"]["s3:x-amz-server-side-encryption-aws-kms-key-id"]["Fn::GetAtt"][0].startswith("IngestKey")
+    (kms,) = [s for s in statements if "kms:Encrypt" in s["Action"]]
+    assert re.fullmatch(r"<IngestKey\w+\.Arn>", kms["Resource"][0])
+
+
+# Ingest pipeline
+
+
+def test_work_queues_redrive_to_encrypted_dead_letter_queues(ingest):
+    queues = ingest.find_resources("AWS::SQS::Queue")
+    for prefix, timeout in (("IngestQueue", resources.INGEST_TIMEOUT_SECONDS),
+                            ("PreviewQueue", resources.PREVIEW_TIMEOUT_SECONDS)):
+        (queue,) = [v["Properties"] for k, v in queues.items() if k.startswith(prefix)]
+        assert queue["VisibilityTimeout"] == resources.visibility_timeout(timeout)
+        assert queue["RedrivePolicy"]["maxReceiveCount"] == resources.MAX_RECEIVE_COUNT
+        assert queue["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0].startswith(prefix.replace("Queue", "DeadLetterQueue"))
+    for queue in queues.values():
+        assert queue["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0].startswith("PipelineKey")
+
+
+def test_s3_events_reach_the_queues(ingest):
+    notifications = [v["Properties"] for v in ingest.find_resources("Custom::S3BucketNotifications").values()]
+    by_bucket = {json.dumps(n["BucketName"]): n["NotificationConfiguration"]["QueueConfigurations"] for n in notifications}
+    (ingest_config,) = [c for b, c in by_bucket.items() if "IngestBucketArn" in b]
+    assert [(c["Events"], c["QueueArn"]["Fn::GetAtt"][0][:11]) for c in ingest_config] == [
+        (list(resources.INGEST_EVENTS), "IngestQueue")]
+    (preview_config,) = [c for b, c in by_bucket.items() if "DeidentifiedBucketArn" in b]
+    assert preview_config[0]["QueueArn"]["Fn::GetAtt"][0].startswith("PreviewQueue")
+    assert preview_config[0]["Filter"]["Key"]["FilterRules"] == [
+        {"Name": "suffix", "Value": resources.PREVIEW_FILTER["suffix"]},
+        {"Name": "prefix", "Value": resources.PREVIEW_FILTER["prefix"]}]
+
+
+def test_functions_run_on_arm64_python312_traced_with_reserved_concurrency(synthesized):
+    expected_config = from_document(partner_document()).to_json()
+    found = {}
+    for name in ("dicomshare-dev-ingest", "dicomshare-dev-share-api"):
+        for fn in functions(template(synthesized, name)).values():
+            p = fn["Properties"]
+            found[p["Handler"]] = p
+            assert p["Architectures"] == ["arm64"] and p["Runtime"] == "python3.12"
+            assert p["TracingConfig"] == {"Mode": "Active"}
+            assert p["ReservedConcurrentExecutions"] >= 1
+            env = p["Environment"]["Variables"]
+            assert env["DICOMSHARE_CONFIG"] == expected_config
+            assert env["POWERTOOLS_METRICS_NAMESPACE"] == "dicomshare"
+            assert "LogGroup" in p["LoggingConfig"]
+    assert sorted(found) == [f"lambdas.{f}.handler.handler" for f in ("api", "counts", "ingest", "preview")]
+    assert found["lambdas.ingest.handler.handler"]["Timeout"] == resources.INGEST_TIMEOUT_SECONDS
+    assert "DEID_SECRET_ARN" in found["lambdas.ingest.handler.handler"]["Environment"]["Variables"]
+    for other in ("api", "counts", "preview"):
+        assert "DEID_SECRET_ARN" not in found[f"lambdas.{other}.handler.handler"]["Environment"]["Variables"]
+
+
+def test_log_groups_are_encrypted_with_retention(synthesized):
+    for name in ("dicomshare-dev-ingest", "dicomshare-dev-share-api"):
+        for group in template(synthesized, name).find_resources("AWS::Logs::LogGroup").values():
+            assert group["Properties"]["RetentionInDays"] == 365
+            assert "KmsKeyId" in group["Properties"]
+
+
+def test_event_sources_report_batch_item_failures(ingest):
+    mappings = [m["Properties"] for m in ingest.find_resources("AWS::Lambda::EventSourceMapping").values()]
+    sqs = [m for m in mappings if "StartingPosition" not in m]
+    assert len(sqs) == 2
+    for m in sqs:
+        assert m["BatchSize"] == resources.SQS_BATCH_SIZE
+        assert m["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert m["ScalingConfig"]["MaximumConcurrency"] >= 2
+    (stream,) = [m for m in mappings if "StartingPosition" in m]
+    assert stream["BatchSize"] == resources.STREAM_BATCH_SIZE
+    assert stream["BisectBatchOnFunctionError"] is True and stream["MaximumRetryAttempts"] >= 1
+    assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert stream["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0].startswith("CountsDeadLetterQueue")
+
+
+def test_alarms_watch_dead_letters_and_backlogs(ingest):
+    alarms = [a["Properties"] for a in ingest.find_resources("AWS::CloudWatch::Alarm").values()]
+    metrics = sorted((a["MetricName"], a["Dimensions"][0]["Value"]["Fn::GetAtt"][0][:-8]) for a in alarms)
+    assert metrics == [
+        ("ApproximateAgeOfOldestMessage", "IngestQueue"), ("ApproximateAgeOfOldestMessage", "PreviewQueue"),
+        ("ApproximateNumberOfMessagesVisible", "CountsDeadLetterQueue"),
+        ("ApproximateNumberOfMessagesVisible", "IngestDeadLetterQueue"),
+        ("ApproximateNumberOfMessagesVisible", "PreviewDeadLetterQueue"),
+    ]
+    for alarm in alarms:
+        assert alarm["AlarmActions"][0]["Ref"].startswith("AlarmTopic")
+    ingest.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
+
+
+# Least privilege
+
+
+def test_ingest_reads_uploads_and_writes_outputs_only(ingest):
+    statements = role_statements(ingest, "IngestFunctionRole")
+    assert granted(statements, "s3:GetObject") == ["import:dicomshare-dev-storage-IngestBucketArn/*"]
+    assert granted(statements, "s3:DeleteObject") == ["import:dicomshare-dev-storage-IngestBucketArn/*"]
+    assert sorted(granted(statements, "s3:PutObject")) == [
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*",
+        "import:dicomshare-dev-storage-QuarantineBucketArn/*"]
+    assert granted(statements, "dynamodb:PutItem") == ["import:dicomshare-dev-storage-TableArn"]
+    assert not granted(statements, "dynamodb:UpdateItem") and not granted(statements, "dynamodb:DeleteItem")
+    assert len(granted(statements, "secretsmanager:GetSecretValue")) == 1
+    assert not [a for s in statements for a in s["Action"] if a.endswith("*")]
+
+
+def test_preview_reads_instances_and_writes_previews_only(ingest):
+    statements = role_statements(ingest, "PreviewFunctionRole")
+    assert granted(statements, "s3:GetObject") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*"]
+    assert granted(statements, "s3:PutObject") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*"]
+    assert not [a for s in statements for a in s["Action"] if a.startswith(("dynamodb:", "secretsmanager:"))]
+
+
+def test_counts_updates_the_index_and_touches_no_object(ingest):
+    statements = role_statements(ingest, "CountsFunctionRole")
+    assert granted(statements, "dynamodb:UpdateItem") == ["import:dicomshare-dev-storage-TableArn"]
+    assert not [a for s in statements for a in s["Action"] if a.startswith(("s3:", "secretsmanager:"))]
+
+
+def test_api_reads_the_index_and_writes_only_share_items(share_api):
+    statements = role_statements(share_api, "ApiFunctionRole")
+    for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"):
+        (write,) = [s for s in statements if action in s["Action"]]
+        assert write["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["SHARE#*", "TOKEN#*"]}}
+    assert sorted(granted(statements, "dynamodb:Query")) == [
+        "import:dicomshare-dev-storage-TableArn", "import:dicomshare-dev-storage-TableArn/index/*"]
+    assert sorted(granted(statements, "s3:GetObject")) == [
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*",
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*"]
+    assert not [a for s in statements for a in s["Action"]
+                if a in ("s3:PutObject", "s3:DeleteObject", "secretsmanager:GetSecretValue")]
+    deid_key_actions = {a for s in statements for a in s["Action"] if any("DeidentifiedKey" in r for r in s["Resource"])}
+    assert deid_key_actions == {"kms:Decrypt"}
+
+
+# Share API
+
+
+def test_admin_routes_need_iam_and_share_routes_are_public(share_api):
+    methods = [m["Properties"] for m in share_api.find_resources("AWS::ApiGateway::Method").values()]
+    public = sorted((m["HttpMethod"], m["ResourceId"]["Ref"]) for m in methods if m["AuthorizationType"] == "NONE")
+    assert [(method, ref[:-8]) for method, ref in public] == [
+        (method, f"RestApi{path.strip('/')}") for method, path in sorted(resources.PUBLIC_ROUTES)]
+    assert {m["AuthorizationType"] for m in methods if m["HttpMethod"] == "ANY"} == {"AWS_IAM"}
+    assert all(m["Integration"]["Type"] == "AWS_PROXY" for m in methods)
+
+
+def test_stage_is_traced_throttled_and_logged_without_tokens(share_api):
+    share_api.has_resource_properties("AWS::ApiGateway::Stage", {
+        "TracingEnabled": True,
+        "AccessLogSetting": {"DestinationArn": Match.any_value(), "Format": Match.string_like_regexp("resourcePath")},
+        "MethodSettings": Match.array_with([Match.object_like({
+            "HttpMethod": "POST", "ResourcePath": "/~1redeem", "ThrottlingRateLimit": Match.any_value()})]),
+    })
+    (stage,) = share_api.find_resources("AWS::ApiGateway::Stage").values()
+    assert "$context.path" not in stage["Properties"]["AccessLogSetting"]["Format"]
+    assert {s["LoggingLevel"] for s in stage["Properties"]["MethodSettings"] if "LoggingLevel" in s} == {"ERROR"}
+    assert not any(s["DataTraceEnabled"] for s in stage["Properties"]["MethodSettings"])
+
+
+def test_waf_rate_limits_redeem_and_is_associated_with_the_stage(share_api):
+    (acl,) = share_api.find_resources("AWS::WAFv2::WebACL").values()
+    (rule,) = acl["Properties"]["Rules"]
+    rate = rule["Statement"]["RateBasedStatement"]
+    assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
+    assert rate["ScopeDownStatement"]["ByteMatchStatement"]["SearchString"] == "/redeem"
+    share_api.has_resource_properties("AWS::WAFv2::WebACLAssociation", {
+        "ResourceArn": Match.any_value(), "WebACLArn": {"Fn::GetAtt": [Match.string_like_regexp("WebAcl"), "Arn"]}})
+    share_api.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
+        "RedactedFields": [{"UriPath": {}}, {"QueryString": {}}]})
+
+
+def test_outputs_name_what_an_engineer_needs(storage, share_api):
+    assert {"IngestBucketName", "IngestKeyArn", "DeidentifiedBucketName", "QuarantineBucketName",
+            "TableName"} <= set(storage.find_outputs("*"))
+    assert "ApiUrl" in share_api.find_outputs("*")
+
+
+# Checks
+
+
+def test_cdk_nag_reports_no_unacknowledged_finding(synthesized):
+    assert synthesized[3] is None, synthesized[3]
+    report = json.loads((synthesized[0] / "policy-validation-report.json").read_text())
+    assert report["pluginReports"] == []
+
+
+def test_every_acknowledgement_gives_a_specific_reason(synthesized):
+    app = synthesized[2]
+    acknowledged = {}
+    for construct in app.node.find_all():
+        for entry in construct.node.metadata:
+            if entry.type == "aws:cdk:acknowledged-rules":
+                acknowledged.update({f"{construct.node.path} {rule}": reason for rule, reason in entry.data.items()})
+    assert len(acknowledged) > 20
+    for where, reason in acknowledged.items():
+        assert len(reason) >= 60, where
+
+
+def test_cfn_lint_finds_no_error(synthesized):
+    templates = sorted(str(p) for p in synthesized[0].glob("*.template.json"))
+    assert len(templates) == 3
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
+                            capture_output=True, text=True)
+    errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
+    assert not errors, "\n".join(errors)
+    assert result.returncode & 2 == 0, result.stdout + result.stderr
+
+
+# Bundling
+
+
+def test_ingest_bundle_fits_lambda_limit(tmp_path):
+    """Bundles the ingest function for real (pip for arm64/cp312; needs PyPI or pip's cache)."""
+    app = cdk.App(outdir=str(tmp_path))
+    stack = cdk.Stack(app, "BundleCheck")
+    lambda_.Function(stack, "Ingest", runtime=lambda_.Runtime.PYTHON_3_12, architecture=lambda_.Architecture.ARM_64,
+                     handler="lambdas.ingest.handler.handler", code=function_code("ingest"))
+    app.synth()
+    (asset,) = tmp_path.glob("asset.*")
+    size = sum(p.stat().st_size for p in asset.rglob("*") if p.is_file())
+    print(f"ingest bundle, unzipped: {size / 1024**2:.1f} MiB")
+    assert size < LAMBDA_UNZIPPED_LIMIT
+    assert {"dicomshare", "dicomshare_aws", "lambdas", "pydicom", "aws_lambda_powertools"} <= {p.name for p in asset.iterdir()}
+    assert (asset / "dicomshare" / "data").is_dir()
+    assert list(asset.glob("pydicom-3.0.2.dist-info")), "the pinned version"
