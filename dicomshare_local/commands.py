@@ -28,10 +28,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=run)
 
 
+LOG_FILE = "lambda.log"
+
+
+def _handler_output_to_log_file(state_dir: Path):
+    """Handlers print structured logs and EMF metrics to stdout, as on Lambda, where
+    CloudWatch Logs collects them. Locally they go to ``<state-dir>/lambda.log``; the
+    terminal keeps the system's own lines. Returns the terminal's stream."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    terminal = sys.stdout
+    sys.stdout = open(state_dir / LOG_FILE, "a", buffering=1)
+    return terminal
+
+
 def _start(args: argparse.Namespace):
     from dicomshare_local.system import LocalSystem, PortInUse, load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    args.terminal = _handler_output_to_log_file(args.state_dir)
     system = LocalSystem(args.state_dir, settings=load_settings(args.config),
                          aws_port=args.aws_port, api_port=args.api_port)
     try:
@@ -51,14 +65,14 @@ def _serve_until_stopped(system) -> int:
         stopped.wait()
     finally:
         system.stop()
-        print("stopped", flush=True)
+        print("stopped", file=sys.stderr, flush=True)
     return 0
 
 
 def up(args: argparse.Namespace) -> int:
     system = _start(args)
-    print(f"connection file: {args.state_dir / 'local.json'}", flush=True)
-    print(f"ready {system.api_url}", flush=True)
+    _say(args, f"connection file: {args.state_dir / 'local.json'}; handler logs: {args.state_dir / LOG_FILE}")
+    _say(args, f"ready {system.api_url}")
     return _serve_until_stopped(system)
 
 
@@ -66,13 +80,18 @@ def demo(args: argparse.Namespace) -> int:
     from dicomshare_local import demo as demo_data
 
     system = _start(args)
-    print(f"ready {system.api_url}", flush=True)
+    _say(args, f"connection file: {args.state_dir / 'local.json'}; handler logs: {args.state_dir / LOG_FILE}")
+    _say(args, f"ready {system.api_url}")
+    _say(args, "loading demo studies…")
     try:
         link = demo_data.load(system)
     except Exception:
         system.stop()
         raise
-    print(f"connection file: {args.state_dir / 'local.json'}", flush=True)
-    print(f"share link (open in a browser): {link}", flush=True)
-    print("Ctrl-C to stop.", flush=True)
+    _say(args, f"share link (open in a browser): {link}")
+    _say(args, "Ctrl-C to stop.")
     return _serve_until_stopped(system)
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    print(line, file=args.terminal, flush=True)
