@@ -50,20 +50,24 @@ class Resources:
         }
 
 
-def provision(session: boto3.Session, endpoint_url: str, settings: Settings, deid_secret: str) -> Resources:
-    """Create every resource the handlers use and return their names."""
+def provision(session: boto3.Session, endpoint_url: str, settings: Settings, deid_secret: str,
+              prefix: str = PREFIX) -> Resources:
+    """Create every resource the handlers use, named ``<prefix>-...``, and return their names.
+
+    moto keeps its state per process: two systems in one process need different prefixes.
+    """
     def client(service: str):
         return session.client(service, endpoint_url=endpoint_url)
 
     s3, sqs, kms = client("s3"), client("sqs"), client("kms")
     region = session.region_name
 
-    keys = {name: kms.create_key(Description=f"{PREFIX} {name}")["KeyMetadata"]["Arn"] for name in (
+    keys = {name: kms.create_key(Description=f"{prefix} {name}")["KeyMetadata"]["Arn"] for name in (
         "ingest", "deid", "quarantine", "table", "queues", "secret")}
     for arn in keys.values():
         kms.enable_key_rotation(KeyId=arn)
 
-    buckets = {name: f"{PREFIX}-{name}" for name in ("ingest", "deid", "quarantine")}
+    buckets = {name: f"{prefix}-{name}" for name in ("ingest", "deid", "quarantine")}
     for name, bucket in buckets.items():
         _create_bucket(s3, bucket, region, keys[name])
     s3.put_bucket_cors(
@@ -73,12 +77,12 @@ def provision(session: boto3.Session, endpoint_url: str, settings: Settings, dei
     )
 
     def queue(name: str, consumer_timeout: int | None = None) -> tuple[str, str]:
-        dlq_url = sqs.create_queue(QueueName=f"{PREFIX}-{name}-dlq", Attributes={
+        dlq_url = sqs.create_queue(QueueName=f"{prefix}-{name}-dlq", Attributes={
             "KmsMasterKeyId": keys["queues"], "MessageRetentionPeriod": str(14 * 24 * 3600)})["QueueUrl"]
         if consumer_timeout is None:
             return dlq_url, dlq_url
         dlq_arn = _queue_arn(sqs, dlq_url)
-        url = sqs.create_queue(QueueName=f"{PREFIX}-{name}", Attributes={
+        url = sqs.create_queue(QueueName=f"{prefix}-{name}", Attributes={
             "KmsMasterKeyId": keys["queues"],
             "VisibilityTimeout": str(resources.visibility_timeout(consumer_timeout)),
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
@@ -89,7 +93,7 @@ def provision(session: boto3.Session, endpoint_url: str, settings: Settings, dei
     ingest_url, ingest_dlq = queue("ingest", resources.INGEST_TIMEOUT_SECONDS)
     preview_url, preview_dlq = queue("preview", resources.PREVIEW_TIMEOUT_SECONDS)
     counts_dlq, _ = queue("counts")
-    events_url = sqs.create_queue(QueueName=f"{PREFIX}-events")["QueueUrl"]
+    events_url = sqs.create_queue(QueueName=f"{prefix}-events")["QueueUrl"]
 
     s3.put_bucket_notification_configuration(
         Bucket=buckets["ingest"],
@@ -108,17 +112,17 @@ def provision(session: boto3.Session, endpoint_url: str, settings: Settings, dei
         }]},
     )
 
-    table_name, stream_arn = _create_table(client("dynamodb"), f"{PREFIX}-index", keys["table"])
+    table_name, stream_arn = _create_table(client("dynamodb"), f"{prefix}-index", keys["table"])
 
     secret_arn = client("secretsmanager").create_secret(
-        Name=f"{PREFIX}/deid-secret", SecretString=deid_secret, KmsKeyId=keys["secret"])["ARN"]
+        Name=f"{prefix}/deid-secret", SecretString=deid_secret, KmsKeyId=keys["secret"])["ARN"]
 
     events = client("events")
-    bus = f"{PREFIX}-bus"
+    bus = f"{prefix}-bus"
     events.create_event_bus(Name=bus)
-    events.put_rule(Name=f"{PREFIX}-all", EventBusName=bus,
+    events.put_rule(Name=f"{prefix}-all", EventBusName=bus,
                     EventPattern=json.dumps({"source": [resources.EVENT_SOURCE]}))
-    events.put_targets(Rule=f"{PREFIX}-all", EventBusName=bus,
+    events.put_targets(Rule=f"{prefix}-all", EventBusName=bus,
                        Targets=[{"Id": "events-queue", "Arn": _queue_arn(sqs, events_url)}])
 
     return Resources(
