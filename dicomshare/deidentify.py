@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import pydicom
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -291,8 +291,8 @@ class _Deidentifier:
         self.identifiers: set[str] = set()
         self.words: set[str] = set()
 
-    def action(self, elem: DataElement) -> str:
-        tag, vr = int(elem.tag), elem.VR
+    def action(self, tag: int, vr: str) -> str:
+        """The action for one element, from its tag and VR only (its value stays raw)."""
         group = tag >> 16
         if tag & 0xFFFF == 0 or group in (0x0000, 0x0002):
             return REMOVE
@@ -321,16 +321,18 @@ class _Deidentifier:
 
     def collect(self, ds: Dataset) -> None:
         """Gather every identifying value (anything not kept, descriptors aside) for Clean."""
-        for elem in ds:
-            if elem.VR == "SQ":
-                for item in elem.value:
+        for tag in list(ds.keys()):
+            vr = _vr(ds, tag)
+            if vr == "SQ":
+                for item in ds[tag].value:
                     self.collect(item)
                 continue
-            action = self.action(elem)
-            if action == KEEP or (action == CLEAN and elem.VR in _TEXT_VRS):
+            action = self.action(int(tag), vr)
+            if action == KEEP or (action == CLEAN and vr in _TEXT_VRS):
                 continue
-            if elem.VR not in _TEXT_VRS | _DATE_VRS | {"PN", "UI"}:
+            if vr not in _TEXT_VRS | _DATE_VRS | {"PN", "UI"}:
                 continue
+            elem = ds[tag]
             for value in _values(elem.value):
                 text = str(value or "").strip()
                 if len(text) >= 3:
@@ -356,11 +358,15 @@ class _Deidentifier:
     def apply(self, ds: Dataset) -> None:
         """Apply the profile to every element of ``ds`` and, recursively, its sequences."""
         for tag in list(ds.keys()):
-            elem = ds[tag]
-            action = self.action(elem)
+            vr = _vr(ds, tag)
+            action = self.action(int(tag), vr)
             if action == REMOVE:
                 del ds[tag]
-            elif elem.VR == "SQ":
+                continue
+            if action == KEEP and vr != "SQ":
+                continue
+            elem = ds[tag]
+            if elem.VR == "SQ":
                 if action == EMPTY:
                     elem.value = Sequence()
                 else:
@@ -431,6 +437,17 @@ class _Deidentifier:
         ]
 
 
+def _vr(ds: Dataset, tag: int) -> str:
+    """An element's VR without converting its value: as encoded, else the dictionary's."""
+    vr = ds.get_item(tag).VR
+    if vr in (None, "UN"):
+        try:
+            return dictionary_VR(tag)
+        except KeyError:
+            return vr or "UN"
+    return vr
+
+
 def _date_spellings(value: str) -> Iterator[str]:
     if re.fullmatch(r"\d{8}", value):
         try:
@@ -455,23 +472,35 @@ def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
 def _single_character_set(ds: Dataset) -> None:
     """Declare UTF-8 (ISO_IR 192) once, at the top, when the source used anything but ASCII.
 
-    Every text value has been decoded with its own (possibly nested) Specific Character Set
-    by then; the writer encodes them all as UTF-8, so no value is re-encoded into a
-    character set that cannot hold it (PS3.5 6.1.2.3, PS3.3 C.12.1.1.2).
+    Every text value is first decoded with its own (possibly nested) Specific Character
+    Set; the writer then encodes them all as UTF-8, so no value is re-encoded into a
+    character set that cannot hold it (PS3.5 6.1.2.3, PS3.3 C.12.1.1.2). Objects in the
+    default repertoire keep their (raw) values untouched.
     """
+    if not _declares_character_set(ds):
+        return
+    _decode_all(ds)
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
-    def declared(d: Dataset) -> bool:
-        found = bool(str(d.get("SpecificCharacterSet", "") or "").strip("\\ ").replace("ISO_IR 6", ""))
-        for elem in d:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    found = declared(item) or found
-                    if "SpecificCharacterSet" in item:
-                        del item.SpecificCharacterSet
-        return found
 
-    if declared(ds):
-        ds.SpecificCharacterSet = "ISO_IR 192"
+def _declares_character_set(ds: Dataset) -> bool:
+    charset = ds.get(0x00080005)
+    declared = bool(charset and str(charset.value).replace("ISO 2022 IR 6", "").replace("ISO_IR 6", "").strip("\\ []'"))
+    for tag in list(ds.keys()):
+        if _vr(ds, tag) == "SQ":
+            declared = any([_declares_character_set(item) for item in ds[tag].value]) or declared
+    return declared
+
+
+def _decode_all(ds: Dataset) -> None:
+    """Convert every raw value (decoding text with its charset), then drop nested charsets."""
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _decode_all(item)
+                if "SpecificCharacterSet" in item:
+                    del item.SpecificCharacterSet
 
 
 class _ExactReader:
