@@ -253,11 +253,16 @@ def objects(storage: StorageStack, exported_arn: str, pattern: str) -> str:
 
 
 def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
-    """Read and remove uploads; write de-identified instances and quarantined files; index them."""
+    """Read and remove uploads; write de-identified instances and quarantined files; index them.
+
+    An upload is removed by deleting exactly the version that was processed
+    (``DeleteObjectVersion``), so a newer upload to the same key stays in place.
+    """
     return [
         iam.PolicyStatement(
             sid="ReadAndRemoveUploads",
-            actions=["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:DeleteObject"],
+            actions=["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:DeleteObject",
+                     "s3:DeleteObjectVersion"],
             resources=[objects(storage, "IngestBucketArn", "*")],
         ),
         iam.PolicyStatement(
@@ -334,7 +339,7 @@ def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
     return [
         iam.PolicyStatement(
             sid="UpdateCounts",
-            actions=["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"],
+            actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"],
             resources=[storage.imported_arns["TableArn"]],
         ),
         iam.PolicyStatement(

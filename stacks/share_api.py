@@ -81,8 +81,11 @@ class ShareApiStack(cdk.Stack):
             self, "RestApi",
             description=f"dicomshare {settings.environment}: shares and the clinician share page",
             endpoint_types=[apigateway.EndpointType.REGIONAL],
+            # API Gateway's logging role is one per account and region, shared by every
+            # environment deployed there: it is always retained, so that destroying dev
+            # never leaves prod's API without its logs.
             cloud_watch_role=True,
-            cloud_watch_role_removal_policy=removal,
+            cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             default_integration=integration,
             default_method_options=apigateway.MethodOptions(authorization_type=apigateway.AuthorizationType.IAM),
             deploy_options=apigateway.StageOptions(
