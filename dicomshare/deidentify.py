@@ -635,9 +635,15 @@ def deidentify_header(
 
 
 def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:
-    """Write the de-identified object: new header, then the source's Pixel Data in chunks."""
+    """Write the de-identified object: new header, then the source's Pixel Data element.
+
+    Between two real files the kernel copies the range (``os.copy_file_range``, Linux);
+    otherwise it is copied in :data:`COPY_CHUNK_BYTES` chunks. Never whole in memory.
+    """
     dst.write(plan.new_header)
     if plan.pixel_offset is None:
+        return
+    if _kernel_copy(plan, src, dst):
         return
     src.seek(plan.pixel_offset)
     remaining = plan.pixel_length
@@ -647,6 +653,30 @@ def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:
             raise DeidentificationRefused(TRUNCATED)
         dst.write(chunk)
         remaining -= len(chunk)
+
+
+def _kernel_copy(plan: Plan, src: BinaryIO, dst: BinaryIO) -> bool:
+    """Copy the Pixel Data range file-to-file in the kernel; ``False`` when not possible."""
+    try:
+        src_fd, dst_fd = src.fileno(), dst.fileno()
+    except (AttributeError, OSError):
+        return False
+    if not hasattr(os, "copy_file_range"):
+        return False
+    dst.flush()
+    offset, end = plan.pixel_offset, plan.pixel_end
+    try:
+        while offset < end:
+            copied = os.copy_file_range(src_fd, dst_fd, min(end - offset, 1 << 30), offset)
+            if copied == 0:
+                raise DeidentificationRefused(TRUNCATED)
+            offset += copied
+    except OSError:
+        if offset != plan.pixel_offset:
+            raise
+        return False
+    dst.seek(0, os.SEEK_END)
+    return True
 
 
 def deidentify_file(

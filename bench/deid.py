@@ -1,0 +1,182 @@
+"""De-identification throughput and memory: dicomshare vs dicognito, pydicom/deid and ``cp``.
+
+Same data, same run, each tool in its own Python subprocess (so peak RSS is the tool's
+own ``ru_maxrss``, timings exclude interpreter start-up):
+
+- a 300-file 512x512 16-bit CT series (generated with pydicom);
+- a >= 1 GiB multi-frame file (2100 frames of 512x512x16 bit, streamed to disk frame by
+  frame, never held in memory).
+
+Targets (issue 3): >= 5x dicognito's files/s; within 1.5x of ``cp`` on the large file;
+peak memory < 200 MiB on the large file.
+
+Run: ``python -m bench deid`` (peer tools: ``pip install -r bench/requirements.txt``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+SERIES_FILES = 300
+ROWS = COLUMNS = 512
+LARGE_FRAMES = 2100
+TOOLS = ("dicomshare", "dicognito", "deid", "cp")
+PEER_MODULES = {"dicognito": "dicognito", "deid": "deid"}
+TOOL_TIMEOUT_SECONDS = 900
+
+
+def _header(frames: int, instance: int, study_uid: str, series_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Bench^Patient", "BENCH-0001", "19700101"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20240102", "101010", "ACC0001"
+    ds.StudyDescription, ds.SeriesDescription = "CT chest", "Axial 1mm"
+    ds.InstitutionName, ds.ReferringPhysicianName = "Bench Hospital", "Doctor^Who"
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [0, 0, instance]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1
+    ds.Rows, ds.Columns = ROWS, COLUMNS
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def make_series(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    frame = np.random.default_rng(1).integers(0, 4096, size=(ROWS, COLUMNS), dtype=np.uint16).tobytes()
+    paths = []
+    for i in range(SERIES_FILES):
+        ds = _header(1, i + 1, study, series)
+        ds.PixelData = frame
+        path = folder / f"Bench_Patient_{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def make_large(path: Path) -> Path:
+    """Write the header with pydicom, then the Pixel Data element frame by frame."""
+    ds = _header(LARGE_FRAMES, 1, generate_uid(), generate_uid())
+    frame = np.random.default_rng(2).integers(0, 4096, size=(ROWS, COLUMNS), dtype=np.uint16).tobytes()
+    with open(path, "wb") as out:
+        ds.save_as(out, enforce_file_format=True)
+        out.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, LARGE_FRAMES * len(frame)))
+        for _ in range(LARGE_FRAMES):
+            out.write(frame)
+    return path
+
+
+def worker(tool: str, src: list[Path], dst: Path) -> dict:
+    """Run one tool over ``src`` into ``dst`` (in this process); seconds and peak RSS."""
+    dst.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if tool == "dicomshare":
+        from dicomshare import profile
+        from dicomshare.deidentify import deidentify_file
+
+        clinical = profile.named("clinical")
+        for path in src:
+            deidentify_file(path, dst, profile=clinical, secret=b"bench" * 8)
+    elif tool == "dicognito":
+        from dicognito.anonymizer import Anonymizer
+
+        anonymizer = Anonymizer(seed="bench")
+        for i, path in enumerate(src):
+            ds = pydicom.dcmread(path)
+            anonymizer.anonymize(ds)
+            ds.save_as(dst / f"{i}.dcm")
+    elif tool == "deid":
+        from deid.dicom import replace_identifiers
+
+        replace_identifiers([str(p) for p in src], save=True, output_folder=str(dst), remove_private=True)
+    else:
+        for i, path in enumerate(src):
+            shutil.copyfile(path, dst / f"{i}.dcm")
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _run_tool(tool: str, src: list[Path], dst: Path) -> dict | str:
+    if tool in PEER_MODULES and importlib.util.find_spec(PEER_MODULES[tool]) is None:
+        return "not installed (pip install -r bench/requirements.txt)"
+    command = [sys.executable, "-m", "bench.deid", "--worker", tool, str(dst), *map(str, src)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        return f"did not finish in {TOOL_TIMEOUT_SECONDS} s"
+    if done.returncode != 0:
+        return "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1][:120]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _cell(result: dict | str, key: str, fmt: str) -> str:
+    return format(result[key], fmt) if isinstance(result, dict) else "n/a"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="dicomshare-bench-") as tmp:
+        root = Path(tmp)
+        print(f"generating {SERIES_FILES} x {ROWS}x{COLUMNS} CT files and a {LARGE_FRAMES}-frame file ...")
+        series = make_series(root / "series")
+        large = make_large(root / "large.dcm")
+        print(f"large file: {large.stat().st_size / 1024**3:.2f} GiB")
+        results: dict[str, dict[str, dict | str]] = {}
+        for tool in TOOLS:
+            results[tool] = {
+                "series": _run_tool(tool, series, root / "out" / tool / "series"),
+                "large": _run_tool(tool, [large], root / "out" / tool / "large"),
+            }
+            shutil.rmtree(root / "out" / tool, ignore_errors=True)
+    ours = results["dicomshare"]
+    print()
+    print("| tool | series files/s | series peak RSS (MiB) | large file s | large peak RSS (MiB) | notes |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for tool, res in results.items():
+        notes = "; ".join(f"{k}: {v}" for k, v in res.items() if isinstance(v, str))
+        rate = f"{SERIES_FILES / res['series']['seconds']:.1f}" if isinstance(res["series"], dict) else "n/a"
+        print(f"| {tool} | {rate} | {_cell(res['series'], 'max_rss_mib', '.0f')} | "
+              f"{_cell(res['large'], 'seconds', '.2f')} | {_cell(res['large'], 'max_rss_mib', '.0f')} | {notes} |")
+    print()
+    if isinstance(ours["series"], dict):
+        for peer in ("dicognito", "deid"):
+            if isinstance(results[peer]["series"], dict):
+                ratio = results[peer]["series"]["seconds"] / ours["series"]["seconds"]
+                print(f"dicomshare files/s = {ratio:.1f} x {peer} (target vs dicognito: >= 5x)")
+    if isinstance(ours["large"], dict) and isinstance(results["cp"]["large"], dict):
+        print(f"large file: dicomshare time = {ours['large']['seconds'] / results['cp']['large']['seconds']:.2f} x cp "
+              f"(target <= 1.5x); peak RSS {ours['large']['max_rss_mib']:.0f} MiB (target < 200 MiB)")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        tool, destination, *sources = sys.argv[2:]
+        print(json.dumps(worker(tool, [Path(s) for s in sources], Path(destination))))
+    else:
+        main()
