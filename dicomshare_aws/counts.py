@@ -102,7 +102,7 @@ def _study_update(table_name: str, delta: StudyDelta, new_series: int) -> dict:
               "study_date = if_not_exists(study_date, :date)", "study_time = if_not_exists(study_time, :time)",
               "study_description = if_not_exists(study_description, :description)",
               "partner = if_not_exists(partner, :partner)", "first_received = if_not_exists(first_received, :first)",
-              "last_received = :last", "gsi1pk = if_not_exists(gsi1pk, :gsi1pk)",
+              "last_received = if_not_exists(last_received, :last)", "gsi1pk = if_not_exists(gsi1pk, :gsi1pk)",
               "gsi1sk = if_not_exists(gsi1sk, :gsi1sk)", "gsi2pk = :gsi2pk",
               "gsi2sk = if_not_exists(gsi2sk, :gsi2sk)")
     add = "ADD instance_count :n, total_bytes :b, series_count :series_count"
@@ -118,17 +118,41 @@ def _study_update(table_name: str, delta: StudyDelta, new_series: int) -> dict:
     }}
 
 
-def _current(dynamodb, table_name: str, keys: list[dict[str, str]]) -> dict[tuple[str, str], bool]:
-    """For each existing item among ``keys``: whether it is marked ``counted`` (consistent read)."""
+def _current(dynamodb, table_name: str, keys: list[dict[str, str]]) -> dict[tuple[str, str], dict]:
+    """The existing items among ``keys`` (consistent read), with the attributes
+    :func:`apply_delta` decides on."""
     pending = [to_attribute_values(k) for k in keys]
-    found: dict[tuple[str, str], bool] = {}
+    found: dict[tuple[str, str], dict] = {}
     while pending:
         response = dynamodb.batch_get_item(RequestItems={table_name: {
-            "Keys": pending[:100], "ConsistentRead": True, "ProjectionExpression": "pk, sk, counted"}})
+            "Keys": pending[:100], "ConsistentRead": True,
+            "ProjectionExpression": "pk, sk, counted, first_received, last_received"}})
         for item in response["Responses"].get(table_name, []):
-            found[(item["pk"]["S"], item["sk"]["S"])] = item.get("counted", {}).get("BOOL", False)
+            found[(item["pk"]["S"], item["sk"]["S"])] = item
         pending = pending[100:] + response.get("UnprocessedKeys", {}).get(table_name, {}).get("Keys", [])
     return found
+
+
+def _widen_received(dynamodb, table_name: str, delta: StudyDelta, study: dict) -> None:
+    """Move the study's ``first_received`` earlier / ``last_received`` later when this
+    delta holds earlier / later instances (conditional, so concurrent writers converge
+    on the minimum and maximum)."""
+    key = to_attribute_values(index.study_key(delta.study_uid))
+    if delta.first_received < study["first_received"]["S"]:
+        _update_if(dynamodb, table_name, key, "SET first_received = :t, gsi2sk = :sk", "first_received > :t",
+                   {":t": delta.first_received, ":sk": f"{delta.first_received}#{delta.study_uid}"})
+    if delta.last_received > study["last_received"]["S"]:
+        _update_if(dynamodb, table_name, key, "SET last_received = :t", "last_received < :t",
+                   {":t": delta.last_received})
+
+
+def _update_if(dynamodb, table_name: str, key: dict, update: str, condition: str, values: dict) -> None:
+    try:
+        dynamodb.update_item(TableName=table_name, Key=key, UpdateExpression=update, ConditionExpression=condition,
+                             ExpressionAttributeValues=to_attribute_values(values))
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
 
 
 def apply_delta(dynamodb, table_name: str, delta: StudyDelta) -> int:
@@ -136,12 +160,17 @@ def apply_delta(dynamodb, table_name: str, delta: StudyDelta) -> int:
     rest were counted by an earlier attempt).
 
     A consistent read first drops the instances already counted and tells which series
-    exist, so a redelivered batch normally costs reads, not cancelled transactions; the
-    transaction's conditions still decide when writers race.
+    (and whether the study) exist, so a redelivered batch normally costs reads, not
+    cancelled transactions; the transaction's conditions still decide when writers race.
     """
+    study_key = index.study_key(delta.study_uid)
     series_keys = {s: index.series_key(delta.study_uid, s) for s in delta.series}
-    current = _current(dynamodb, table_name, delta.instance_keys + list(series_keys.values()))
-    uncounted = [i for i in delta.instances if not current.get((i[index.PK], i[index.SK]))]
+    current = _current(dynamodb, table_name, [study_key, *delta.instance_keys, *series_keys.values()])
+    study = current.get((study_key[index.PK], study_key[index.SK]))
+    if study and "first_received" in study:
+        _widen_received(dynamodb, table_name, delta, study)
+    uncounted = [i for i in delta.instances
+                 if "counted" not in current.get((i[index.PK], i[index.SK]), {})]
     if not uncounted:
         return 0
     pending = study_deltas(uncounted, MAX_TRANSACTION_ITEMS)[0]
