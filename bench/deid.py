@@ -1,7 +1,7 @@
 """De-identification throughput and memory: dicomshare vs dicognito, pydicom/deid and ``cp``.
 
 Same data, same run, each tool in its own Python subprocess (so peak RSS is the tool's
-own ``ru_maxrss``, timings exclude interpreter start-up):
+own ``ru_maxrss``; timings exclude interpreter start-up, imports and set-up):
 
 - a 300-file 512x512 16-bit CT series (generated with pydicom);
 - a >= 1 GiB multi-frame file (2100 frames of 512x512x16 bit, streamed to disk frame by
@@ -93,32 +93,41 @@ def make_large(path: Path) -> Path:
     return path
 
 
-def worker(tool: str, src: list[Path], dst: Path) -> dict:
-    """Run one tool over ``src`` into ``dst`` (in this process); seconds and peak RSS."""
-    dst.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+def _tool(tool: str, dst: Path):
+    """Import and set up one tool; returns ``run(index, path)`` (set-up is not timed)."""
     if tool == "dicomshare":
         from dicomshare import profile
         from dicomshare.deidentify import deidentify_file
 
         clinical = profile.named("clinical")
-        for path in src:
-            deidentify_file(path, dst, profile=clinical, secret=b"bench" * 8)
-    elif tool == "dicognito":
+        return lambda i, path: deidentify_file(path, dst, profile=clinical, secret=b"bench" * 8)
+    if tool == "dicognito":
         from dicognito.anonymizer import Anonymizer
 
         anonymizer = Anonymizer(seed="bench")
-        for i, path in enumerate(src):
+
+        def run(i: int, path: Path) -> None:
             ds = pydicom.dcmread(path)
             anonymizer.anonymize(ds)
             ds.save_as(dst / f"{i}.dcm")
-    elif tool == "deid":
+
+        return run
+    if tool == "deid":
         from deid.dicom import replace_identifiers
 
-        replace_identifiers([str(p) for p in src], save=True, output_folder=str(dst), remove_private=True)
-    else:
-        for i, path in enumerate(src):
-            shutil.copyfile(path, dst / f"{i}.dcm")
+        return lambda i, path: replace_identifiers(
+            [str(path)], save=True, output_folder=str(dst), remove_private=True
+        )
+    return lambda i, path: shutil.copyfile(path, dst / f"{i}.dcm")
+
+
+def worker(tool: str, src: list[Path], dst: Path) -> dict:
+    """Run one tool over ``src`` into ``dst`` (in this process); seconds and peak RSS."""
+    dst.mkdir(parents=True, exist_ok=True)
+    run = _tool(tool, dst)
+    started = time.perf_counter()
+    for i, path in enumerate(src):
+        run(i, path)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
