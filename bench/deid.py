@@ -113,10 +113,12 @@ def _tool(tool: str, dst: Path):
 
         return run
     if tool == "deid":
+        from deid.config import DeidRecipe
         from deid.dicom import replace_identifiers
 
+        recipe = DeidRecipe()
         return lambda i, path: replace_identifiers(
-            [str(path)], save=True, output_folder=str(dst), remove_private=True
+            [str(path)], deid=recipe, save=True, output_folder=str(dst), remove_private=True
         )
     return lambda i, path: shutil.copyfile(path, dst / f"{i}.dcm")
 
