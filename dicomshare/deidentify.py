@@ -121,10 +121,19 @@ KEPT_TEXT = frozenset(
         0x00181020,  # Software Versions
         0x00281054,  # Rescale Type
         0x00283003,  # LUT Explanation
+        0x00281055,  # Window Center & Width Explanation
+        0x00180024,  # Sequence Name
+        0x00180085,  # Imaged Nucleus
+        0x00181040,  # Contrast/Bolus Route
+        0x00181160,  # Filter Type
+        0x00181210,  # Convolution Kernel
+        0x00181250,  # Receive Coil Name
+        0x00181251,  # Transmit Coil Name
+        0x00189005,  # Pulse Sequence Name
     }
 )
 """Text attributes outside Table E.1-1 kept verbatim: coded entries (PS3.3 8.8) and
-equipment/LUT vocabulary. Any other non-empty text attribute outside the table gets a
+equipment, acquisition-technique and LUT vocabulary. Any other non-empty text attribute outside the table gets a
 dummy value (valid whether the attribute is Type 1, 2 or 3)."""
 
 KEPT_UID_KEYWORDS = frozenset(
