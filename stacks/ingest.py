@@ -24,6 +24,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from dicomshare import index
 from dicomshare import settings as config
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge, object_wildcard
@@ -49,10 +50,17 @@ PREVIEW_CONCURRENCY = 10
 COUNTS_CONCURRENCY = 5
 """One invocation per stream shard at a time; five covers a table with that many shards."""
 
-DLQ_RETENTION = cdk.Duration.days(14)
+MESSAGE_RETENTION = cdk.Duration.days(14)
 INGEST_BACKLOG_ALARM_SECONDS = 900
 PREVIEW_BACKLOG_ALARM_SECONDS = 3600
 STREAM_RETRY_ATTEMPTS = 5
+
+NEW_INSTANCES = lambda_.FilterCriteria.filter({
+    "eventName": lambda_.FilterRule.is_equal("INSERT"),
+    "dynamodb": {"NewImage": {index.SK: {"S": lambda_.FilterRule.begins_with("INSTANCE#")}}},
+})
+"""Stream records the counts function consumes (``dicomshare.study_counts.is_instance_item``);
+its own study and series updates never invoke it."""
 
 
 class IngestStack(cdk.Stack):
@@ -167,6 +175,7 @@ class IngestStack(cdk.Stack):
             retry_attempts=STREAM_RETRY_ATTEMPTS,
             report_batch_item_failures=True,
             on_failure=event_sources.SqsDlq(self.counts_dlq),
+            filters=[NEW_INSTANCES],
         ))
         acknowledge(self.counts.role.node.find_child("DefaultPolicy"), {
             f"AwsSolutions-IAM5[Action::{action}]": "Added by CDK's grant for the on-failure destination: "
@@ -174,18 +183,15 @@ class IngestStack(cdk.Stack):
             for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*")
         })
 
-        for queue, dlq, backlog_seconds in (
-            (self.ingest_queue, self.ingest_dlq, INGEST_BACKLOG_ALARM_SECONDS),
-            (self.preview_queue, self.preview_dlq, PREVIEW_BACKLOG_ALARM_SECONDS),
-            (None, self.counts_dlq, None),
-        ):
+        for dlq in (self.ingest_dlq, self.preview_dlq, self.counts_dlq):
             self.alarm(f"{dlq.node.id}Depth", dlq.metric_approximate_number_of_messages_visible(
                 period=cdk.Duration.minutes(1), statistic="Maximum"), threshold=1,
                 description="Messages in a dead-letter queue: objects or records that were not processed")
-            if queue is not None:
-                self.alarm(f"{queue.node.id}Age", queue.metric_approximate_age_of_oldest_message(
-                    period=cdk.Duration.minutes(1), statistic="Maximum"), threshold=backlog_seconds,
-                    description="The oldest message has waited too long: the function is failing or throttled")
+        for queue, backlog_seconds in ((self.ingest_queue, INGEST_BACKLOG_ALARM_SECONDS),
+                                       (self.preview_queue, PREVIEW_BACKLOG_ALARM_SECONDS)):
+            self.alarm(f"{queue.node.id}Age", queue.metric_approximate_age_of_oldest_message(
+                period=cdk.Duration.minutes(1), statistic="Maximum"), threshold=backlog_seconds,
+                description="The oldest message has waited too long: the function is failing or throttled")
 
         acknowledge_notifications_handler(self)
 
@@ -198,7 +204,7 @@ class IngestStack(cdk.Stack):
             encryption=sqs.QueueEncryption.KMS,
             encryption_master_key=self.pipeline_key,
             enforce_ssl=True,
-            retention_period=DLQ_RETENTION,
+            retention_period=MESSAGE_RETENTION,
         )
 
     def work_queue(self, id: str, function_timeout_seconds: int, dlq: sqs.Queue) -> sqs.Queue:
@@ -208,7 +214,7 @@ class IngestStack(cdk.Stack):
             encryption_master_key=self.pipeline_key,
             enforce_ssl=True,
             visibility_timeout=cdk.Duration.seconds(resources.visibility_timeout(function_timeout_seconds)),
-            retention_period=DLQ_RETENTION,
+            retention_period=MESSAGE_RETENTION,
             dead_letter_queue=sqs.DeadLetterQueue(queue=dlq, max_receive_count=resources.MAX_RECEIVE_COUNT),
         )
 
@@ -231,8 +237,6 @@ def acknowledge_notifications_handler(stack: cdk.Stack) -> None:
     acknowledge(handler, {
         "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]":
             "CDK's bucket-notifications custom resource, run only during deployment; its role is defined by CDK.",
-        "AwsSolutions-IAM5[Resource::*]": "CDK's bucket-notifications custom resource: s3:PutBucketNotification "
-        "on the buckets it configures, as CDK defines it; it runs only during deployment.",
     })
     for bucket in ("IngestBucketRef", "DeidentifiedBucketRef"):
         acknowledge(stack.node.find_child(bucket), {

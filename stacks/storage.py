@@ -50,10 +50,6 @@ class StorageStack(cdk.Stack):
             removal_policy=removal,
         )
         acknowledge(self.access_logs_bucket, {
-            "AwsSolutions-S1": "This is the server access log target of the other buckets; logging it into "
-            "itself would loop.",
-            "HIPAA.Security-S3BucketLoggingEnabled": "This is the server access log target of the other buckets; "
-            "logging it into itself would loop.",
             "HIPAA.Security-S3DefaultEncryptionKMS": "S3 server access logging delivers only to buckets encrypted "
             "with SSE-S3, not SSE-KMS.",
             "HIPAA.Security-S3BucketReplicationEnabled": REPLICATION_REASON,

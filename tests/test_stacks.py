@@ -358,6 +358,9 @@ def test_event_sources_report_batch_item_failures(ingest):
     assert stream["BisectBatchOnFunctionError"] is True and stream["MaximumRetryAttempts"] >= 1
     assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert stream["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0].startswith("CountsDeadLetterQueue")
+    (only_new_instances,) = stream["FilterCriteria"]["Filters"]
+    assert json.loads(only_new_instances["Pattern"]) == {
+        "eventName": ["INSERT"], "dynamodb": {"NewImage": {index.SK: {"S": [{"prefix": "INSTANCE#"}]}}}}
 
 
 def test_alarms_watch_dead_letters_and_backlogs(ingest):
