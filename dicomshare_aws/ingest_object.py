@@ -41,14 +41,14 @@ import datetime
 import json
 from dataclasses import dataclass
 from functools import cache
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
 from dicomshare import index, index_items, validation
 from dicomshare.profile import Profile, for_partner
-from dicomshare.settings import Settings
+from dicomshare.settings import DEID_BUCKET_ENV, QUARANTINE_BUCKET_ENV, TABLE_NAME_ENV, Settings
 from dicomshare.validation import DeidentificationRefused
 from dicomshare_aws import index_store
 from dicomshare_aws.s3_deidentify import deidentify_object
@@ -103,6 +103,11 @@ class Outcome:
     """Bytes the function fetched from the uploaded object (small for large objects: their
     pixel data is copied server-side)."""
 
+    def log_fields(self) -> dict[str, object]:
+        """What a log line may say about the outcome (``study_uid`` is the de-identified one)."""
+        return {"outcome": self.outcome, "reason": self.reason, "partner": self.partner, "size": self.size,
+                "bytes_read": self.bytes_read, "study_uid": self.study_uid}
+
 
 @dataclass(frozen=True)
 class Destinations:
@@ -111,6 +116,10 @@ class Destinations:
     deid_bucket: str
     quarantine_bucket: str
     table_name: str
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> "Destinations":
+        return cls(environ[DEID_BUCKET_ENV], environ[QUARANTINE_BUCKET_ENV], environ[TABLE_NAME_ENV])
 
 
 def uploaded_objects(body: str) -> Iterator[UploadedObject]:

@@ -3,7 +3,7 @@
 Partial batch responses (Powertools batch processing): a message that fails is retried
 (and after ``MAX_RECEIVE_COUNT`` tries lands in the dead-letter queue) without failing the
 rest of its batch. Logs carry the SQS message id as correlation id and the key's SHA-256,
-never the key or a DICOM value.
+never the key or a DICOM value (``study_uid`` is the de-identified one).
 """
 
 import os
@@ -36,8 +36,7 @@ def _secret() -> bytes:
 
 def record_handler(record: SQSRecord) -> None:
     logger.set_correlation_id(record.message_id)
-    destinations = Destinations(os.environ[config.DEID_BUCKET_ENV], os.environ[config.QUARANTINE_BUCKET_ENV],
-                                os.environ[config.TABLE_NAME_ENV])
+    destinations = Destinations.from_environment(os.environ)
     for obj in uploaded_objects(record.body):
         started = time.perf_counter()
         fields = {"bucket": obj.bucket, "key_sha256": obj.key_sha256, "s3_request_id": obj.request_id}
@@ -49,10 +48,7 @@ def record_handler(record: SQSRecord) -> None:
             logger.error("object failed", extra={**fields, "outcome": "failed", "error": failed.error})
             raise failed from None
         duration_ms = (time.perf_counter() - started) * 1000
-        logger.info("object processed", extra={**fields, "outcome": result.outcome, "reason": result.reason,
-                                               "partner": result.partner, "size": result.size,
-                                               "bytes_read": result.bytes_read,
-                                               "duration_ms": round(duration_ms, 1)})
+        logger.info("object processed", extra={**fields, **result.log_fields(), "duration_ms": round(duration_ms, 1)})
         metrics.add_metric(name="IngestDuration", unit=MetricUnit.Milliseconds, value=duration_ms)
         if result.outcome == INGESTED:
             metrics.add_metric(name="FilesIngested", unit=MetricUnit.Count, value=1)
