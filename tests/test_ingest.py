@@ -25,6 +25,8 @@ from dicomshare_aws.s3_deidentify import deidentify_object
 from dicomshare_local import demo, pollers, system as local
 
 CLINICAL, BASIC = "demo-partner", "basic-partner"
+SCRATCH = "test-ingest-scratch"
+"""A bucket without event notifications: objects the local pollers do not see."""
 PLANTED = {
     "PatientName": "ZQXPLANTSURNAME^ZQXGIVEN",
     "PatientID": "ZQX-PID-4471",
@@ -79,18 +81,22 @@ class Pipeline:
         return [i for i in self.items() if i[index.PK] == f"STUDY#{study_uid}" and i[index.SK].startswith("INSTANCE#")]
 
     def replay_s3_events(self, keys: list[str]) -> dict:
-        """Deliver the S3 notifications of ``keys`` again, as SQS records."""
+        """Deliver the S3 notifications of ``keys`` again."""
+        return self.ingest_handler.handler({"Records": self.s3_event_records(keys)},
+                                           pollers.LambdaContext("ingest", 120))
+
+    def s3_event_records(self, keys: list[str], bucket: str | None = None) -> list[dict]:
+        """SQS records holding the S3 notifications of ``keys``, as Lambda receives them."""
         queue_arn = f"arn:aws:sqs:{self.system.region}:123456789012:ingest"
-        records = [{
+        return [{
             "messageId": f"replay-{n}", "receiptHandle": "replay", "attributes": {}, "messageAttributes": {},
             "md5OfBody": "", "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": self.system.region,
             "body": json.dumps({"Records": [{
                 "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": self.system.region,
                 "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": self.resources.ingest_bucket, "arn": "arn:aws:s3:::ingest"},
+                "s3": {"bucket": {"name": bucket or self.resources.ingest_bucket, "arn": "arn:aws:s3:::ingest"},
                        "object": {"key": quote_plus(key, safe=""), "size": 1}}}]}),
         } for n, key in enumerate(keys)]
-        return self.ingest_handler.handler({"Records": records}, pollers.LambdaContext("ingest", 120))
 
     def replay_stream(self) -> list[dict]:
         """Deliver every record of the table's stream again, in batches as Lambda does."""
@@ -268,12 +274,11 @@ def test_killed_after_storing_before_indexing_converges(pipeline):
     retry rewrites the same bytes to the same key, indexes once, then deletes."""
     series = _series(2, "KILLED")
     s3, r = pipeline.client("s3"), pipeline.resources
-    scratch = "test-ingest-scratch"
-    s3.create_bucket(Bucket=scratch)
-    s3.put_object(Bucket=scratch, Key="first.dcm", Body=_bytes(series[0]))
+    s3.create_bucket(Bucket=SCRATCH)
+    s3.put_object(Bucket=SCRATCH, Key="first.dcm", Body=_bytes(series[0]))
     settings = pipeline.system.settings
     first = deidentify_object(
-        s3, scratch, "first.dcm", r.deid_bucket,
+        s3, SCRATCH, "first.dcm", r.deid_bucket,
         lambda plan: index.deidentified_object_key(plan.study_instance_uid, plan.series_instance_uid,
                                                    plan.sop_instance_uid),
         profile=for_partner(settings.partner(CLINICAL).options), secret=pipeline.secret, settings=settings,
@@ -346,3 +351,19 @@ def test_study_event_is_emitted_per_study(pipeline):
     assert sum(e["detail"]["new_instances"] for e in mine) == 4
     assert {(e["source"], e["detail-type"], e["detail"]["partner"]) for e in mine} == {
         (resources.EVENT_SOURCE, "StudyInstancesReceived", CLINICAL)}
+
+
+def test_a_failing_message_does_not_fail_its_batch(pipeline):
+    """A message that cannot be processed is reported alone (to be retried, then parked in
+    the dead-letter queue); the rest of its batch completes."""
+    (ds,) = _series(1, "PARTIAL")
+    s3 = pipeline.client("s3")
+    s3.create_bucket(Bucket=SCRATCH)
+    s3.put_object(Bucket=SCRATCH, Key=f"{CLINICAL}/partial/one.dcm", Body=_bytes(ds))
+    records = pipeline.s3_event_records([f"{CLINICAL}/partial/one.dcm"], bucket=SCRATCH)
+    records.insert(0, dict(records[0], messageId="garbled", body="{not json"))
+    response = pipeline.ingest_handler.handler({"Records": records}, pollers.LambdaContext("ingest", 60))
+    assert response == {"batchItemFailures": [{"itemIdentifier": "garbled"}]}
+    pipeline.run()
+    assert pipeline.study(ds.StudyInstanceUID)["instance_count"] == 1
+    assert not s3.list_object_versions(Bucket=SCRATCH, Prefix=f"{CLINICAL}/partial/").get("Versions")
