@@ -7,7 +7,7 @@ own ``ru_maxrss``; timings exclude interpreter start-up, imports and set-up):
 - a >= 1 GiB multi-frame file (2100 frames of 512x512x16 bit, streamed to disk frame by
   frame, never held in memory).
 
-Targets (issue 3): >= 5x dicognito's files/s; within 1.5x of ``cp`` on the large file;
+Each measurement is the fastest of three runs. Targets (issue 3): >= 5x dicognito's files/s; within 1.5x of ``cp`` on the large file;
 peak memory < 200 MiB on the large file.
 
 Run: ``python -m bench deid`` (peer tools: ``pip install -r bench/requirements.txt``).
@@ -38,6 +38,7 @@ LARGE_FRAMES = 2100
 TOOLS = ("dicomshare", "dicognito", "deid", "cp")
 PEER_MODULES = {"dicognito": "dicognito", "deid": "deid"}
 TOOL_TIMEOUT_SECONDS = 900
+REPEATS = 3
 
 
 def _header(frames: int, instance: int, study_uid: str, series_uid: str) -> Dataset:
@@ -148,6 +149,19 @@ def _run_tool(tool: str, src: list[Path], dst: Path) -> dict | str:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _best_of(tool: str, src: list[Path], dst: Path) -> dict | str:
+    """Fastest of :data:`REPEATS` runs (the machine may be shared), with the largest RSS."""
+    runs = []
+    for _ in range(REPEATS):
+        os.sync()  # no run pays for the previous one's dirty pages
+        result = _run_tool(tool, src, dst)
+        shutil.rmtree(dst, ignore_errors=True)
+        if isinstance(result, str):
+            return result
+        runs.append(result)
+    return {"seconds": min(r["seconds"] for r in runs), "max_rss_mib": max(r["max_rss_mib"] for r in runs)}
+
+
 def _cell(result: dict | str, key: str, fmt: str) -> str:
     return format(result[key], fmt) if isinstance(result, dict) else "n/a"
 
@@ -163,9 +177,7 @@ def main() -> None:
         for tool in TOOLS:
             results[tool] = {}
             for name, inputs in (("series", series), ("large", [large])):
-                os.sync()  # no tool pays for the previous one's dirty pages
-                results[tool][name] = _run_tool(tool, inputs, root / "out" / tool / name)
-            shutil.rmtree(root / "out" / tool, ignore_errors=True)
+                results[tool][name] = _best_of(tool, inputs, root / "out" / tool / name)
     ours = results["dicomshare"]
     print()
     print("| tool | series files/s | series peak RSS (MiB) | large file s | large peak RSS (MiB) | notes |")
