@@ -16,6 +16,7 @@ from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from dicomshare import settings as config
+from dicomshare import shares
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge, object_wildcard
 from stacks.python_function import PythonFunction, allow_cloudwatch_logs, encrypted_log_group, log_retention
@@ -81,6 +82,10 @@ class ShareApiStack(cdk.Stack):
             self, "RestApi",
             description=f"dicomshare {settings.environment}: shares and the clinician share page",
             endpoint_types=[apigateway.EndpointType.REGIONAL],
+            # The function answers base64 bodies (gzip-compressed JSON, the Key Object
+            # Selection document); API Gateway decodes them only for binary media types, and
+            # picks by the request's first Accept value: */* decodes whatever a browser sends.
+            binary_media_types=["*/*"],
             # API Gateway's logging role is one per account and region, shared by every
             # environment deployed there: it is always retained, so that destroying dev
             # never leaves prod's API without its logs.
@@ -134,8 +139,8 @@ class ShareApiStack(cdk.Stack):
         wafv2.CfnWebACLAssociation(self, "WebAclAssociation",
                                    resource_arn=self.api.deployment_stage.stage_arn,
                                    web_acl_arn=self.web_acl.attr_arn)
-        # WAF requires the log group name to start with "aws-waf-logs-". The path and query
-        # string are redacted: a share token may travel in either.
+        # WAF requires the log group name to start with "aws-waf-logs-". Whatever may carry
+        # a share token or PIN is redacted: the Authorization and PIN headers, path, query.
         waf_logs = logs.LogGroup(
             self, "WebAclLogs",
             log_group_name=f"aws-waf-logs-dicomshare-{settings.environment}",
@@ -152,6 +157,8 @@ class ShareApiStack(cdk.Stack):
             redacted_fields=[
                 wafv2.CfnLoggingConfiguration.FieldToMatchProperty(uri_path={}),
                 wafv2.CfnLoggingConfiguration.FieldToMatchProperty(query_string={}),
+                *(wafv2.CfnLoggingConfiguration.FieldToMatchProperty(single_header={"Name": header.lower()})
+                  for header in ("Authorization", shares.PIN_HEADER)),
             ],
         )
 

@@ -22,7 +22,7 @@ from aws_cdk import aws_lambda as lambda_  # noqa: E402
 from aws_cdk.assertions import Match, Template  # noqa: E402
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks  # noqa: E402
 
-from dicomshare import index  # noqa: E402
+from dicomshare import index, shares  # noqa: E402
 from dicomshare.settings import from_document  # noqa: E402
 from dicomshare_aws import resources  # noqa: E402
 from stacks.dicomshare_app import build  # noqa: E402
@@ -435,6 +435,10 @@ def test_admin_routes_need_iam_and_share_routes_are_public(share_api):
     assert all(m["Integration"]["Type"] == "AWS_PROXY" for m in methods)
 
 
+def test_api_returns_base64_bodies_as_binary(share_api):
+    share_api.has_resource_properties("AWS::ApiGateway::RestApi", {"BinaryMediaTypes": ["*/*"]})
+
+
 def test_stage_is_traced_throttled_and_logged_without_tokens(share_api):
     share_api.has_resource_properties("AWS::ApiGateway::Stage", {
         "TracingEnabled": True,
@@ -457,7 +461,8 @@ def test_waf_rate_limits_redeem_and_is_associated_with_the_stage(share_api):
     share_api.has_resource_properties("AWS::WAFv2::WebACLAssociation", {
         "ResourceArn": Match.any_value(), "WebACLArn": {"Fn::GetAtt": [Match.string_like_regexp("WebAcl"), "Arn"]}})
     share_api.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
-        "RedactedFields": [{"UriPath": {}}, {"QueryString": {}}]})
+        "RedactedFields": [{"UriPath": {}}, {"QueryString": {}}, {"SingleHeader": {"Name": "authorization"}},
+                           {"SingleHeader": {"Name": shares.PIN_HEADER.lower()}}]})
 
 
 def test_outputs_name_what_an_engineer_needs(storage, share_api):
