@@ -423,6 +423,14 @@ def test_api_reads_the_index_and_writes_only_share_items(share_api):
     assert deid_key_actions == {"kms:Decrypt"}
 
 
+def test_only_ingest_touches_uploads_quarantine_and_the_secret(ingest, share_api):
+    for t, role in ((ingest, "PreviewFunctionRole"), (ingest, "CountsFunctionRole"), (share_api, "ApiFunctionRole")):
+        statements = role_statements(t, role)
+        resources_ = [r for s in statements for r in s["Resource"]]
+        assert not [r for r in resources_ if "IngestBucket" in r or "QuarantineBucket" in r or "Secret" in r], role
+        assert not [a for s in statements for a in s["Action"] if a.startswith("secretsmanager:")], role
+
+
 # Share API
 
 
@@ -518,4 +526,5 @@ def test_ingest_bundle_fits_lambda_limit(tmp_path):
     assert size < LAMBDA_UNZIPPED_LIMIT
     assert {"dicomshare", "dicomshare_aws", "lambdas", "pydicom", "aws_lambda_powertools"} <= {p.name for p in asset.iterdir()}
     assert (asset / "dicomshare" / "data").is_dir()
+    assert not (asset / "dicomshare_local").exists() and not (asset / "boto3").exists()
     assert list(asset.glob("pydicom-3.0.2.dist-info")), "the pinned version"
