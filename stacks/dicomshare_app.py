@@ -18,6 +18,10 @@ CONTEXT_KEY = "dicomshare"
 ENV_CONTEXT_KEY = "dicomshare_env"
 """``-c dicomshare_env=prod`` selects the document under ``dicomshare:prod`` instead."""
 
+CONFIG_ENV_BUDGET = 3072
+"""Bytes the configuration may take in a function's environment: Lambda allows 4 KB for all
+variables, and the resource names and Powertools settings need the rest."""
+
 RETAINED_ENVIRONMENTS = frozenset({"prod"})
 """Environments whose keys, buckets, table and secret outlive ``cdk destroy``."""
 
@@ -39,6 +43,9 @@ def configuration(app: cdk.App) -> Settings:
     settings = from_document(document)
     if environment and settings.environment != environment:
         raise ConfigError(f"{key}.environment: expected {environment!r}, got {settings.environment!r}")
+    if len(settings.to_json().encode()) > CONFIG_ENV_BUDGET:
+        raise ConfigError(f"{key}: more than {CONFIG_ENV_BUDGET} bytes as JSON, too large for Lambda's 4 KB "
+                          "environment (fewer partners, or shorter principals and option lists)")
     return settings
 
 

@@ -23,7 +23,7 @@ from aws_cdk.assertions import Match, Template  # noqa: E402
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks  # noqa: E402
 
 from dicomshare import index, shares  # noqa: E402
-from dicomshare.settings import from_document  # noqa: E402
+from dicomshare.settings import ConfigError, from_document  # noqa: E402
 from dicomshare_aws import resources  # noqa: E402
 from stacks.dicomshare_app import build  # noqa: E402
 from stacks.pip_bundling import PROJECT_ROOT, function_code  # noqa: E402
@@ -148,6 +148,13 @@ def test_prod_selects_its_document_and_retains_data():
                       stacks.storage.deid_key, stacks.storage.deid_secret):
         assert construct.node.default_child.cfn_options.deletion_policy == cdk.CfnDeletionPolicy.RETAIN
     assert stacks.storage.table.node.default_child.deletion_protection_enabled is True
+
+
+def test_configuration_must_fit_in_the_lambda_environment():
+    document = partner_document()
+    document["partners"] = [{"id": f"partner-{i}", "principal": PARTNER_ROLE_ARN} for i in range(40)]
+    with pytest.raises(ConfigError, match="4 KB"):
+        build(cdk.App(context=context(dicomshare=document)))
 
 
 def test_dev_is_destroyed_with_its_stacks(synthesized):
