@@ -41,8 +41,10 @@ def pip_install_command(requirements: Path, target: str) -> list[str]:
 
 
 def source_hash(function: str) -> str:
-    """Asset hash: the function's requirements and every file of the project packages."""
-    digest = hashlib.sha256(requirements_file(function).read_bytes())
+    """Asset hash: the target platform, the function's requirements and every file of the
+    project packages (so the bundle is rebuilt, and redeployed, exactly when one changes)."""
+    digest = hashlib.sha256(" ".join((LAMBDA_PYTHON_VERSION, *LAMBDA_PLATFORMS)).encode())
+    digest.update(requirements_file(function).read_bytes())
     for package in PROJECT_PACKAGES:
         for path in sorted((PROJECT_ROOT / package).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
