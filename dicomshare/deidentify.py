@@ -354,9 +354,11 @@ class _Deidentifier:
     def clean_text(self, text: str) -> str:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
         for value in sorted(self.identifiers, key=len, reverse=True):
-            text = re.sub(re.escape(value), "", text, flags=re.IGNORECASE)
+            if value.casefold() in text.casefold():
+                text = re.sub(re.escape(value), "", text, flags=re.IGNORECASE)
         for word in sorted(self.words, key=len, reverse=True):
-            text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", text, flags=re.IGNORECASE)
+            if word.casefold() in text.casefold():
+                text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", text, flags=re.IGNORECASE)
         return re.sub(r"\s{2,}", " ", text).strip()
 
     def replace_uid(self, elem: DataElement, value: str) -> str:
