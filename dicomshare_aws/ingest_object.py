@@ -58,7 +58,7 @@ DUPLICATE = "duplicate"
 QUARANTINED = "quarantined"
 ALREADY_PROCESSED = "already_processed"
 
-UNKNOWN_PARTNER = "unknown_partner"
+UNKNOWN_PARTNER_REASON = "unknown_partner"
 """Quarantine reason: the key is outside every configured ``<partner-id>/`` prefix."""
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -179,7 +179,7 @@ def ingest_object(
     partner_id = _partner_id(obj.key, settings)
     try:
         if partner_id is None:
-            raise DeidentificationRefused(UNKNOWN_PARTNER)
+            raise DeidentificationRefused(UNKNOWN_PARTNER_REASON)
         validation.check_size(size, settings)
         partner = settings.partner(partner_id)
         result = deidentify_object(
