@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import secrets
+from collections import OrderedDict
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterator
@@ -25,6 +26,7 @@ from dicomshare.shares import MAX_PIN_FAILURES, Share, token_matches
 
 SHARES_COLLECTION = "SHARES"
 STUDIES_COLLECTION = "STUDIES"
+CACHED_STUDIES = 8
 RETAIN_EXPIRED_SHARE_SECONDS = 90 * 24 * 3600
 """An expired share item stays listable this long before DynamoDB TTL deletes it."""
 
@@ -36,23 +38,17 @@ class InvalidPageToken(ValueError):
 class ShareStore:
     def __init__(self, table_name: str, dynamodb: Any = None):
         self.table = (dynamodb or boto3.resource("dynamodb")).Table(table_name)
+        self._instances: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
     # shares -----------------------------------------------------------------
 
     def put_share(self, share: Share, token_sha256: str) -> None:
-        """Write the share and its token item (token -> share id) in one transaction."""
-        item = share_item(share)
-        token_item = {
-            **index.token_key(token_sha256),
-            "share_id": share.share_id,
-            index.TTL_ATTRIBUTE: share.expires_at,
-        }
-        client = self.table.meta.client
-        client.transact_write_items(
-            TransactItems=[
-                {"Put": {"TableName": self.table.name, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}},
-                {"Put": {"TableName": self.table.name, "Item": token_item, "ConditionExpression": "attribute_not_exists(pk)"}},
-            ]
+        """Write the share, then its token item (token hash -> share id); both conditional
+        puts. A failure between the two leaves a share no token opens: nothing leaks."""
+        self.table.put_item(Item=share_item(share), ConditionExpression="attribute_not_exists(pk)")
+        self.table.put_item(
+            Item={**index.token_key(token_sha256), "share_id": share.share_id, index.TTL_ATTRIBUTE: share.expires_at},
+            ConditionExpression="attribute_not_exists(pk)",
         )
 
     def share(self, share_id: str) -> Share | None:
@@ -163,6 +159,25 @@ class ShareStore:
     def study_items(self, study_uid: str) -> list[dict[str, Any]]:
         """Every item of a study: the study item, series items and instance items."""
         return [plain(i) for i in self._query_all(KeyConditionExpression=Key(index.PK).eq(f"STUDY#{study_uid}"))]
+
+    def study_instances(self, study_uid: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The study item and every instance item of the study.
+
+        Instance items are written once and never change, so this container keeps the
+        instance lists of the last :data:`CACHED_STUDIES` studies and reuses one while the
+        study item's ``instance_count`` (kept by the counts aggregator) still equals its
+        length. Instances the aggregator has not counted yet appear once it has.
+        """
+        study = self.study(study_uid)
+        cached = self._instances.get(study_uid)
+        if cached is not None and study is not None and study.get("instance_count") == len(cached):
+            self._instances.move_to_end(study_uid)
+            return study, cached
+        items = self.instances(study_uid)
+        self._instances[study_uid] = items
+        while len(self._instances) > CACHED_STUDIES:
+            self._instances.popitem(last=False)
+        return study, items
 
     def instances(self, study_uid: str) -> list[dict[str, Any]]:
         return [

@@ -272,3 +272,30 @@ def test_token_never_reaches_logs_or_the_index(api, local_system, studies, caplo
     pages = local_system.client("dynamodb").get_paginator("scan").paginate(TableName=local_system.resources.table_name)
     items = [item for page in pages for item in page["Items"]]
     assert token not in json.dumps(items) and "2468" not in json.dumps(items)
+
+
+@pytest.mark.parametrize("endpoint_url, region, addressing", [
+    (None, "eu-west-1", "virtual"), ("http://127.0.0.1:5000", "us-east-1", "path")])
+def test_presigned_urls_match_botocore_signature_for_signature(monkeypatch, endpoint_url, region, addressing):
+    import datetime
+    from urllib.parse import parse_qs, urlsplit
+
+    import boto3
+    import botocore.auth
+    from botocore.config import Config
+
+    from dicomshare_aws.s3_presign import Presigner
+
+    moment = datetime.datetime(2026, 11, 23, 10, 0, 0)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: moment)
+    credentials = {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "se/cr+et", "aws_session_token": "to/k+en=="}
+    client = boto3.client("s3", region_name=region, endpoint_url=endpoint_url, **credentials,
+                          config=Config(signature_version="s3v4", s3={"addressing_style": addressing}))
+    key = "studies/1.2.3/series/4.5/instances/6.7 a+b~.dcm"
+    expected = urlsplit(client.generate_presigned_url(
+        "get_object", Params={"Bucket": "deid-bucket", "Key": key}, ExpiresIn=600))
+    ours = urlsplit(Presigner(
+        access_key="AKIDEXAMPLE", secret_key="se/cr+et", token="to/k+en==", region=region, bucket="deid-bucket",
+        expires_in=600, endpoint_url=endpoint_url, now=moment.replace(tzinfo=datetime.timezone.utc)).url(key))
+    assert (ours.scheme, ours.netloc, ours.path) == (expected.scheme, expected.netloc, expected.path)
+    assert parse_qs(ours.query) == parse_qs(expected.query)

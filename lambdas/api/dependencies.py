@@ -8,9 +8,9 @@ from functools import cache
 from typing import Any
 
 import boto3
-from botocore.config import Config
 
 from dicomshare import settings as config
+from dicomshare_aws.s3_presign import Presigner
 from dicomshare_aws.share_store import ShareStore
 
 
@@ -25,20 +25,29 @@ def store() -> ShareStore:
 
 
 @cache
-def s3() -> Any:
-    """S3 client for presigning: SigV4 (required for KMS-encrypted objects), virtual-host style
-    on AWS; path style when ``AWS_ENDPOINT_URL`` points at a local endpoint."""
-    addressing = "path" if os.environ.get("AWS_ENDPOINT_URL") else "virtual"
-    return boto3.client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": addressing}))
+def session() -> boto3.Session:
+    return boto3.Session()
+
+
+def presigner(expires_in: int) -> Presigner:
+    """Presigns GETs of de-identified objects with the function's current credentials:
+    SigV4 (required for SSE-KMS objects), virtual-hosted on AWS, path style on the local
+    endpoint (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``)."""
+    credentials = session().get_credentials().get_frozen_credentials()
+    return Presigner(
+        access_key=credentials.access_key,
+        secret_key=credentials.secret_key,
+        token=credentials.token,
+        region=session().region_name,
+        bucket=os.environ[config.DEID_BUCKET_ENV],
+        expires_in=expires_in,
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+    )
 
 
 @cache
 def events() -> Any:
     return boto3.client("events")
-
-
-def deidentified_bucket() -> str:
-    return os.environ[config.DEID_BUCKET_ENV]
 
 
 def event_bus() -> str:

@@ -57,7 +57,7 @@ def redeem(
     if share.redemptions == 1:
         announce_first_redemption(share, now)
     logger.info("share redeemed", extra={"share_id": share.share_id, "outcome": "ok"})
-    studies = [(store.study(uid), store.instances(uid)) for uid in share.study_uids]
+    studies = [store.study_instances(uid) for uid in share.study_uids]
     if DICOM in router.current_event.headers.get("Accept", router.current_event.headers.get("accept", "")):
         return key_object_selection(share, studies, study_uid or share.study_uid)
     return manifest_response(share, studies, now)
@@ -85,13 +85,7 @@ def admit(share: shares.Share, pin: str | None, now: int) -> shares.Share:
 
 def manifest_response(share: shares.Share, studies: list[tuple[Any, Any]], now: int) -> Response:
     lifetime = shares.presign_seconds(share, now, deps.settings())
-    bucket, s3 = deps.deidentified_bucket(), deps.s3()
-
-    def presign(key: str) -> str:
-        return s3.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=lifetime
-        )
-
+    presign = deps.presigner(lifetime).url
     body = manifest.redemption_manifest(
         share,
         studies,
