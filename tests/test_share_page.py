@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import os
 import re
+import socket
+import struct
 import subprocess
+import time
+import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -98,3 +107,106 @@ def test_page_headers_keep_the_token_private(local_system):
     assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe-inline" not in policy
     assert '<meta name="viewport"' in body
     assert not re.search(r'(src|href)="(https?:)?//', body)  # no external resource
+
+
+class DevTools:
+    """The smallest Chrome DevTools Protocol client: one page, ``Runtime.evaluate`` over a
+    WebSocket (RFC 6455 framing, text frames only), standard library only."""
+
+    def __init__(self, chromium: str, profile: Path, url: str):
+        self.process = subprocess.Popen([
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1200,900", url,
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+            target = next(t for t in json.load(response) if t["type"] == "page")
+        path = urllib.parse.urlsplit(target["webSocketDebuggerUrl"]).path
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.socket.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.reader = self.socket.makefile("rb")
+        while self.reader.readline() not in (b"\r\n", b""):
+            pass
+        self.next_id = 0
+
+    def evaluate(self, expression: str):
+        self.next_id += 1
+        message = json.dumps({"id": self.next_id, "method": "Runtime.evaluate", "params": {
+            "expression": expression, "awaitPromise": True, "returnByValue": True}}).encode()
+        mask = os.urandom(4)
+        length = len(message)
+        header = bytes([0x81]) + (bytes([0x80 | length]) if length < 126 else
+                                  bytes([0x80 | 126]) + struct.pack(">H", length) if length < 65536 else
+                                  bytes([0x80 | 127]) + struct.pack(">Q", length))
+        self.socket.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(message)))
+        while True:
+            reply = json.loads(self._frame())
+            if reply.get("id") == self.next_id:
+                result = reply["result"]
+                assert "exceptionDetails" not in result, result["exceptionDetails"]
+                return result["result"].get("value")
+
+    def _frame(self) -> bytes:
+        payload = b""
+        while True:
+            first, second = self.reader.read(2)
+            length = second & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", self.reader.read(2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", self.reader.read(8))[0]
+            payload += self.reader.read(length)
+            if first & 0x80:
+                return payload
+
+    def wait_for(self, expression: str, timeout: float = 20):
+        deadline = time.monotonic() + timeout
+        while not self.evaluate(f"(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()"):
+            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_path):
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
+    browser = DevTools(chromium, tmp_path / "devtools", share["url"])
+    try:
+        browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
+        assert browser.evaluate("location.hash") == ""  # the token left the address bar
+        card = "document.querySelectorAll('article.series')[0]"
+        assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "1 / 4"
+        first = browser.evaluate(f"{card}.querySelector('img').src")
+        browser.evaluate(f"{card}.querySelector('[aria-label=\"next image\"]').click()")
+        assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "2 / 4"
+        browser.evaluate(f"{card}.querySelector('.viewport').dispatchEvent("
+                         "new WheelEvent('wheel', {deltaY: 100, cancelable: true}))")
+        assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "3 / 4"
+        browser.evaluate(f"(s => {{ s.value = 4; s.dispatchEvent(new Event('input')); }})"
+                         f"({card}.querySelector('input[type=range]'))")
+        assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "4 / 4"
+        assert browser.evaluate(f"{card}.querySelector('img').src") != first
+
+        browser.evaluate("URL.createObjectURL = ((create) => (blob) => { window.savedZip = blob; return create(blob); })"
+                         "(URL.createObjectURL.bind(URL))")
+        browser.evaluate("document.getElementById('download-all').click()")
+        browser.wait_for("window.savedZip !== undefined")
+        encoded = browser.evaluate("""new Promise(resolve => { const r = new FileReader();
+            r.onload = () => resolve(r.result.split(',')[1]); r.readAsDataURL(window.savedZip); })""")
+    finally:
+        browser.close()
+    archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(encoded)))
+    assert archive.testzip() is None
+    files = {name.rsplit("/", 1)[1].removesuffix(".dcm"): archive.read(name) for name in archive.namelist()}
+    assert files == study.files
