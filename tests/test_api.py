@@ -288,6 +288,8 @@ def test_presigned_urls_match_botocore_signature_for_signature(monkeypatch, endp
 
     moment = datetime.datetime(2026, 11, 23, 10, 0, 0)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: moment)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
     credentials = {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "se/cr+et", "aws_session_token": "to/k+en=="}
     client = boto3.client("s3", region_name=region, endpoint_url=endpoint_url, **credentials,
                           config=Config(signature_version="s3v4", s3={"addressing_style": addressing}))
