@@ -49,8 +49,13 @@ def preview_frame_index(number_of_frames: int) -> int:
     return max(0, (number_of_frames - 1) // 2)
 
 
-def render_file(fp: BinaryIO) -> bytes:
-    """PNG preview of the DICOM file ``fp`` (seekable), reading only its header and one frame."""
+def render_file(fp: BinaryIO, io_errors: tuple[type[BaseException], ...] = ()) -> bytes:
+    """PNG preview of the DICOM file ``fp`` (seekable), reading only its header and one frame.
+
+    Raises :class:`NoPreview` when the file has no renderable frame. An error of a type in
+    ``io_errors`` (the storage client's), even wrapped by the reader, propagates instead:
+    a failed read is worth a retry, an undecodable file is not.
+    """
     from highdicom.io import ImageFileReader
 
     try:
@@ -58,10 +63,14 @@ def render_file(fp: BinaryIO) -> bytes:
         reader.open()
         metadata = reader.metadata
         frame = reader.read_frame(preview_frame_index(int(reader.number_of_frames)), correct_color=False)
-    except ValueError as error:
-        raise NoPreview("not_an_image" if "image information entity" in str(error) else "undecodable") from error
     except Exception as error:
-        raise NoPreview("undecodable") from error
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, io_errors):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        not_image = isinstance(error, ValueError) and "image information entity" in str(error)
+        raise NoPreview("not_an_image" if not_image else "undecodable") from error
     return render_png(frame, metadata)
 
 

@@ -156,9 +156,13 @@ class ShareStore:
         item = self.table.get_item(Key=index.study_key(study_uid)).get("Item")
         return plain(item) if item else None
 
-    def study_items(self, study_uid: str) -> list[dict[str, Any]]:
-        """Every item of a study: the study item, series items and instance items."""
-        return [plain(i) for i in self._query_all(KeyConditionExpression=Key(index.PK).eq(f"STUDY#{study_uid}"))]
+    def series(self, study_uid: str) -> list[dict[str, Any]]:
+        return [
+            plain(i)
+            for i in self._query_all(
+                KeyConditionExpression=Key(index.PK).eq(f"STUDY#{study_uid}") & Key(index.SK).begins_with("SERIES#")
+            )
+        ]
 
     def study_instances(self, study_uid: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The study item and every instance item of the study.

@@ -179,6 +179,7 @@ def test_include_priors_shares_the_earlier_study(api, studies):
     assert len(manifest["dicomjson"]["studies"]) == 2
     status, detail = api.call("GET", f"/studies/{studies['current'].study_uid}")
     assert [p["study_uid"] for p in detail["priors"]] == [studies["prior"].study_uid]
+    assert [s["instance_count"] for s in detail["series"]] == [3, 3]
 
 
 def test_key_object_selection_manifest(api, studies):

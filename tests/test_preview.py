@@ -143,3 +143,21 @@ def test_preview_lambda_renders_frame_by_frame_and_skips_undecodable_files(local
         QueueUrl=local_system.resources.preview_dlq_url, AttributeNames=["ApproximateNumberOfMessages"])
     assert dlq["Attributes"]["ApproximateNumberOfMessages"] == "0"
     assert sop not in json.dumps(outcomes)
+
+
+def test_read_errors_propagate_for_a_retry():
+    class Unavailable(Exception):
+        pass
+
+    class Failing(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() > 200:
+                raise Unavailable("storage unavailable")
+            return super().read(size)
+
+    with open(get_testdata_file("CT_small.dcm"), "rb") as f:
+        data = f.read()
+    with pytest.raises(Unavailable):
+        preview.render_file(Failing(data), io_errors=(Unavailable,))
+    with pytest.raises(preview.NoPreview):
+        preview.render_file(Failing(data))

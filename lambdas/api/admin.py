@@ -115,14 +115,12 @@ def list_studies(limit: Limit = 50, next: Page = None) -> dict[str, Any]:
 @router.get("/studies/<study_uid>")
 def get_study(study_uid: StudyUid) -> dict[str, Any]:
     store = deps.store()
-    items = store.study_items(study_uid)
-    study = next((i for i in items if i["sk"] == "STUDY"), None)
+    study = store.study(study_uid)
     if study is None:
         raise ApiError(404, "unknown_study", "No indexed study has this StudyInstanceUID.")
     series = [
         {k: i.get(k) for k in ("series_uid", "modality", "series_description", "series_number", "instance_count", "total_bytes")}
-        for i in items
-        if i["sk"].startswith("SERIES#")
+        for i in store.series(study_uid)
     ]
     others = store.patient_studies(study["patient_pseudonym"]) if study.get("patient_pseudonym") else []
     return {

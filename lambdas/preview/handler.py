@@ -13,6 +13,7 @@ from urllib.parse import unquote_plus
 
 import boto3
 from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
@@ -38,7 +39,7 @@ def render(record: SQSRecord) -> None:
         size = notification["s3"]["object"].get("size") or s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
         reader = S3RangeReader(s3, bucket, key, int(size))
         try:
-            png = preview.render_file(reader)
+            png = preview.render_file(reader, io_errors=(ClientError, BotoCoreError))
         except preview.NoPreview as refusal:
             logger.info("preview", extra={"outcome": "no_preview", "reason": refusal.reason})
             continue
