@@ -302,3 +302,23 @@ def test_presigned_urls_match_botocore_signature_for_signature(monkeypatch, endp
         expires_in=600, endpoint_url=endpoint_url, now=moment.replace(tzinfo=datetime.timezone.utc)).url(key))
     assert (ours.scheme, ours.netloc, ours.path) == (expected.scheme, expected.netloc, expected.path)
     assert parse_qs(ours.query) == parse_qs(expected.query)
+
+
+def test_concurrent_redemptions_never_exceed_max_redemptions(api, studies):
+    from concurrent.futures import ThreadPoolExecutor
+
+    share = create(api, studies["other"].study_uid, max_redemptions=3)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(status for status, _ in pool.map(lambda _: redeem(api, share["token"]), range(8)))
+    assert statuses == [200] * 3 + [410] * 5
+    assert api.call("GET", f"/shares/{share['share_id']}")[1]["redemptions"] == 3
+
+
+def test_api_handler_import_needs_no_pydicom_numpy_or_highdicom():
+    import subprocess
+    import sys
+
+    probe = ("import sys, lambdas.api.handler; "
+             "print(','.join(m for m in ('pydicom', 'numpy', 'highdicom') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
