@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
 
 
@@ -57,12 +56,18 @@ def _start(args: argparse.Namespace):
     return system
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _serve_until_stopped(system) -> int:
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
+    """Serve until Ctrl-C or SIGTERM, then stop every thread and free the ports."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        stopped.wait()
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
     finally:
         system.stop()
         print("stopped", file=sys.stderr, flush=True)

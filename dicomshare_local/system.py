@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import boto3
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from dicomshare import settings as settings_module
 from dicomshare.settings import Settings
 from dicomshare_aws import resources
 from dicomshare_local import gateway, pollers, provision
+from dicomshare_local.moto_server import SerialMotoServer
 
 CONNECTION_FILE = "local.json"
 SECRET_FILE = "deid-secret"
@@ -94,7 +94,7 @@ class LocalSystem:
         _check_port(self.host, self.api_port, "--api-port")
         # moto's access log prints object keys, and partners' keys can carry patient names.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.moto = ThreadedMotoServer(ip_address=self.host, port=self.aws_port, verbose=False)
+        self.moto = SerialMotoServer(ip_address=self.host, port=self.aws_port, verbose=False)
         self.moto.start()
         host, port = self.moto.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
