@@ -1,4 +1,5 @@
 # One-command set-up. `make demo` runs the whole system locally; `make test` runs every test.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin

@@ -21,6 +21,15 @@ MAX_RECEIVE_COUNT = 5
 
 SQS_BATCH_SIZE = 10
 STREAM_BATCH_SIZE = 100
+STREAM_RETRY_ATTEMPTS = 5
+
+NEW_INSTANCES_FILTER = {
+    "eventName": ["INSERT"],
+    "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "INSTANCE#"}]}}},
+}
+"""Lambda event filter (EventBridge pattern syntax) of the stream records the counts
+function consumes: new instance items only, so its own study and series updates never
+invoke it (``dicomshare.study_counts.is_instance_item``)."""
 
 INGEST_EVENTS = ("s3:ObjectCreated:*",)
 """Ingest bucket -> ingest queue: every new object, whatever its prefix."""

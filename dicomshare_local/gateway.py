@@ -5,6 +5,8 @@ As on AWS, the stage name prefixes every path (``/local/...``) and admin routes 
 authenticated *before* the handler runs. On AWS that is IAM (SigV4); here it is
 ``Authorization: Bearer <admin_token>`` from ``local.json``. On success the gateway fills
 ``requestContext.identity.userArn`` as IAM authorisation does, and drops the header.
+The deployed API declares every media type binary (``*/*``), so request bodies arrive
+base64-encoded; they do here too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from dicomshare_local.pollers import LambdaContext
 
 STAGE = "local"
 LOCAL_ADMIN_ARN = "arn:aws:iam::000000000000:user/local-admin"
-TEXT_TYPES = ("application/json", "text/", "application/xml")
 
 log = logging.getLogger("dicomshare.local")
 
@@ -87,8 +88,6 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
 def _event(method: str, path: str, query: str, headers: dict[str, str], body: bytes,
            identity: dict, host: str) -> dict:
     params = parse_qs(query, keep_blank_values=True)
-    content_type = headers.get("Content-Type", "")
-    is_text = not body or any(t in content_type for t in TEXT_TYPES)
     now = time.time()
     return {
         "resource": "/{proxy+}",
@@ -114,6 +113,6 @@ def _event(method: str, path: str, query: str, headers: dict[str, str], body: by
             "requestTimeEpoch": int(now * 1000),
             "identity": identity,
         },
-        "body": (body.decode() if is_text else base64.b64encode(body).decode()) if body else None,
-        "isBase64Encoded": bool(body) and not is_text,
+        "body": base64.b64encode(body).decode() if body else None,
+        "isBase64Encoded": bool(body),
     }

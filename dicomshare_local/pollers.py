@@ -125,33 +125,42 @@ class SqsPoller(Poller):
 
 
 class StreamPoller(Poller):
-    """DynamoDB Streams event source mapping: in-order batches, retried from the first
-    failed record (``ReportBatchItemFailures``), and after the last retry sent to the
-    on-failure queue, as ``MaximumRetryAttempts`` with an SQS destination does."""
+    """DynamoDB Streams event source mapping: in-order batches of the records that pass the
+    function's event filter, retried from the first failed record
+    (``ReportBatchItemFailures``), and after the last retry reported to the on-failure
+    queue, as ``MaximumRetryAttempts`` with an SQS destination does."""
 
     def __init__(self, name: str, handler: Handler, timeout_seconds: int, streams, stream_arn: str,
-                 sqs, failure_queue_url: str, region: str, max_retries: int = 3):
+                 sqs, failure_queue_url: str, region: str):
         super().__init__(name, handler, timeout_seconds)
         self.streams = streams
         self.stream_arn = stream_arn
         self.sqs = sqs
         self.failure_queue_url = failure_queue_url
         self.region = region
-        self.max_retries = max_retries
-        shard = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]
-        self.iterator = streams.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        self.shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        self.last_sequence_number: str | None = None
         self.pending: list[dict] = []
         self.attempts = 0
 
+    def _read(self) -> tuple[bool, list[dict]]:
+        """Records after the last one read. The iterator is fetched anew each time: moto
+        replaces a table's stream when it rolls back a cancelled transaction."""
+        position = ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": self.last_sequence_number}
+                    if self.last_sequence_number else {"ShardIteratorType": "TRIM_HORIZON"})
+        iterator = self.streams.get_shard_iterator(StreamArn=self.stream_arn, ShardId=self.shard_id,
+                                                   **position)["ShardIterator"]
+        records = self.streams.get_records(ShardIterator=iterator, Limit=resources.STREAM_BATCH_SIZE)["Records"]
+        if records:
+            self.last_sequence_number = records[-1]["dynamodb"]["SequenceNumber"]
+        return bool(records), [self._record(r) for r in records if _matches(resources.NEW_INSTANCES_FILTER, r)]
+
     def poll_once(self) -> bool:
         if not self.pending:
-            response = self.streams.get_records(ShardIterator=self.iterator, Limit=resources.STREAM_BATCH_SIZE)
-            self.iterator = response["NextShardIterator"]
-            self.pending = [self._record(r) for r in response["Records"]]
+            read, self.pending = self._read()
             self.attempts = 0
-        if not self.pending:
-            return False
+            if not self.pending:
+                return read
         failures = self.invoke({"Records": self.pending}).get("batchItemFailures", [])
         if failures == []:
             self.pending = []
@@ -161,7 +170,7 @@ class StreamPoller(Poller):
             first = {f["itemIdentifier"] for f in failures}
             start = next(i for i, r in enumerate(self.pending) if r["dynamodb"]["SequenceNumber"] in first)
             self.pending = self.pending[start:]
-        if self.attempts > self.max_retries:
+        if self.attempts > resources.STREAM_RETRY_ATTEMPTS:
             self.sqs.send_message(QueueUrl=self.failure_queue_url, MessageBody=json.dumps({
                 "streamArn": self.stream_arn,
                 "startSequenceNumber": self.pending[0]["dynamodb"]["SequenceNumber"],
@@ -177,3 +186,17 @@ class StreamPoller(Poller):
         if hasattr(created, "timestamp"):
             record["dynamodb"] = dict(record["dynamodb"], ApproximateCreationDateTime=int(created.timestamp()))
         return record
+
+
+def _matches(pattern: dict, record: dict) -> bool:
+    """Lambda event filtering for the pattern forms dicomshare uses: nested objects, lists
+    of allowed values, and ``{"prefix": ...}``."""
+    for key, expected in pattern.items():
+        value = record.get(key) if isinstance(record, dict) else None
+        if isinstance(expected, dict):
+            if not _matches(expected, value or {}):
+                return False
+        elif not any(value == rule or (isinstance(rule, dict) and isinstance(value, str)
+                                       and value.startswith(rule["prefix"])) for rule in expected):
+            return False
+    return True

@@ -24,7 +24,6 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from dicomshare import index
 from dicomshare import settings as config
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge, object_wildcard
@@ -55,14 +54,6 @@ COUNTS_CONCURRENCY = 5
 MESSAGE_RETENTION = cdk.Duration.days(14)
 INGEST_BACKLOG_ALARM_SECONDS = 900
 PREVIEW_BACKLOG_ALARM_SECONDS = 3600
-STREAM_RETRY_ATTEMPTS = 5
-
-NEW_INSTANCES = lambda_.FilterCriteria.filter({
-    "eventName": lambda_.FilterRule.is_equal("INSERT"),
-    "dynamodb": {"NewImage": {index.SK: {"S": lambda_.FilterRule.begins_with("INSTANCE#")}}},
-})
-"""Stream records the counts function consumes (``dicomshare.study_counts.is_instance_item``);
-its own study and series updates never invoke it."""
 
 
 class IngestStack(cdk.Stack):
@@ -174,10 +165,10 @@ class IngestStack(cdk.Stack):
             starting_position=lambda_.StartingPosition.TRIM_HORIZON,
             batch_size=resources.STREAM_BATCH_SIZE,
             bisect_batch_on_error=True,
-            retry_attempts=STREAM_RETRY_ATTEMPTS,
+            retry_attempts=resources.STREAM_RETRY_ATTEMPTS,
             report_batch_item_failures=True,
             on_failure=event_sources.SqsDlq(self.counts_dlq),
-            filters=[NEW_INSTANCES],
+            filters=[lambda_.FilterCriteria.filter(resources.NEW_INSTANCES_FILTER)],
         ))
         acknowledge(self.counts.role.node.find_child("DefaultPolicy"), {
             f"AwsSolutions-IAM5[Action::{action}]": "Added by CDK's grant for the on-failure destination: "
