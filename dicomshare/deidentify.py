@@ -49,6 +49,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -104,6 +105,8 @@ PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 """Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3)."""
 
 MAX_DATE_OFFSET_DAYS = 3650
+
+ACTION_CACHE_SIZE = 65536
 
 KEPT_TEXT = frozenset(
     {
@@ -230,9 +233,22 @@ class Plan:
         return f"{self.study_instance_uid}/{self.series_instance_uid}/{self.sop_instance_uid}.dcm"
 
 
+@lru_cache(maxsize=16)
+def _keyed(secret: bytes):
+    """The HMAC-SHA256 state after the key (RFC 2104): copied for each message, set up once."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
+def _hmac(secret: bytes, message: bytes) -> bytes:
+    mac = _keyed(secret).copy()
+    mac.update(message)
+    return mac.digest()
+
+
+@lru_cache(maxsize=4096)
 def new_uid(secret: bytes, uid: str) -> str:
     """The replacement for ``uid``: ``2.25.`` + a version-8 UUID from HMAC-SHA256 (PS3.5 B.2)."""
-    digest = bytearray(hmac.new(secret, b"uid\x00" + uid.encode("ascii", "replace"), hashlib.sha256).digest()[:16])
+    digest = bytearray(_hmac(secret, b"uid\x00" + uid.encode("ascii", "replace"))[:16])
     digest[6] = (digest[6] & 0x0F) | 0x80
     digest[8] = (digest[8] & 0x3F) | 0x80
     return f"2.25.{int.from_bytes(digest, 'big')}"
@@ -240,13 +256,13 @@ def new_uid(secret: bytes, uid: str) -> str:
 
 def patient_pseudonym(secret: bytes, patient_id: str) -> str:
     """Keyed pseudonym for a Patient ID: ``DS-`` + 26 base32 characters (fits SH/LO/PN)."""
-    digest = hmac.new(secret, b"patient\x00" + patient_id.encode("utf-8"), hashlib.sha256).digest()
+    digest = _hmac(secret, b"patient\x00" + patient_id.encode("utf-8"))
     return "DS-" + base64.b32encode(digest[:16]).decode("ascii").rstrip("=")
 
 
 def date_offset_days(secret: bytes, patient_id: str) -> int:
     """The patient's date shift: from -1 to -3650 days, the same for all of their studies."""
-    digest = hmac.new(secret, b"dateshift\x00" + patient_id.encode("utf-8"), hashlib.sha256).digest()
+    digest = _hmac(secret, b"dateshift\x00" + patient_id.encode("utf-8"))
     return -(1 + int.from_bytes(digest[:8], "big") % MAX_DATE_OFFSET_DAYS)
 
 
@@ -281,6 +297,10 @@ def _values(value: object) -> list:
     return list(value) if isinstance(value, (MultiValue, list)) else [value]
 
 
+_ACTIONS: dict[Profile, dict[tuple[int, str], str]] = {}
+"""Per profile, the action of each (tag, VR) met so far: see :meth:`_Deidentifier.action`."""
+
+
 class _Deidentifier:
     """One object's de-identification: the profile, the keys and the values to clean out."""
 
@@ -299,9 +319,23 @@ class _Deidentifier:
         self.cleans_text = any(row_action == CLEAN for row_action in profile.actions.values())
         self.identifiers: set[str] = set()
         self.words: set[str] = set()
+        self._actions = _ACTIONS.setdefault(profile, {})
 
     def action(self, tag: int, vr: str) -> str:
-        """The action for one element, from its tag and VR only (its value stays raw)."""
+        """The action for one element, from its tag and VR only (its value stays raw).
+
+        It depends on the profile, tag and VR only, so it is worked out once per profile
+        (up to :data:`ACTION_CACHE_SIZE` pairs: private tags are unbounded).
+        """
+        key = (tag, vr)
+        found = self._actions.get(key)
+        if found is None:
+            found = self._find_action(tag, vr)
+            if len(self._actions) < ACTION_CACHE_SIZE:
+                self._actions[key] = found
+        return found
+
+    def _find_action(self, tag: int, vr: str) -> str:
         group = tag >> 16
         if tag & 0xFFFF == 0 or group in (0x0000, 0x0002):
             return REMOVE
