@@ -58,6 +58,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
@@ -514,6 +516,53 @@ def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
     return meta
 
 
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One File Meta element, Explicit VR Little Endian (PS3.10 7.1, PS3.5 7.1.2)."""
+    if vr == b"OB":
+        return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _text(value: object, padding: bytes) -> bytes:
+    """A UI or SH value as pydicom writes it: values joined with ``\\``, padded to even length."""
+    text = "\\".join(value) if isinstance(value, (MultiValue, list)) else str(value)
+    encoded = text.encode("iso8859")
+    return encoded + padding if len(encoded) % 2 else encoded
+
+
+def _file_meta_bytes(meta: FileMetaDataset) -> bytes:
+    """The File Meta Information group of :func:`_file_meta`, with its group length."""
+    elements = b"".join(
+        [
+            _meta_element(0x00020001, b"OB", bytes(meta.FileMetaInformationVersion)),
+            _meta_element(0x00020002, b"UI", _text(meta.MediaStorageSOPClassUID, b"\x00")),
+            _meta_element(0x00020003, b"UI", _text(meta.MediaStorageSOPInstanceUID, b"\x00")),
+            _meta_element(0x00020010, b"UI", _text(meta.TransferSyntaxUID, b"\x00")),
+            _meta_element(0x00020012, b"UI", _text(meta.ImplementationClassUID, b"\x00")),
+            _meta_element(0x00020013, b"SH", _text(meta.ImplementationVersionName, b" ")),
+        ]
+    )
+    return _meta_element(0x00020000, b"UL", struct.pack("<L", len(elements))) + elements
+
+
+def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM``, File Meta Information and data set (PS3.10 7.1).
+
+    The bytes ``pydicom.dcmwrite(..., enforce_file_format=True)`` writes, without its
+    per-call copy and re-validation of the meta group this module has just built. The
+    Deflated transfer syntax goes through ``dcmwrite``, which compresses the data set.
+    """
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        return buffer.getvalue()
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = transfer_syntax_encoding(transfer_syntax)
+    buffer.write(ds.preamble + b"DICM" + _file_meta_bytes(ds.file_meta))
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
 def _single_character_set(ds: Dataset) -> None:
     """Declare UTF-8 (ISO_IR 192) once, at the top, when the source used anything but ASCII.
 
@@ -667,8 +716,7 @@ def deidentify_header(
             deidentifier.record(ds)
             ds.file_meta = _file_meta(ds, transfer_syntax)
             ds.preamble = b"\x00" * 128
-            buffer = io.BytesIO()
-            pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+            new_header = _encode(ds, transfer_syntax)
         except DeidentificationRefused:
             raise
         except Exception as exc:  # a value pydicom cannot parse or write: refuse, never crash
@@ -676,7 +724,7 @@ def deidentify_header(
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
             delattr(ds, keyword)
-    return Plan(buffer.getvalue(), pixel_offset, pixel_end, ds, deidentifier.pseudonym)
+    return Plan(new_header, pixel_offset, pixel_end, ds, deidentifier.pseudonym)
 
 
 def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:
