@@ -25,7 +25,7 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen, str]:
         process = subprocess.Popen(
             [*CLI, "local", "up", "--state-dir", str(tmp_path / "state"), "--config", str(tmp_path / "none.json"),
              "--aws-port", "0", "--api-port", "0"], stdout=stdout, stderr=stderr, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
         ready = [line for line in out.read_text().splitlines() if line.startswith("ready ")]
         if ready:
@@ -55,7 +55,7 @@ def test_local_up_serves_uploads_and_stops_cleanly(tmp_path):
         ds = next(demo.ct_series(1, "20240101", "CT HEAD", size=64))
         s3.put_object(Bucket=connection["ingest_bucket"], Key=connection["partner_prefix"] + "a.dcm",
                       Body=demo.part10_bytes(ds))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while not s3.list_objects_v2(Bucket=connection["deid_bucket"], Prefix="studies/").get("KeyCount"):
             assert time.monotonic() < deadline, "the uploaded file was never de-identified"
             time.sleep(0.2)
