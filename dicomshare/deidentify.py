@@ -59,10 +59,12 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.charset import default_encoding
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from dicomshare import profile as profiles
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
@@ -107,6 +109,8 @@ PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 """Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3)."""
 
 MAX_DATE_OFFSET_DAYS = 3650
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 ACTION_CACHE_SIZE = 65536
 
@@ -559,8 +563,50 @@ def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = transfer_syntax_encoding(transfer_syntax)
     buffer.write(ds.preamble + b"DICM" + _file_meta_bytes(ds.file_meta))
-    write_dataset(buffer, ds)
+    _write_dataset(buffer, ds)
     return buffer.getvalue()
+
+
+def _write_dataset(fp: DicomBytesIO, ds: Dataset) -> None:
+    """pydicom's ``write_dataset``, with values that are still raw copied straight through.
+
+    A kept value is never decoded (a ``RawDataElement``, the source's bytes); pydicom also
+    writes it verbatim, after its general per-element set-up. Here its tag, VR and length
+    (PS3.5 7.1.2, 7.1.3) are written directly. Every other element, and any data set whose
+    encoding or character set changes (pydicom then decodes and re-encodes every value),
+    goes through pydicom, as do undefined lengths and values too long for a 16-bit length.
+    """
+    # pydicom 3.0's own test for "re-encode everything" (filewriter.write_dataset)
+    if ds.original_encoding != (fp.is_implicit_VR, fp.is_little_endian) or (
+        ds.original_character_set != ds._character_set
+    ):
+        write_dataset(fp, ds)
+        return
+    encodings = ds.get("SpecificCharacterSet", default_encoding)
+    explicit = not fp.is_implicit_VR
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue
+        elem = ds.get_item(tag)
+        value = elem.value
+        if not elem.is_raw or value is None or elem.length == _UNDEFINED_LENGTH:
+            write_data_element(fp, elem, encodings)
+        elif not explicit:
+            fp.write_tag(tag)
+            fp.write_UL(len(value))
+            fp.write(value)
+        elif elem.VR in EXPLICIT_VR_LENGTH_32:
+            fp.write_tag(tag)
+            fp.write(elem.VR.encode("ascii") + b"\x00\x00")
+            fp.write_UL(len(value))
+            fp.write(value)
+        elif elem.VR and len(elem.VR) == 2 and len(value) <= 0xFFFF:
+            fp.write_tag(tag)
+            fp.write(elem.VR.encode("ascii"))
+            fp.write_US(len(value))
+            fp.write(value)
+        else:
+            write_data_element(fp, elem, encodings)
 
 
 def _single_character_set(ds: Dataset) -> None:
