@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from dicomshare import index, preview
 from dicomshare.settings import DEID_BUCKET_ENV
-from dicomshare_aws.s3_deidentify import S3RangeReader
+from dicomshare_aws.s3_reader import S3RangeReader
 
 INSTANCE_KEY = re.compile(r"^studies/([0-9.]+)/series/([0-9.]+)/instances/([0-9.]+)\.dcm$")
 
