@@ -57,8 +57,7 @@ def seed(system) -> str:
     from dicomshare_aws.index_store import put_new
     from dicomshare_local import demo
 
-    for poller in system._pollers:
-        poller.stop()
+    system.disable_event_sources()
     dynamodb = system.client("dynamodb")
     table = system.resources.table_name
     received = "2024-03-01T10:15:00Z"

@@ -178,11 +178,16 @@ class LocalSystem:
             time.sleep(0.1)
         raise TimeoutError(f"the local pipeline was still busy after {timeout:.0f} s")
 
-    def stop(self) -> None:
+    def disable_event_sources(self) -> None:
+        """Stop calling the pipeline's handlers, as disabling their event source mappings
+        does on AWS; the API keeps serving (benchmarks time it alone)."""
         for poller in self._pollers:
             poller.stop()
         for poller in self._pollers:
             poller.join(timeout=resources.INGEST_TIMEOUT_SECONDS)
+
+    def stop(self) -> None:
+        self.disable_event_sources()
         if getattr(self, "http", None):
             self.http.shutdown()
             self.http.server_close()
