@@ -59,6 +59,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.charset import default_encoding
 from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
@@ -471,21 +472,42 @@ class _Deidentifier:
             return None
         return self._map(elem, lambda v: self.replace_uid(elem, v))
 
-    def record(self, ds: Dataset) -> None:
-        """PS3.15 E.1.1 and PS3.3 C.7.1.1: what was done, in the output itself."""
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self.profile.method
-        items = []
-        for code in self.profile.codes:
-            item = Dataset()
-            item.CodeValue = code.value
-            item.CodingSchemeDesignator = code.scheme_designator
-            item.CodeMeaning = code.meaning
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
-        ds.LongitudinalTemporalInformationModified = {KEEP: "UNMODIFIED", CLEAN: "MODIFIED", EMPTY: "REMOVED"}[
-            self.dates
-        ]
+    def record(self, ds: Dataset, encoding: tuple[bool, bool]) -> None:
+        """PS3.15 E.1.1 and PS3.3 C.7.1.1: what was done, in the output itself.
+
+        ``encoding`` is ``(little_endian, implicit_vr)`` of the output's data set.
+        """
+        for elem in _record_elements(self.profile, self.dates, *encoding):
+            ds[elem.tag] = elem
+
+
+@lru_cache(maxsize=64)
+def _record_elements(profile: Profile, dates: str, little_endian: bool, implicit_vr: bool) -> tuple:
+    """The elements :meth:`_Deidentifier.record` adds, encoded once per profile and encoding.
+
+    They depend on the profile only, so they are built and encoded with pydicom once and
+    kept as raw (immutable) elements: every output gets the same bytes, written straight
+    through, and reading them from ``Plan.dataset`` decodes them as usual.
+    """
+    ds = Dataset()
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = profile.method
+    items = []
+    for code in profile.codes:
+        item = Dataset()
+        item.CodeValue = code.value
+        item.CodingSchemeDesignator = code.scheme_designator
+        item.CodeMeaning = code.meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    ds.LongitudinalTemporalInformationModified = {KEEP: "UNMODIFIED", CLEAN: "MODIFIED", EMPTY: "REMOVED"}[dates]
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = little_endian, implicit_vr
+    write_dataset(buffer, ds)
+    length = buffer.tell()
+    buffer.seek(0)
+    encoded = read_dataset(buffer, implicit_vr, little_endian, length)
+    return tuple(encoded.get_item(tag) for tag in encoded.keys())
 
 
 def _vr(ds: Dataset, tag: int) -> str:
@@ -759,7 +781,7 @@ def deidentify_header(
                 deidentifier.collect(ds)
             deidentifier.apply(ds)
             _single_character_set(ds)
-            deidentifier.record(ds)
+            deidentifier.record(ds, transfer_syntax_encoding(transfer_syntax))
             ds.file_meta = _file_meta(ds, transfer_syntax)
             ds.preamble = b"\x00" * 128
             new_header = _encode(ds, transfer_syntax)
