@@ -163,8 +163,12 @@ class Profile:
         return [f"dicomshare {self.name} profile", f"PS3.15 {self.revision} Basic Profile", *self.options]
 
 
+@cache
 def named(name: str) -> Profile:
-    """A named profile (``clinical`` or ``basic``); ``ValueError`` for any other name."""
+    """A named profile (``clinical`` or ``basic``); ``ValueError`` for any other name.
+
+    Built once per process (a profile is immutable; building one reads Table E.1-1).
+    """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
     return Profile(name=name, options=PROFILES[name])
