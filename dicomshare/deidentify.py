@@ -45,7 +45,7 @@ import logging
 import os
 import re
 import struct
-import tempfile
+import secrets
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +105,9 @@ DEFLATED_MAX_BYTES = 64 * 1024**2
 """Deflated objects are rewritten in memory; larger ones are refused."""
 
 COPY_CHUNK_BYTES = 1024**2
+
+_PARTIAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+"""The partial output is a new file (never an existing one), private (0600) until renamed."""
 
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 """Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3)."""
@@ -860,12 +863,13 @@ def deidentify_file(
             return plan
         target = Path(dst) / plan.relative_path
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".partial-", delete=False) as out:
+        partial = target.parent / f".partial-{secrets.token_hex(8)}"
+        with open(os.open(partial, _PARTIAL_FLAGS, 0o600), "wb") as out:
             try:
                 write_output(plan, src, out)
             except BaseException:
                 out.close()
-                os.unlink(out.name)
+                os.unlink(partial)
                 raise
-        os.replace(out.name, target)
+        os.replace(partial, target)
     return plan
