@@ -26,7 +26,7 @@ from dicomshare.deidentify import (
 )
 from dicomshare.settings import Settings
 
-from tests.conftest import require_tool
+from conftest import require_tool
 
 SECRET = b"s" * 32
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
