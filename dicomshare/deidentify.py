@@ -524,14 +524,16 @@ def _vr(ds: Dataset, tag: int) -> str:
     return vr
 
 
-def _date_spellings(value: str) -> Iterator[str]:
-    if re.fullmatch(r"\d{8}", value):
-        try:
-            day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-        except ValueError:
-            return
-        for fmt in _DATE_FORMATS:
-            yield day.strftime(fmt)
+@lru_cache(maxsize=1024)
+def _date_spellings(value: str) -> tuple[str, ...]:
+    """The ways a DA value may be written in free text (:data:`_DATE_FORMATS`)."""
+    if not re.fullmatch(r"\d{8}", value):
+        return ()
+    try:
+        day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+    except ValueError:
+        return ()
+    return tuple(day.strftime(fmt) for fmt in _DATE_FORMATS)
 
 
 def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
