@@ -7,7 +7,8 @@ own ``ru_maxrss``; timings exclude interpreter start-up, imports and set-up):
 - a >= 1 GiB multi-frame file (2100 frames of 512x512x16 bit, streamed to disk frame by
   frame, never held in memory).
 
-Each measurement is the fastest of three runs. Targets (issue 3): >= 5x dicognito's files/s; within 1.5x of ``cp`` on the large file;
+Each measurement is the fastest of three rounds (each round runs every tool in turn).
+Targets (issue 3): >= 5x dicognito's files/s; within 1.5x of ``cp`` on the large file;
 peak memory < 200 MiB on the large file.
 
 Run: ``python -m bench deid`` (peer tools: ``pip install -r bench/requirements.txt``).
@@ -149,17 +150,33 @@ def _run_tool(tool: str, src: list[Path], dst: Path) -> dict | str:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _best_of(tool: str, src: list[Path], dst: Path) -> dict | str:
-    """Fastest of :data:`REPEATS` runs (the machine may be shared), with the largest RSS."""
-    runs = []
-    for _ in range(REPEATS):
-        os.sync()  # no run pays for the previous one's dirty pages
-        result = _run_tool(tool, src, dst)
-        shutil.rmtree(dst, ignore_errors=True)
-        if isinstance(result, str):
-            return result
-        runs.append(result)
+def _best_of(runs: list[dict | str]) -> dict | str:
+    """Fastest of the runs (the machine may be shared), with the largest peak RSS."""
+    failures = [r for r in runs if isinstance(r, str)]
+    if failures:
+        return failures[0]
     return {"seconds": min(r["seconds"] for r in runs), "max_rss_mib": max(r["max_rss_mib"] for r in runs)}
+
+
+def _measure(inputs: dict[str, list[Path]], out: Path) -> dict[str, dict[str, dict | str]]:
+    """:data:`REPEATS` rounds, each running every tool once on every input in turn.
+
+    Rounds interleave the tools, so a busy spell on a shared machine slows all of them
+    rather than the three runs of one; before each run, the previous run's dirty pages are
+    flushed (``os.sync``) and its output deleted, so every run starts from the same state
+    (inputs in the page cache, nothing waiting to be written).
+    """
+    runs: dict[tuple[str, str], list[dict | str]] = {(t, n): [] for t in TOOLS for n in inputs}
+    for _ in range(REPEATS):
+        for tool in TOOLS:
+            for name, src in inputs.items():
+                if any(isinstance(r, str) for r in runs[(tool, name)]):
+                    continue
+                os.sync()
+                dst = out / tool / name
+                runs[(tool, name)].append(_run_tool(tool, src, dst))
+                shutil.rmtree(dst, ignore_errors=True)
+    return {tool: {name: _best_of(runs[(tool, name)]) for name in inputs} for tool in TOOLS}
 
 
 def _cell(result: dict | str, key: str, fmt: str) -> str:
@@ -173,11 +190,7 @@ def main() -> None:
         series = make_series(root / "series")
         large = make_large(root / "large.dcm")
         print(f"large file: {large.stat().st_size / 1024**3:.2f} GiB")
-        results: dict[str, dict[str, dict | str]] = {}
-        for tool in TOOLS:
-            results[tool] = {}
-            for name, inputs in (("series", series), ("large", [large])):
-                results[tool][name] = _best_of(tool, inputs, root / "out" / tool / name)
+        results = _measure({"series": series, "large": [large]}, root / "out")
     ours = results["dicomshare"]
     print()
     print("| tool | series files/s | series peak RSS (MiB) | large file s | large peak RSS (MiB) | notes |")
