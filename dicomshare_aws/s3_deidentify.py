@@ -81,42 +81,34 @@ def deidentify_object(
     if size < SMALL_OBJECT_BYTES:
         body = s3_client.get_object(Bucket=src_bucket, Key=src_key)["Body"].read()
         plan = deidentify_header(io.BytesIO(body), profile=profile, secret=secret, settings=settings, size=len(body))
-        output = plan.new_header + (body[plan.pixel_offset : plan.pixel_end] if plan.pixel_offset is not None else b"")
-        digest = hashlib.sha256(output)
-        key = dst_key_fn(plan)
-        response = s3_client.put_object(
-            Bucket=dst_bucket,
-            Key=key,
-            Body=output,
-            ContentType=CONTENT_TYPE,
-            ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
-        )
-        return RewriteResult(
-            plan, dst_bucket, key, len(output), len(body),
-            hashlib.sha256(plan.new_header).hexdigest(), digest.hexdigest(), response["ETag"], False,
-        )
+        pixels = body[plan.pixel_offset : plan.pixel_end] if plan.pixel_offset is not None else b""
+        return _put_whole(s3_client, plan, dst_bucket, dst_key_fn(plan), plan.new_header + pixels, len(body))
     reader = S3RangeReader(s3_client, src_bucket, src_key, size)
     plan = deidentify_header(reader, profile=profile, secret=secret, settings=settings, size=size)
     key = dst_key_fn(plan)
     if plan.pixel_offset is None or plan.pixel_length + len(plan.new_header) < SMALL_OBJECT_BYTES:
         pixels = reader.fetch(plan.pixel_offset, plan.pixel_end) if plan.pixel_offset is not None else b""
-        output = plan.new_header + pixels
-        digest = hashlib.sha256(output)
-        response = s3_client.put_object(
-            Bucket=dst_bucket,
-            Key=key,
-            Body=output,
-            ContentType=CONTENT_TYPE,
-            ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
-        )
-        return RewriteResult(
-            plan, dst_bucket, key, len(output), reader.bytes_read,
-            hashlib.sha256(plan.new_header).hexdigest(), digest.hexdigest(), response["ETag"], False,
-        )
+        return _put_whole(s3_client, plan, dst_bucket, key, plan.new_header + pixels, reader.bytes_read)
     etag = _multipart_rewrite(s3_client, reader, src_bucket, src_key, dst_bucket, key, plan)
     return RewriteResult(
         plan, dst_bucket, key, plan.output_size, reader.bytes_read,
         hashlib.sha256(plan.new_header).hexdigest(), None, etag, True,
+    )
+
+
+def _put_whole(s3_client: Any, plan: Plan, dst_bucket: str, key: str, output: bytes, bytes_read: int) -> RewriteResult:
+    """One PutObject of an output that passed through the function whole; S3 checks its SHA-256."""
+    digest = hashlib.sha256(output)
+    response = s3_client.put_object(
+        Bucket=dst_bucket,
+        Key=key,
+        Body=output,
+        ContentType=CONTENT_TYPE,
+        ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
+    )
+    return RewriteResult(
+        plan, dst_bucket, key, len(output), bytes_read,
+        hashlib.sha256(plan.new_header).hexdigest(), digest.hexdigest(), response["ETag"], False,
     )
 
 
