@@ -108,7 +108,8 @@ def check_dataset(ds: Dataset, settings: Settings) -> None:
     :attr:`~dicomshare.settings.Settings.allow_burned_in_annotation`: the basic profile
     does not clean pixel data (PS3.15 E.3.1, Clean Pixel Data Option).
     """
-    if str(ds.get("file_meta", Dataset()).get("MediaStorageSOPClassUID", "")) in UNSUPPORTED_SOP_CLASSES:
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is not None and str(file_meta.get("MediaStorageSOPClassUID", "")) in UNSUPPORTED_SOP_CLASSES:
         raise DeidentificationRefused(UNSUPPORTED_SOP_CLASS)
     for keyword in REQUIRED:
         if not str(ds.get(keyword, "") or "").strip():
