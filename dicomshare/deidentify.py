@@ -595,13 +595,15 @@ def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
 
 
 def _write_dataset(fp: DicomBytesIO, ds: Dataset) -> None:
-    """pydicom's ``write_dataset``, with values that are still raw copied straight through.
+    """pydicom's ``write_dataset``, with the simple elements written directly.
 
-    A kept value is never decoded (a ``RawDataElement``, the source's bytes); pydicom also
-    writes it verbatim, after its general per-element set-up. Here its tag, VR and length
-    (PS3.5 7.1.2, 7.1.3) are written directly. Every other element, and any data set whose
-    encoding or character set changes (pydicom then decodes and re-encodes every value),
-    goes through pydicom, as do undefined lengths and values too long for a 16-bit length.
+    A kept value is never decoded (a ``RawDataElement``, the source's bytes) and a new
+    value is mostly plain ASCII text (UIDs, pseudonyms, dummies, shifted dates); pydicom
+    writes both as they are after its general per-element set-up. Here their tag, VR and
+    length (PS3.5 7.1.2, 7.1.3) are written directly (:func:`_ascii_value` says which new
+    values qualify). Every other element, and any data set whose encoding or character set
+    changes (pydicom then decodes and re-encodes every value), goes through pydicom, as do
+    undefined lengths and values too long for a 16-bit length.
     """
     # pydicom 3.0's own test for "re-encode everything" (filewriter.write_dataset)
     if ds.original_encoding != (fp.is_implicit_VR, fp.is_little_endian) or (
@@ -615,25 +617,54 @@ def _write_dataset(fp: DicomBytesIO, ds: Dataset) -> None:
         if tag.element == 0 and tag.group > 6:
             continue
         elem = ds.get_item(tag)
-        value = elem.value
-        if not elem.is_raw or value is None or elem.length == _UNDEFINED_LENGTH:
+        if elem.is_raw:
+            value = None if elem.length == _UNDEFINED_LENGTH else elem.value
+        else:
+            value = _ascii_value(elem)
+        vr = elem.VR
+        if value is None:
             write_data_element(fp, elem, encodings)
         elif not explicit:
             fp.write_tag(tag)
             fp.write_UL(len(value))
             fp.write(value)
-        elif elem.VR in EXPLICIT_VR_LENGTH_32:
+        elif vr in EXPLICIT_VR_LENGTH_32:
             fp.write_tag(tag)
-            fp.write(elem.VR.encode("ascii") + b"\x00\x00")
+            fp.write(vr.encode("ascii") + b"\x00\x00")
             fp.write_UL(len(value))
             fp.write(value)
-        elif elem.VR and len(elem.VR) == 2 and len(value) <= 0xFFFF:
+        elif vr and len(vr) == 2 and len(value) <= 0xFFFF:
             fp.write_tag(tag)
-            fp.write(elem.VR.encode("ascii"))
+            fp.write(vr.encode("ascii"))
             fp.write_US(len(value))
             fp.write(value)
         else:
             write_data_element(fp, elem, encodings)
+
+
+_ASCII_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR", "LO", "LT", "SH", "ST", "UC", "UT"})
+
+
+def _ascii_value(elem: DataElement) -> bytes | None:
+    """The value bytes pydicom writes for a decoded string element whose values are all
+    plain ``str`` in ASCII (joined with ``\\``, padded to even length with a space, or NUL
+    for UI); ``None`` for anything else (numbers, names, dates as objects, other text).
+
+    In ASCII every character set this writer meets (the default repertoire) encodes the
+    same; data sets that declare another character set never reach here.
+    """
+    if elem.VR not in _ASCII_TEXT_VRS:
+        return None
+    value = elem.value
+    if value is None:
+        return b""
+    values = list(value) if isinstance(value, (MultiValue, list)) else [value]
+    if not all(isinstance(v, str) and v.isascii() for v in values):
+        return None
+    encoded = "\\".join(values).encode("ascii")
+    if len(encoded) % 2:
+        encoded += b"\x00" if elem.VR == "UI" else b" "
+    return encoded
 
 
 def _single_character_set(ds: Dataset) -> None:
