@@ -33,7 +33,7 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def study(local_system):
-    indexed = put_study(local_system, pseudonym="PSEUDO-PAGE-1", study_date="20240301", slices=4, size=128, series=2)
+    indexed = put_study(local_system, pseudonym="DS-PAGE4TESTQ7DG2B667PFPXHAVSA", study_date="20240301", slices=4, size=128, series=2)
     local_system.wait_idle()
     return indexed
 
@@ -64,7 +64,7 @@ def test_share_link_shows_series_and_previews_then_revoked(api, chromium, study,
     assert status == 201
     dom = browse(chromium, tmp_path, share["url"], screenshot=ARTIFACTS / "share-page.png")
     assert state(dom) == "ready"
-    assert "Patient PSEUDO-PAGE-1" in dom and "2024-03-01" in dom and "CT ABDOMEN" in dom
+    assert "Patient DS-PAGE4TESTQ7DG2B667PFPXHAVSA" in dom and "2024-03-01" in dom and "CT ABDOMEN" in dom
     assert len(re.findall(r'<article class="series"', dom)) == 2
     assert len(re.findall(r'data-loaded="true"', dom)) == 2  # a preview image in each series
     assert "1 / 4" in dom and dom.count("Download series") == 2
@@ -137,10 +137,10 @@ class DevTools:
             pass
         self.next_id = 0
 
-    def evaluate(self, expression: str):
+    def send(self, method: str, params: dict) -> dict:
+        """One DevTools command; its result."""
         self.next_id += 1
-        message = json.dumps({"id": self.next_id, "method": "Runtime.evaluate", "params": {
-            "expression": expression, "awaitPromise": True, "returnByValue": True}}).encode()
+        message = json.dumps({"id": self.next_id, "method": method, "params": params}).encode()
         mask = os.urandom(4)
         length = len(message)
         header = bytes([0x81]) + (bytes([0x80 | length]) if length < 126 else
@@ -150,9 +150,13 @@ class DevTools:
         while True:
             reply = json.loads(self._frame())
             if reply.get("id") == self.next_id:
-                result = reply["result"]
-                assert "exceptionDetails" not in result, result["exceptionDetails"]
-                return result["result"].get("value")
+                assert "error" not in reply, reply["error"]
+                return reply["result"]
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True})
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
 
     def _frame(self) -> bytes:
         payload = b""
@@ -210,3 +214,17 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
     assert archive.testzip() is None
     files = {name.rsplit("/", 1)[1].removesuffix(".dcm"): archive.read(name) for name in archive.namelist()}
     assert files == study.files
+
+
+def test_page_fits_a_phone_screen(api, chromium, study, tmp_path):
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
+    browser = DevTools(chromium, tmp_path / "devtools", "about:blank")
+    try:
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True})
+        browser.send("Page.navigate", {"url": share["url"]})
+        browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
+        assert browser.evaluate("window.innerWidth") == 390
+        assert browser.evaluate("document.documentElement.scrollWidth") <= 390
+    finally:
+        browser.close()
