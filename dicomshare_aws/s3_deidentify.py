@@ -18,6 +18,15 @@ passed through the function (small objects); for multipart rewrites it is ``None
 :attr:`RewriteResult.header_sha256` plus the source ETag (copied with ``If-Match``) and the
 output ETag are what is known. The destination bucket's default encryption (SSE-KMS)
 applies; no encryption headers are sent and no source metadata is copied.
+
+The first stored instance wins, as in Orthanc and Google's DICOM store: every write is
+conditional (``If-None-Match: *``). When an object already holds that SOP Instance UID,
+it is compared with this output: the same bytes (an earlier try of this upload, or the
+same file uploaded again) make the write a no-op; other bytes (another file claiming the
+same SOP Instance UID) refuse the upload as :data:`CONFLICTING_INSTANCE`, so it is
+quarantined and the stored instance never changes under its index item. Large outputs
+are compared by size and header, since their pixel data was copied server-side and is
+not read back.
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ import io
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from botocore.exceptions import ClientError
+
 from dicomshare.deidentify import Plan, deidentify_header
 from dicomshare.profile import Profile
 from dicomshare.settings import Settings
+from dicomshare.validation import DeidentificationRefused
 from dicomshare_aws.s3_reader import S3RangeReader
 
 SMALL_OBJECT_BYTES = 8 * 1024**2
@@ -38,6 +50,8 @@ MIN_PART_BYTES = 5 * 1024**2
 """S3's minimum size of every part but the last."""
 COPY_PART_BYTES = 512 * 1024**2
 CONTENT_TYPE = "application/dicom"
+CONFLICTING_INSTANCE = "conflicting_instance"
+"""Refusal reason: another object with this (de-identified) SOP Instance UID is stored."""
 
 
 @dataclass(frozen=True)
@@ -99,17 +113,42 @@ def deidentify_object(
 def _put_whole(s3_client: Any, plan: Plan, dst_bucket: str, key: str, output: bytes, bytes_read: int) -> RewriteResult:
     """One PutObject of an output that passed through the function whole; S3 checks its SHA-256."""
     digest = hashlib.sha256(output)
-    response = s3_client.put_object(
-        Bucket=dst_bucket,
-        Key=key,
-        Body=output,
-        ContentType=CONTENT_TYPE,
-        ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
-    )
+    try:
+        etag = s3_client.put_object(
+            Bucket=dst_bucket,
+            Key=key,
+            Body=output,
+            ContentType=CONTENT_TYPE,
+            ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
+            IfNoneMatch="*",
+        )["ETag"]
+    except ClientError as error:
+        if not _precondition_failed(error):
+            raise
+        etag = _stored_etag(s3_client, dst_bucket, key, plan.new_header, len(output), output)
     return RewriteResult(
         plan, dst_bucket, key, len(output), bytes_read,
-        hashlib.sha256(plan.new_header).hexdigest(), digest.hexdigest(), response["ETag"], False,
+        hashlib.sha256(plan.new_header).hexdigest(), digest.hexdigest(), etag, False,
     )
+
+
+def _precondition_failed(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+
+
+def _stored_etag(s3_client: Any, bucket: str, key: str, header: bytes, size: int, output: bytes | None) -> str:
+    """The ETag of the object already at ``key`` when it is this output; refuses the
+    upload as :data:`CONFLICTING_INSTANCE` when it is not. ``output`` is None for outputs
+    assembled server-side: those are compared by size and header only."""
+    if output is not None:
+        stored = s3_client.get_object(Bucket=bucket, Key=key)
+        same = stored["Body"].read() == output
+    else:
+        stored = s3_client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{len(header) - 1}")
+        same = stored["ContentRange"].endswith(f"/{size}") and stored["Body"].read() == header
+    if not same:
+        raise DeidentificationRefused(CONFLICTING_INSTANCE)
+    return stored["ETag"]
 
 
 def _multipart_rewrite(
@@ -136,10 +175,15 @@ def _multipart_rewrite(
                 CopySourceIfMatch=reader.etag,
             )
             parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
-        done = s3_client.complete_multipart_upload(
-            Bucket=dst_bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-        )
+        try:
+            return s3_client.complete_multipart_upload(
+                Bucket=dst_bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
+            )["ETag"]
+        except ClientError as error:
+            if not _precondition_failed(error):
+                raise
     except BaseException:
         s3_client.abort_multipart_upload(Bucket=dst_bucket, Key=key, UploadId=upload_id)
         raise
-    return done["ETag"]
+    s3_client.abort_multipart_upload(Bucket=dst_bucket, Key=key, UploadId=upload_id)
+    return _stored_etag(s3_client, dst_bucket, key, plan.new_header, plan.output_size, None)

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from dicomshare import index, profile
 from dicomshare.deidentify import deidentify_header
@@ -39,16 +39,18 @@ def s3():
     server.stop()
 
 
-def dicom_bytes(frames: int, rows: int = 512, encapsulated: bool = False) -> bytes:
+def dicom_bytes(frames: int, rows: int = 512, encapsulated: bool = False, sop_instance_uid: str | None = None,
+                seed: int = 7) -> bytes:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4.5", "1.2.3.4", "1.2.3.4.1"
+    ds.SOPInstanceUID = sop_instance_uid or generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", "1.2.3.4.1"
     ds.Modality, ds.PatientID, ds.PatientName = "CT", "SECRETPATIENT", "Doe^Jane"
     ds.Rows = ds.Columns = rows
     ds.NumberOfFrames = frames
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    pixels = np.random.default_rng(7).integers(0, 65535, size=frames * rows * rows, dtype=np.uint16).tobytes()
+    pixels = np.random.default_rng(seed).integers(0, 65535, size=frames * rows * rows, dtype=np.uint16).tobytes()
     ds.file_meta = FileMetaDataset()
     if encapsulated:
         frame_bytes = len(pixels) // frames
@@ -99,6 +101,25 @@ def test_large_object_multipart_copies_pixel_data_server_side(s3, monkeypatch, e
     assert result.multipart and result.sha256 is None and result.size == len(body)
     assert result.bytes_read < len(data) // 2
     assert pydicom.dcmread(io.BytesIO(body)).PixelData == pydicom.dcmread(io.BytesIO(data)).PixelData
+    assert s3.list_multipart_uploads(Bucket=DST).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("frames, other_frames", [(1, 1), (24, 25)], ids=["single-put", "multipart"])
+def test_first_stored_instance_wins(s3, monkeypatch, frames, other_frames):
+    """The same file again writes nothing; another file claiming the same SOP Instance UID
+    is refused and the stored instance does not change. Single-put outputs are compared
+    byte for byte (here: other pixels only); multipart outputs by size and header."""
+    monkeypatch.setattr(s3_deidentify, "COPY_PART_BYTES", 6 * 1024**2)
+    uid = generate_uid()
+    first = rewrite(s3, f"partner/first-{frames}.dcm", dicom_bytes(frames=frames, sop_instance_uid=uid))
+    stored = s3.get_object(Bucket=DST, Key=first.key)["Body"].read()
+    again = rewrite(s3, f"partner/again-{frames}.dcm", dicom_bytes(frames=frames, sop_instance_uid=uid))
+    assert (again.key, again.size, again.etag) == (first.key, first.size, first.etag)
+    with pytest.raises(DeidentificationRefused) as refused:
+        rewrite(s3, f"partner/other-{frames}.dcm", dicom_bytes(frames=other_frames, sop_instance_uid=uid, seed=8))
+    assert refused.value.reason == s3_deidentify.CONFLICTING_INSTANCE
+    versions = s3.list_object_versions(Bucket=DST, Prefix=first.key).get("Versions", [])
+    assert len(versions) <= 1 and s3.get_object(Bucket=DST, Key=first.key)["Body"].read() == stored
     assert s3.list_multipart_uploads(Bucket=DST).get("Uploads", []) == []
 
 
