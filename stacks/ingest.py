@@ -117,7 +117,8 @@ class IngestStack(cdk.Stack):
             object_wildcard(storage.exported_arn("IngestBucketArn"), "*"): "Reads and removes any upload: "
             "partners choose their object keys under their own prefixes.",
             object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Writes de-identified "
-            "instances, keyed by their new UIDs, under studies/ only.",
+            "instances, keyed by their new UIDs, under studies/ only, and reads one back when another upload "
+            "claims its SOP Instance UID.",
             object_wildcard(storage.exported_arn("QuarantineBucketArn"), "*"): "Writes refused files under "
             "<partner>/<object id>, for any partner.",
         })
@@ -253,7 +254,9 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
     """Read and remove uploads; write de-identified instances and quarantined files; index them.
 
     An upload is removed by deleting exactly the version that was processed
-    (``DeleteObjectVersion``), so a newer upload to the same key stays in place.
+    (``DeleteObjectVersion``), so a newer upload to the same key stays in place. A stored
+    instance is read back only when another upload claims its SOP Instance UID, to tell a
+    repeat from a conflict (``dicomshare_aws.s3_deidentify``).
     """
     return [
         iam.PolicyStatement(
@@ -263,8 +266,8 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             resources=[objects(storage, "IngestBucketArn", "*")],
         ),
         iam.PolicyStatement(
-            sid="WriteDeidentifiedInstances",
-            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+            sid="StoreDeidentifiedInstances",
+            actions=["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
             resources=[objects(storage, "DeidentifiedBucketArn", "studies/*")],
         ),
         iam.PolicyStatement(

@@ -389,7 +389,9 @@ def test_alarms_watch_dead_letters_and_backlogs(ingest):
 
 def test_ingest_reads_uploads_and_writes_outputs_only(ingest):
     statements = role_statements(ingest, "IngestFunctionRole")
-    assert granted(statements, "s3:GetObject") == ["import:dicomshare-dev-storage-IngestBucketArn/*"]
+    assert sorted(granted(statements, "s3:GetObject")) == [
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*",
+        "import:dicomshare-dev-storage-IngestBucketArn/*"]
     for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
         assert granted(statements, action) == ["import:dicomshare-dev-storage-IngestBucketArn/*"]
     assert sorted(granted(statements, "s3:PutObject")) == [
