@@ -22,10 +22,10 @@ All UIDs here are the *de-identified* ones; no item holds an identifying value.
 
 Global secondary indexes:
 
-- ``patient-studies`` (``gsi1pk`` = ``PATIENT#<pseudonym>``, ``gsi1sk`` =
+- ``patient-studies`` (``gsi1pk`` = :func:`patient_partition`, ``gsi1sk`` =
   ``<StudyDate>#<StudyInstanceUID>``): a patient's studies in date order (priors).
-- ``listing`` (``gsi2pk`` = collection name from :data:`COLLECTIONS`, ``gsi2sk`` =
-  ``<iso time>#<id>``): studies, shares and quarantine records newest first.
+- ``listing`` (``gsi2pk`` = :data:`STUDIES`, :data:`SHARES` or :data:`QUARANTINE`,
+  ``gsi2sk`` = ``<iso time>#<id>``): studies, shares and quarantine records newest first.
 
 ``ttl`` (epoch seconds) lets DynamoDB delete expired shares; expiry itself is enforced on
 every redemption, TTL only cleans up. The stream (new images) feeds the counts aggregator.
@@ -40,7 +40,10 @@ TTL_ATTRIBUTE = "ttl"
 PATIENT_STUDIES_INDEX = "patient-studies"
 LISTING_INDEX = "listing"
 
-COLLECTIONS = ("STUDIES", "SHARES", "QUARANTINE")
+STUDIES = "STUDIES"
+SHARES = "SHARES"
+QUARANTINE = "QUARANTINE"
+"""Collections of the ``listing`` index (its ``gsi2pk`` values)."""
 
 TABLE = {
     "partition_key": PK,
@@ -53,6 +56,11 @@ TABLE = {
     ),
 }
 """Table definition shared by ``stacks/storage.py`` and the local system (all keys strings)."""
+
+
+def patient_partition(patient_pseudonym: str) -> str:
+    """``gsi1pk`` of a patient's studies in the ``patient-studies`` index."""
+    return f"PATIENT#{patient_pseudonym}"
 
 
 def study_key(study_uid: str) -> dict[str, str]:

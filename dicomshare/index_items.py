@@ -133,7 +133,7 @@ def quarantine_item(
     original_key: str,
     received_at: str,
 ) -> dict[str, Any]:
-    """The quarantine record of a refused object (``gsi2pk`` = ``QUARANTINE``)."""
+    """The quarantine record of a refused object, listed in the ``QUARANTINE`` collection."""
     return {
         **index.quarantine_key(object_id_),
         "reason": reason,
@@ -142,6 +142,6 @@ def quarantine_item(
         "quarantine_key": quarantine_object_key(partner, object_id_),
         "original_key_sha256": key_sha256(original_key),
         "received_at": received_at,
-        "gsi2pk": "QUARANTINE",
+        "gsi2pk": index.QUARANTINE,
         "gsi2sk": f"{received_at}#{object_id_}",
     }

@@ -24,8 +24,6 @@ from botocore.exceptions import ClientError
 from dicomshare import index
 from dicomshare.shares import MAX_PIN_FAILURES, Share, token_matches
 
-SHARES_COLLECTION = "SHARES"
-STUDIES_COLLECTION = "STUDIES"
 CACHED_STUDIES = 8
 RETAIN_EXPIRED_SHARE_SECONDS = 90 * 24 * 3600
 """An expired share item stays listable this long before DynamoDB TTL deletes it."""
@@ -63,7 +61,7 @@ class ShareStore:
         return self.share(item["share_id"])
 
     def list_shares(self, limit: int, page: str | None) -> tuple[list[Share], str | None]:
-        items, following = self._listing(SHARES_COLLECTION, limit, page)
+        items, following = self._listing(index.SHARES, limit, page)
         return [share_from_item(i) for i in items], following
 
     def record_redemption(self, share_id: str, now: int) -> Share | None:
@@ -195,13 +193,13 @@ class ShareStore:
         """The patient's studies, newest first (patient-studies index)."""
         items = self._query_all(
             IndexName=index.PATIENT_STUDIES_INDEX,
-            KeyConditionExpression=Key("gsi1pk").eq(f"PATIENT#{patient_pseudonym}"),
+            KeyConditionExpression=Key("gsi1pk").eq(index.patient_partition(patient_pseudonym)),
             ScanIndexForward=False,
         )
         return [plain(i) for i in items]
 
     def list_studies(self, limit: int, page: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        items, following = self._listing(STUDIES_COLLECTION, limit, page)
+        items, following = self._listing(index.STUDIES, limit, page)
         return [plain(i) for i in items], following
 
     def _listing(self, collection: str, limit: int, page: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -239,7 +237,7 @@ def share_item(share: Share) -> dict[str, Any]:
         "include_priors": share.include_priors,
         "redemptions": share.redemptions,
         "pin_failures": share.pin_failures,
-        "gsi2pk": SHARES_COLLECTION,
+        "gsi2pk": index.SHARES,
         "gsi2sk": f"{share.created_at:012d}#{share.share_id}",
         index.TTL_ATTRIBUTE: share.expires_at + RETAIN_EXPIRED_SHARE_SECONDS,
     }
