@@ -48,7 +48,7 @@ from botocore.exceptions import ClientError
 
 from dicomshare import index, index_items, validation
 from dicomshare.profile import Profile, for_partner
-from dicomshare.settings import DEID_BUCKET_ENV, QUARANTINE_BUCKET_ENV, TABLE_NAME_ENV, Settings
+from dicomshare.settings import DEID_BUCKET_ENV, QUARANTINE_BUCKET_ENV, TABLE_NAME_ENV, Partner, Settings
 from dicomshare.validation import DeidentificationRefused
 from dicomshare_aws import index_store
 from dicomshare_aws.s3_deidentify import deidentify_object
@@ -151,10 +151,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _partner_id(key: str, settings: Settings) -> str | None:
+def _partner(key: str, settings: Settings) -> Partner | None:
+    """The configured partner whose ``<id>/`` prefix the key starts with."""
     prefix, separator, _ = key.partition("/")
-    partner = settings.partner(prefix) if separator else None
-    return partner.id if partner else None
+    return settings.partner(prefix) if separator else None
 
 
 def ingest_object(
@@ -176,12 +176,12 @@ def ingest_object(
         raise
     size = head["ContentLength"]
     version = head.get("VersionId") or head["ETag"].strip('"')
-    partner_id = _partner_id(obj.key, settings)
+    partner = _partner(obj.key, settings)
+    partner_id = partner.id if partner else index_items.UNKNOWN_PARTNER
     try:
-        if partner_id is None:
+        if partner is None:
             raise DeidentificationRefused(UNKNOWN_PARTNER_REASON)
         validation.check_size(size, settings)
-        partner = settings.partner(partner_id)
         result = deidentify_object(
             s3, obj.bucket, obj.key, destinations.deid_bucket,
             lambda plan: index.deidentified_object_key(
@@ -192,11 +192,9 @@ def ingest_object(
             size=size,
         )
     except DeidentificationRefused as refused:
-        _quarantine(s3, dynamodb, obj, head, version, refused.reason, partner_id or index_items.UNKNOWN_PARTNER,
-                    destinations)
+        _quarantine(s3, dynamodb, obj, head, version, refused.reason, partner_id, destinations)
         _delete_original(s3, obj, head)
-        return Outcome(QUARANTINED, partner=partner_id or index_items.UNKNOWN_PARTNER, size=size,
-                       reason=refused.reason)
+        return Outcome(QUARANTINED, partner=partner_id, size=size, reason=refused.reason)
     item = index_items.instance_item(
         result.plan.dataset,
         transfer_syntax_uid=str(result.plan.dataset.file_meta.TransferSyntaxUID),
