@@ -100,7 +100,7 @@ def deidentify_object(
     reader = S3RangeReader(s3_client, src_bucket, src_key, size)
     plan = deidentify_header(reader, profile=profile, secret=secret, settings=settings, size=size)
     key = dst_key_fn(plan)
-    if plan.pixel_offset is None or plan.pixel_length + len(plan.new_header) < SMALL_OBJECT_BYTES:
+    if plan.pixel_offset is None or plan.output_size < SMALL_OBJECT_BYTES:
         pixels = reader.fetch(plan.pixel_offset, plan.pixel_end) if plan.pixel_offset is not None else b""
         return _put_whole(s3_client, plan, dst_bucket, key, plan.new_header + pixels, reader.bytes_read)
     etag = _multipart_rewrite(s3_client, reader, src_bucket, src_key, dst_bucket, key, plan)
