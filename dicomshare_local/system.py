@@ -22,13 +22,14 @@ from pathlib import Path
 import boto3
 
 from dicomshare import settings as settings_module
+from dicomshare.cli import DEFAULT_SECRET_FILE, read_secret_file
 from dicomshare.settings import Settings
 from dicomshare_aws import resources
 from dicomshare_local import gateway, pollers, provision
 from dicomshare_local.moto_server import SerialMotoServer
 
 CONNECTION_FILE = "local.json"
-SECRET_FILE = "deid-secret"
+SECRET_FILE = DEFAULT_SECRET_FILE.name
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 
 log = logging.getLogger("dicomshare.local")
@@ -45,17 +46,6 @@ def load_settings(config_file: Path) -> Settings:
         return Settings(partners=(settings_module.Partner(id="demo-partner"),))
     context = json.loads(config_file.read_text())["context"]
     return settings_module.from_document(context["dicomshare"])
-
-
-def deid_secret(state_dir: Path) -> str:
-    """The local stand-in for the Secrets Manager secret: a generated file, mode 0600."""
-    path = state_dir / SECRET_FILE
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip()
 
 
 def _check_port(host: str, port: int, flag: str) -> None:
@@ -101,7 +91,7 @@ class LocalSystem:
         self.session = boto3.Session(region_name=self.region, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
                                      aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
         self.resources = provision.provision(self.session, self.endpoint_url, self.settings,
-                                             deid_secret(self.state_dir))
+                                             read_secret_file(self.state_dir / SECRET_FILE).decode())
         self.environment = {
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_DEFAULT_REGION": self.region,
