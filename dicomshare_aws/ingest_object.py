@@ -38,11 +38,9 @@ SHA-256, quarantine keys are ``<partner>/<object_id>``.
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from functools import cache
-from typing import Callable, Iterator, Mapping
-from urllib.parse import unquote_plus
+from typing import Callable, Mapping
 
 from botocore.exceptions import ClientError
 
@@ -51,6 +49,7 @@ from dicomshare.profile import Profile, for_partner
 from dicomshare.settings import DEID_BUCKET_ENV, QUARANTINE_BUCKET_ENV, TABLE_NAME_ENV, Partner, Settings
 from dicomshare.validation import DeidentificationRefused
 from dicomshare_aws import index_store
+from dicomshare_aws.s3_events import S3Object
 from dicomshare_aws.s3_deidentify import deidentify_object
 
 INGESTED = "ingested"
@@ -64,19 +63,6 @@ UNKNOWN_PARTNER_REASON = "unknown_partner"
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
 
-@dataclass(frozen=True)
-class UploadedObject:
-    """An object named by an S3 event notification (key URL-decoded)."""
-
-    bucket: str
-    key: str
-    request_id: str
-
-    @property
-    def key_sha256(self) -> str:
-        return index_items.key_sha256(self.key)
-
-
 class ObjectFailed(Exception):
     """An object could not be processed this time (an AWS error); the message holds only
     the key's hash and the error's type and code, never the key or a value."""
@@ -86,7 +72,7 @@ class ObjectFailed(Exception):
         self.error = error
 
     @classmethod
-    def from_error(cls, error: Exception, obj: "UploadedObject") -> "ObjectFailed":
+    def from_error(cls, error: Exception, obj: "S3Object") -> "ObjectFailed":
         code = error.response["Error"].get("Code", "") if isinstance(error, ClientError) else ""
         return cls(obj.key_sha256, f"{type(error).__name__}({code})" if code else type(error).__name__)
 
@@ -122,25 +108,6 @@ class Destinations:
         return cls(environ[DEID_BUCKET_ENV], environ[QUARANTINE_BUCKET_ENV], environ[TABLE_NAME_ENV])
 
 
-def uploaded_objects(body: str) -> Iterator[UploadedObject]:
-    """The objects of one SQS message body holding an S3 event notification.
-
-    Keys arrive URL-encoded (``+`` for space, ``%2B`` for ``+``) and are decoded with
-    ``unquote_plus``. The ``s3:TestEvent`` S3 sends when a notification is configured
-    has no records and yields nothing.
-    """
-    notification = json.loads(body)
-    for record in notification.get("Records", []):
-        if not record.get("eventName", "").startswith("ObjectCreated:"):
-            continue
-        s3 = record["s3"]
-        yield UploadedObject(
-            bucket=s3["bucket"]["name"],
-            key=unquote_plus(s3["object"]["key"]),
-            request_id=record.get("responseElements", {}).get("x-amz-request-id", ""),
-        )
-
-
 @cache
 def partner_profile(options: tuple[str, ...]) -> Profile:
     """The profile of a partner's options, built once per warm Lambda (Table E.1-1 has 621 rows)."""
@@ -160,7 +127,7 @@ def _partner(key: str, settings: Settings) -> Partner | None:
 def ingest_object(
     s3,
     dynamodb,
-    obj: UploadedObject,
+    obj: S3Object,
     *,
     destinations: Destinations,
     settings: Settings,
@@ -211,7 +178,7 @@ def ingest_object(
                    study_uid=item["study_uid"], stored_bytes=result.size, bytes_read=result.bytes_read)
 
 
-def _quarantine(s3, dynamodb, obj: UploadedObject, head: dict, version: str, reason: str, partner: str,
+def _quarantine(s3, dynamodb, obj: S3Object, head: dict, version: str, reason: str, partner: str,
                 destinations: Destinations) -> None:
     """Server-side copy to ``<partner>/<object_id>`` with the reason, then the record."""
     object_id = index_items.object_id(obj.bucket, obj.key, version)
@@ -230,7 +197,7 @@ def _quarantine(s3, dynamodb, obj: UploadedObject, head: dict, version: str, rea
         original_key=obj.key, received_at=_now()))
 
 
-def _delete_original(s3, obj: UploadedObject, head: dict) -> None:
+def _delete_original(s3, obj: S3Object, head: dict) -> None:
     """Delete exactly the version that was processed: a newer upload to the same key
     (with its own event) stays in place."""
     version = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}

@@ -18,7 +18,8 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from dicomshare import settings as config
-from dicomshare_aws.ingest_object import INGESTED, QUARANTINED, Destinations, ObjectFailed, ingest_object, uploaded_objects
+from dicomshare_aws.ingest_object import INGESTED, QUARANTINED, Destinations, ObjectFailed, ingest_object
+from dicomshare_aws.s3_events import created_objects
 
 logger = Logger(service="ingest")
 metrics = Metrics()
@@ -37,7 +38,7 @@ def _secret() -> bytes:
 def record_handler(record: SQSRecord) -> None:
     logger.set_correlation_id(record.message_id)
     destinations = Destinations.from_environment(os.environ)
-    for obj in uploaded_objects(record.body):
+    for obj in created_objects(record.body):
         started = time.perf_counter()
         fields = {"bucket": obj.bucket, "key_sha256": obj.key_sha256, "s3_request_id": obj.request_id}
         try:
