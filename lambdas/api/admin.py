@@ -17,7 +17,7 @@ from lambdas.api.errors import ApiError
 from lambdas.api.models import SHARE_ID_PATTERN, UID_PATTERN, CreatedShare, CreateShare
 
 router = Router()
-logger = Logger()
+logger = Logger(service="api")
 
 ShareId = Annotated[str, Path(pattern=SHARE_ID_PATTERN)]
 StudyUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64)]

@@ -17,7 +17,7 @@ from dicomshare_aws.resources import PUBLIC_ROUTES
 from lambdas.api import admin, page, redeem
 from lambdas.api.errors import ApiError, error_event_response, error_response
 
-logger = Logger()
+logger = Logger(service="api")
 app = APIGatewayRestResolver(enable_validation=True)
 app.include_router(admin.router)
 app.include_router(redeem.router)

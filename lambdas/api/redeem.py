@@ -24,7 +24,7 @@ from lambdas.api.errors import ApiError
 from lambdas.api.models import UID_PATTERN
 
 router = Router()
-logger = Logger()
+logger = Logger(service="api")
 
 DICOM = "application/dicom"
 
