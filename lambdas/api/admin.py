@@ -34,7 +34,7 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
     store = deps.store()
     study = store.study(body.study_uid)
     if study is None:
-        raise ApiError(404, "unknown_study", "No indexed study has this StudyInstanceUID.")
+        raise unknown_study()
     study_uids = [body.study_uid]
     if body.include_priors and study.get("patient_pseudonym"):
         study_uids += [
@@ -117,7 +117,7 @@ def get_study(study_uid: StudyUid) -> dict[str, Any]:
     store = deps.store()
     study = store.study(study_uid)
     if study is None:
-        raise ApiError(404, "unknown_study", "No indexed study has this StudyInstanceUID.")
+        raise unknown_study()
     series = [
         {k: i.get(k) for k in ("series_uid", "modality", "series_description", "series_number", "instance_count", "total_bytes")}
         for i in store.series(study_uid)
@@ -166,6 +166,10 @@ def existing_share(share_id: str) -> shares.Share:
     if share is None:
         raise unknown_share()
     return share
+
+
+def unknown_study() -> ApiError:
+    return ApiError(404, "unknown_study", "No indexed study has this StudyInstanceUID.")
 
 
 def unknown_share() -> ApiError:
