@@ -49,12 +49,11 @@ import secrets
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from functools import cached_property, lru_cache
 from typing import BinaryIO, Iterator
 
 import pydicom
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -68,17 +67,32 @@ from pydicom.uid import UID_dictionary
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from dicomshare import profile as profiles
+from dicomshare.encoded_dataset import (
+    VRS,
+    Element,
+    Incomplete,
+    NotPlain,
+    element_bytes,
+    implicit_vr,
+    item_bytes,
+    read_data_set,
+    sequence_bytes,
+)
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
 from dicomshare.settings import Settings
 from dicomshare.validation import (
+    CHECKED,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     MALFORMED,
     MISSING_REQUIRED,
     NOT_DICOM,
     TRUNCATED,
     UNSUPPORTED_TRANSFER_SYNTAX,
+    SUPPORTED_TRANSFER_SYNTAXES,
     DeidentificationRefused,
-    check_dataset,
+    check_attributes,
     check_preamble,
     check_size,
     check_transfer_syntax,
@@ -106,11 +120,18 @@ DEFLATED_MAX_BYTES = 64 * 1024**2
 
 COPY_CHUNK_BYTES = 1024**2
 
+PAGE_BYTES = 4096
+PAGE_ALIGNED_MIN_BYTES = 4 * 1024**2
+"""Pixel Data from this size on starts at its source's offset within a page (:func:`_header_bytes`);
+the padding is then under 0.1 % of the object. (On a 1 GiB object the copy takes a fifth
+less time; on 512 KiB objects no difference was measured.)"""
+
 _PARTIAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 """The partial output is a new file (never an existing one), private (0600) until renamed."""
 
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 """Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3)."""
+_PIXEL_DATA_TAG_SET = frozenset(PIXEL_DATA_TAGS)
 
 MAX_DATE_OFFSET_DAYS = 3650
 
@@ -171,6 +192,10 @@ KEPT_UID_KEYWORDS = frozenset(
     }
 )
 """UI attributes naming a class, syntax or scheme, never an instance: always kept."""
+KEPT_UID_TAGS = frozenset(tag_for_keyword(keyword) for keyword in KEPT_UID_KEYWORDS)
+
+PSEUDONYM = "P"
+"""The action for Patient ID and Patient's Name: the keyed pseudonym."""
 
 _TEXT_VRS = frozenset({"AE", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
 _DATE_VRS = frozenset({"DA", "DT"})
@@ -192,6 +217,7 @@ _DUMMY = {
     "UT": "ANONYMIZED",
 }
 _CLEANABLE_VRS = _TEXT_VRS | _DATE_VRS | {"TM", "UI", "PN"}
+_IDENTIFIER_VRS = _TEXT_VRS | _DATE_VRS | {"PN", "UI"}
 _NUMERIC_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 _DATE_FORMATS = ("%Y%m%d", "%Y-%m-%d", "%d.%m.%Y", "%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d %b %Y", "%b %d %Y")
 
@@ -203,15 +229,17 @@ class Plan:
     ``new_header``: preamble, File Meta Information and the de-identified data set up to
     (excluding) Pixel Data. ``pixel_offset``/``pixel_end``: the source byte range of the
     Pixel Data element to append verbatim; ``pixel_offset`` is ``None`` when
-    ``new_header`` is the whole output. ``dataset``: the de-identified data set without
-    pixel data (for the indexer).
+    ``new_header`` is the whole output. The UIDs are the output's.
     """
 
     new_header: bytes
     pixel_offset: int | None
     pixel_end: int
-    dataset: Dataset
     patient_pseudonym: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
 
     @property
     def pixel_length(self) -> int:
@@ -222,25 +250,15 @@ class Plan:
         return len(self.new_header) + self.pixel_length
 
     @property
-    def study_instance_uid(self) -> str:
-        return str(self.dataset.StudyInstanceUID)
-
-    @property
-    def series_instance_uid(self) -> str:
-        return str(self.dataset.SeriesInstanceUID)
-
-    @property
-    def sop_instance_uid(self) -> str:
-        return str(self.dataset.SOPInstanceUID)
-
-    @property
-    def sop_class_uid(self) -> str:
-        return str(self.dataset.SOPClassUID)
-
-    @property
     def relative_path(self) -> str:
         """``<study>/<series>/<sop>.dcm``, from the new UIDs only."""
         return f"{self.study_instance_uid}/{self.series_instance_uid}/{self.sop_instance_uid}.dcm"
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The de-identified data set without pixel data (for the indexer), read from ``new_header``."""
+        with _quiet_pydicom():
+            return pydicom.dcmread(io.BytesIO(self.new_header), stop_before_pixels=True)
 
 
 @lru_cache(maxsize=16)
@@ -264,12 +282,14 @@ def new_uid(secret: bytes, uid: str) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
+@lru_cache(maxsize=1024)
 def patient_pseudonym(secret: bytes, patient_id: str) -> str:
     """Keyed pseudonym for a Patient ID: ``DS-`` + 26 base32 characters (fits SH/LO/PN)."""
     digest = _hmac(secret, b"patient\x00" + patient_id.encode("utf-8"))
     return "DS-" + base64.b32encode(digest[:16]).decode("ascii").rstrip("=")
 
 
+@lru_cache(maxsize=1024)
 def date_offset_days(secret: bytes, patient_id: str) -> int:
     """The patient's date shift: from -1 to -3650 days, the same for all of their studies."""
     digest = _hmac(secret, b"dateshift\x00" + patient_id.encode("utf-8"))
@@ -312,9 +332,13 @@ _ACTIONS: dict[Profile, dict[tuple[int, str], str]] = {}
 
 
 class _Deidentifier:
-    """One object's de-identification: the profile, the keys and the values to clean out."""
+    """One object's de-identification: the profile, the keys and the values to clean out.
 
-    def __init__(self, profile: Profile, secret: bytes, ds: Dataset) -> None:
+    The rules work on an element's tag, VR and decoded string values, so the pydicom path
+    (:meth:`collect`, :meth:`apply`) and the encoded path (:func:`_rewrite_encoded`) share them.
+    """
+
+    def __init__(self, profile: Profile, secret: bytes, patient_id: str, study_instance_uid: str) -> None:
         self.profile = profile
         self.secret = secret
         self.dates = (
@@ -322,13 +346,14 @@ class _Deidentifier:
             else CLEAN if "rtnLongModifDatesOpt" in profile.options
             else EMPTY
         )
-        patient_id = str(ds.get("PatientID", "") or "").strip()
-        patient_key = patient_id or f"study:{ds.get('StudyInstanceUID', '')}"
+        self.patient_key = patient_id or f"study:{study_instance_uid}"
+        patient_key = self.patient_key
         self.pseudonym = patient_pseudonym(secret, patient_key)
         self.offset = date_offset_days(secret, patient_key)
         self.cleans_text = any(row_action == CLEAN for row_action in profile.actions.values())
         self.identifiers: set[str] = set()
         self.words: set[str] = set()
+        self._removal_order: tuple[list, list] | None = None
         self._actions = _ACTIONS.setdefault(profile, {})
 
     def action(self, tag: int, vr: str) -> str:
@@ -350,7 +375,7 @@ class _Deidentifier:
         if tag & 0xFFFF == 0 or group in (0x0000, 0x0002):
             return REMOVE
         if tag in (0x00100010, 0x00100020) and self.profile.action(tag) != KEEP:
-            return "P"
+            return PSEUDONYM
         found = self.profile.action(tag)
         if 0x6000 <= group <= 0x60FF and self.profile.action((group << 16) | 0x3000) == REMOVE:
             return REMOVE
@@ -372,6 +397,35 @@ class _Deidentifier:
             return REMOVE
         return KEEP
 
+    def notes(self, action: str, vr: str) -> bool:
+        """Whether an element's values are identifiers for Clean (see :meth:`note`)."""
+        return (
+            action != KEEP
+            and not (action == CLEAN and vr in _TEXT_VRS)
+            and vr in _IDENTIFIER_VRS
+        )
+
+    def note(self, tag: int, vr: str, values: list[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """The identifiers and words, for Clean Descriptors, in the values of an element that
+        is not kept: added to :attr:`identifiers` and :attr:`words`, and returned."""
+        identifiers: set[str] = set()
+        words: set[str] = set()
+        for value in values:
+            text = value.strip()
+            if len(text) >= 3:
+                identifiers.add(text)
+            if vr == "PN" or tag in (0x00100020, 0x00080050, 0x00080080):
+                words.update(w for w in re.split(r"[\s^=,.\-/]+", text) if len(w) >= 2)
+            if vr == "DA":
+                identifiers.update(_date_spellings(text))
+        self.add_identifiers(identifiers, words)
+        return frozenset(identifiers), frozenset(words)
+
+    def add_identifiers(self, identifiers: set[str] | frozenset[str], words: set[str] | frozenset[str]) -> None:
+        self.identifiers |= identifiers
+        self.words |= words
+        self._removal_order = None
+
     def collect(self, ds: Dataset) -> None:
         """Gather every identifying value (anything not kept, descriptors aside) for Clean."""
         for tag in list(ds.keys()):
@@ -379,36 +433,56 @@ class _Deidentifier:
             if vr == "SQ":
                 for item in ds[tag].value:
                     self.collect(item)
-                continue
-            action = self.action(int(tag), vr)
-            if action == KEEP or (action == CLEAN and vr in _TEXT_VRS):
-                continue
-            if vr not in _TEXT_VRS | _DATE_VRS | {"PN", "UI"}:
-                continue
-            elem = ds[tag]
-            for value in _values(elem.value):
-                text = str(value or "").strip()
-                if len(text) >= 3:
-                    self.identifiers.add(text)
-                if elem.VR == "PN" or elem.tag in (0x00100020, 0x00080050, 0x00080080):
-                    self.words.update(w for w in re.split(r"[\s^=,.\-/]+", text) if len(w) >= 2)
-                if elem.VR == "DA":
-                    self.identifiers.update(_date_spellings(text))
+            elif self.notes(self.action(int(tag), vr), vr):
+                elem = ds[tag]
+                self.note(int(tag), elem.VR, [str(v or "") for v in _values(elem.value)])
 
     def clean_text(self, text: str) -> str:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
-        for value in sorted(self.identifiers, key=len, reverse=True):
-            if value.casefold() in text.casefold():
+        if self._removal_order is None:
+            self._removal_order = (
+                [(v, v.casefold()) for v in sorted(self.identifiers, key=len, reverse=True)],
+                [(w, w.casefold()) for w in sorted(self.words, key=len, reverse=True)],
+            )
+        identifiers, words = self._removal_order
+        folded = text.casefold()
+        for value, folded_value in identifiers:
+            if folded_value in folded:
                 text = re.sub(re.escape(value), "", text, flags=re.IGNORECASE)
-        for word in sorted(self.words, key=len, reverse=True):
-            if word.casefold() in text.casefold():
+                folded = text.casefold()
+        for word, folded_word in words:
+            if folded_word in folded:
                 text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", text, flags=re.IGNORECASE)
+                folded = text.casefold()
         return re.sub(r"\s{2,}", " ", text).strip()
 
-    def replace_uid(self, elem: DataElement, value: str) -> str:
-        if not value or value in UID_dictionary or elem.keyword in KEPT_UID_KEYWORDS:
+    def replace_uid(self, tag: int, value: str) -> str:
+        if not value or value in UID_dictionary or tag in KEPT_UID_TAGS:
             return value
         return new_uid(self.secret, value)
+
+    def change(self, tag: int, vr: str, action: str, values: list[str], empty: bool) -> list | str | None:
+        """The new value of a (non-sequence) element under ``action``, neither remove nor keep.
+
+        ``values`` are its decoded values as strings, ``empty`` whether it has none.
+        Returns the new values (a list), ``None`` for an empty value, or :data:`REMOVE`.
+        """
+        if action == PSEUDONYM:
+            return [self.pseudonym]
+        if action == EMPTY:
+            return None
+        if action == UID or (action == DUMMY and vr == "UI"):
+            return [self.replace_uid(tag, v) for v in values] or None if vr == "UI" else None
+        if action == DUMMY:
+            return None if empty else self._dummy(vr)
+        if action == CLEAN and vr in _CLEANABLE_VRS:
+            return self._clean(tag, vr, values)
+        if action == CLEAN:
+            basic = self.profile.basic_actions.get(tag, REMOVE)
+            if basic == REMOVE:
+                return REMOVE
+            return None if basic == EMPTY or empty or vr not in _DUMMY else self._dummy(vr)
+        raise ValueError(f"no rule for action {action}")
 
     def apply(self, ds: Dataset) -> None:
         """Apply the profile to every element of ``ds`` and, recursively, its sequences."""
@@ -427,53 +501,31 @@ class _Deidentifier:
                 else:
                     for item in elem.value:
                         self.apply(item)
-            elif action == "P":
-                elem.value = self.pseudonym
-            elif action == EMPTY:
-                elem.value = None
-            elif action == UID or (action == DUMMY and elem.VR == "UI"):
-                elem.value = self._map(elem, lambda v: self.replace_uid(elem, v)) if elem.VR == "UI" else None
-            elif action == DUMMY and not elem.is_empty:
-                elem.value = self._dummy(elem.VR)
-            elif action == CLEAN and elem.VR in _CLEANABLE_VRS:
-                elem.value = self._clean(elem)
-            elif action == CLEAN:
-                self._apply_basic(ds, elem)
+                continue
+            values = [str(v) for v in _values(elem.value) if v is not None]
+            new = self.change(int(tag), elem.VR, action, values, elem.is_empty)
+            if new == REMOVE:
+                del ds[tag]
+            else:
+                elem.value = new[0] if new and len(new) == 1 else new
 
-    def _apply_basic(self, ds: Dataset, elem: DataElement) -> None:
-        """A value C cannot clean (codes, numbers): the basic profile's action instead."""
-        action = self.profile.basic_actions.get(int(elem.tag), REMOVE)
-        if action == REMOVE:
-            del ds[elem.tag]
-        elif action == EMPTY or elem.VR not in _DUMMY:
-            elem.value = None
-        elif action == DUMMY and not elem.is_empty:
-            elem.value = self._dummy(elem.VR)
-
-    def _map(self, elem: DataElement, fn) -> object:
-        values = [fn(str(v)) for v in _values(elem.value) if v is not None]
-        if not values:
-            return None
-        return values if len(values) > 1 else values[0]
-
-    def _dummy(self, vr: str) -> object:
+    def _dummy(self, vr: str) -> list | None:
         if vr in _NUMERIC_VRS:
-            return 0
-        return _DUMMY.get(vr)
+            return [0]
+        return [_DUMMY[vr]] if vr in _DUMMY else None
 
-    def _clean(self, elem: DataElement) -> object:
-        vr = elem.VR
+    def _clean(self, tag: int, vr: str, values: list[str]) -> list[str] | None:
         if vr == "DA":
-            return self._map(elem, lambda v: _shift_date(v, self.offset)) if self.dates == CLEAN else None
+            return [_shift_date(v, self.offset) for v in values] or None if self.dates == CLEAN else None
         if vr == "DT":
-            return self._map(elem, lambda v: _shift_datetime(v, self.offset)) if self.dates == CLEAN else None
+            return [_shift_datetime(v, self.offset) for v in values] or None if self.dates == CLEAN else None
         if vr == "TM":
-            return elem.value if self.dates != EMPTY else None
+            return values or None if self.dates != EMPTY else None
         if vr in _TEXT_VRS:
-            return self._map(elem, self.clean_text)
+            return [self.clean_text(v) for v in values] or None
         if vr == "PN":
             return None
-        return self._map(elem, lambda v: self.replace_uid(elem, v))
+        return [self.replace_uid(tag, v) for v in values] or None
 
     def record(self, ds: Dataset, encoding: tuple[bool, bool]) -> None:
         """PS3.15 E.1.1 and PS3.3 C.7.1.1: what was done, in the output itself.
@@ -536,11 +588,11 @@ def _date_spellings(value: str) -> tuple[str, ...]:
     return tuple(day.strftime(fmt) for fmt in _DATE_FORMATS)
 
 
-def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
+def _file_meta(sop_class_uid: object, sop_instance_uid: object, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = transfer_syntax
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
@@ -561,27 +613,44 @@ def _text(value: object, padding: bytes) -> bytes:
     return encoded + padding if len(encoded) % 2 else encoded
 
 
-def _file_meta_bytes(meta: FileMetaDataset) -> bytes:
-    """The File Meta Information group of :func:`_file_meta`, with its group length."""
+def _header_bytes(
+    sop_class_uid: object, sop_instance_uid: object, transfer_syntax: str, data_set: bytes, pixel_data: tuple[int, int] | None
+) -> bytes:
+    """Preamble, ``DICM``, File Meta Information (PS3.10 7.1) and ``data_set``.
+
+    The File Meta Information is that of :func:`_file_meta`. When a Pixel Data element of
+    at least :data:`PAGE_ALIGNED_MIN_BYTES` follows, copied from the source range
+    ``pixel_data``, the group ends with Private Information (0002,0100)/(0002,0102) of zero
+    bytes, so that Pixel Data starts at the same offset within a memory page as in the
+    source: the kernel then copies it page by page (``copy_file_range``), which is about a
+    fifth faster. At most :data:`PAGE_BYTES` plus the creator element are added.
+    """
     elements = b"".join(
         [
-            _meta_element(0x00020001, b"OB", bytes(meta.FileMetaInformationVersion)),
-            _meta_element(0x00020002, b"UI", _text(meta.MediaStorageSOPClassUID, b"\x00")),
-            _meta_element(0x00020003, b"UI", _text(meta.MediaStorageSOPInstanceUID, b"\x00")),
-            _meta_element(0x00020010, b"UI", _text(meta.TransferSyntaxUID, b"\x00")),
-            _meta_element(0x00020012, b"UI", _text(meta.ImplementationClassUID, b"\x00")),
-            _meta_element(0x00020013, b"SH", _text(meta.ImplementationVersionName, b" ")),
+            _meta_element(0x00020001, b"OB", b"\x00\x01"),
+            _meta_element(0x00020002, b"UI", _text(sop_class_uid, b"\x00")),
+            _meta_element(0x00020003, b"UI", _text(sop_instance_uid, b"\x00")),
+            _meta_element(0x00020010, b"UI", _text(transfer_syntax, b"\x00")),
+            _meta_element(0x00020012, b"UI", _text(IMPLEMENTATION_CLASS_UID, b"\x00")),
+            _meta_element(0x00020013, b"SH", _text(IMPLEMENTATION_VERSION_NAME, b" ")),
         ]
     )
-    return _meta_element(0x00020000, b"UL", struct.pack("<L", len(elements))) + elements
+    if pixel_data is not None and pixel_data[1] - pixel_data[0] >= PAGE_ALIGNED_MIN_BYTES:
+        creator = _meta_element(0x00020100, b"UI", _text(IMPLEMENTATION_CLASS_UID, b"\x00"))
+        unpadded = 128 + 4 + 12 + len(elements) + len(creator) + 12 + len(data_set)
+        padding = (pixel_data[0] - unpadded) % PAGE_BYTES
+        if padding % 2 == 0:
+            elements += creator + _meta_element(0x00020102, b"OB", bytes(padding))
+    group_length = _meta_element(0x00020000, b"UL", struct.pack("<L", len(elements)))
+    return b"\x00" * 128 + b"DICM" + group_length + elements + data_set
 
 
-def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM``, File Meta Information and data set (PS3.10 7.1).
+def _encode(ds: Dataset, transfer_syntax: str, pixel_data: tuple[int, int] | None) -> bytes:
+    """Everything before Pixel Data: :func:`_header_bytes` with the data set ``ds``.
 
-    The bytes ``pydicom.dcmwrite(..., enforce_file_format=True)`` writes, without its
-    per-call copy and re-validation of the meta group this module has just built. The
-    Deflated transfer syntax goes through ``dcmwrite``, which compresses the data set.
+    The data set's bytes are those ``pydicom.dcmwrite(..., enforce_file_format=True)``
+    writes. The Deflated transfer syntax goes through ``dcmwrite``, which compresses the
+    data set (and its output is whole: no Pixel Data follows).
     """
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         buffer = io.BytesIO()
@@ -589,9 +658,8 @@ def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
         return buffer.getvalue()
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = transfer_syntax_encoding(transfer_syntax)
-    buffer.write(ds.preamble + b"DICM" + _file_meta_bytes(ds.file_meta))
     _write_dataset(buffer, ds)
-    return buffer.getvalue()
+    return _header_bytes(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax, buffer.getvalue(), pixel_data)
 
 
 def _write_dataset(fp: DicomBytesIO, ds: Dataset) -> None:
@@ -783,10 +851,24 @@ def deidentify_header(
     Reads the header only (up to Pixel Data, whose element header and, if encapsulated,
     item headers are read to find its end). Raises :class:`DeidentificationRefused` with a
     reason from :mod:`dicomshare.validation`; nothing else escapes for bad input.
+
+    An ordinary object (little endian, the default character repertoire, nothing
+    :mod:`~dicomshare.encoded_dataset` cannot read plainly) is rewritten element by element
+    from its encoded bytes (:func:`_rewrite_encoded`); every other one, and every refusal,
+    goes through a pydicom data set (:func:`_rewrite_dataset`). Both give the same bytes.
     """
     size = _size(fp) if size is None else size
     check_size(size, settings)
     check_preamble(fp)
+    plan = _rewrite_encoded(fp, size, profile, secret, settings)
+    if plan is None:
+        plan = _rewrite_dataset(fp, size, profile, secret, settings)
+    return plan
+
+
+def _rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings) -> Plan:
+    """De-identify through a pydicom data set: any supported object, and every refusal."""
+    fp.seek(0)
     with _quiet_pydicom():
         meta_ds = _read(fp, stop_before_pixels=True)
         transfer_syntax = str(meta_ds.file_meta.get("TransferSyntaxUID", "") or "")
@@ -811,24 +893,293 @@ def deidentify_header(
             else:
                 pixel_offset, pixel_end = None, 0
         try:
-            check_dataset(ds, settings)
-            deidentifier = _Deidentifier(profile, secret, ds)
+            media_storage_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+            checked = {keyword: str(ds.get(keyword, "") or "") for keyword in CHECKED[1:]}
+            check_attributes({"MediaStorageSOPClassUID": media_storage_class, **checked}, settings)
+            deidentifier = _Deidentifier(
+                profile, secret, str(ds.get("PatientID", "") or "").strip(), str(ds.get("StudyInstanceUID", ""))
+            )
             if deidentifier.cleans_text:
                 deidentifier.collect(ds)
             deidentifier.apply(ds)
             _single_character_set(ds)
             deidentifier.record(ds, transfer_syntax_encoding(transfer_syntax))
-            ds.file_meta = _file_meta(ds, transfer_syntax)
-            ds.preamble = b"\x00" * 128
-            new_header = _encode(ds, transfer_syntax)
+            ds.file_meta = _file_meta(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax)
+            new_header = _encode(ds, transfer_syntax, None if pixel_offset is None else (pixel_offset, pixel_end))
+            uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID)
         except DeidentificationRefused:
             raise
         except Exception as exc:  # a value pydicom cannot parse or write: refuse, never crash
             raise DeidentificationRefused(MALFORMED) from exc
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    return Plan(new_header, pixel_offset, pixel_end, ds, deidentifier.pseudonym)
+    return Plan(new_header, pixel_offset, pixel_end, deidentifier.pseudonym, *map(str, uids))
+
+
+ENCODED_READ_BYTES = 16 * 1024
+"""The first read of :func:`_rewrite_encoded`; it reads eight times more while the header
+runs past what it has read, up to :data:`ENCODED_MAX_BYTES`."""
+ENCODED_MAX_BYTES = 64 * 1024**2
+
+_ENCODED_TRANSFER_SYNTAXES = SUPPORTED_TRANSFER_SYNTAXES - {
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+}
+_DEFAULT_CHARACTER_SETS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+_CHECKED_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in CHECKED[1:])
+_UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
+"""Study, Series and SOP Instance UID, SOP Class UID: the :class:`Plan`'s UIDs."""
+_NUMBER_SIZES = {"FL": 4, "FD": 8, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8}
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+
+
+def _rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings) -> Plan | None:
+    """De-identify from the encoded elements (:mod:`dicomshare.encoded_dataset`).
+
+    ``None`` when the object is not plain (see that module), declares a character set
+    other than the default repertoire, holds a value this path does not decode (not ASCII,
+    VR UN or an ambiguous VR that would change), or would be refused: :func:`_rewrite_dataset`
+    then decides, so refusals and their reasons come from one place.
+    """
+    chunk = min(size, ENCODED_READ_BYTES)
+    while True:
+        fp.seek(0)
+        data = fp.read(chunk)
+        try:
+            return _rewrite_encoded_bytes(data, len(data) >= size, fp, size, profile, secret, settings)
+        except Incomplete:
+            if chunk >= min(size, ENCODED_MAX_BYTES):
+                return None
+            chunk = min(size, ENCODED_MAX_BYTES, chunk * 8)
+        except (NotPlain, UnicodeError, DeidentificationRefused):
+            return None
+
+
+def _rewrite_encoded_bytes(
+    data: bytes, complete: bool, fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings
+) -> Plan | None:
+    meta, meta_end = _file_meta_elements(data, complete)
+    transfer_syntax = _single_string(meta.get(0x00020010))
+    if transfer_syntax not in _ENCODED_TRANSFER_SYNTAXES:
+        return None
+    implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    if _looks_explicit(data, meta_end) == implicit:
+        return None
+    elements, stop = read_data_set(data, meta_end, implicit=implicit, complete=complete, stop_at=_PIXEL_DATA_TAG_SET)
+    if stop < len(data):
+        pixel_offset = stop
+        pixel_end = pixel_data_end(fp, pixel_offset, size, little_endian=True, implicit_vr=implicit)
+    elif complete:
+        pixel_offset, pixel_end = None, 0
+    else:
+        raise Incomplete()
+    top = {element.tag: element for element in elements}
+    if len(top) != len(elements):
+        return None
+    checked = {keyword: _single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
+    check_attributes({"MediaStorageSOPClassUID": _single_string(meta.get(0x00020002)), **checked}, settings)
+    deidentifier = _Deidentifier(
+        profile, secret, _single_string(top.get(0x00100020)).strip(), checked["StudyInstanceUID"]
+    )
+    noted, encoded_cache = _element_caches(profile, secret, deidentifier.patient_key, implicit)
+    if deidentifier.cleans_text:
+        _note_encoded(deidentifier, elements, noted)
+    records = _record_bytes(profile, deidentifier.dates, implicit)
+    kept = [element for element in elements if element.tag not in records]
+    data_set = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
+    uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
+    if not all(uids):
+        return None
+    pixel_data = None if pixel_offset is None else (pixel_offset, pixel_end)
+    new_header = _header_bytes(uids[3], uids[2], transfer_syntax, data_set, pixel_data)
+    return Plan(new_header, pixel_offset, pixel_end, deidentifier.pseudonym, *uids)
+
+
+def _file_meta_elements(data: bytes, complete: bool) -> tuple[dict[int, Element], int]:
+    """The File Meta Information elements (PS3.10 7.1), by tag, and the offset after them."""
+    if len(data) < 144:
+        raise Incomplete() if not complete else NotPlain()
+    group, element, vr, length, group_length = struct.unpack_from("<HH2sHL", data, 132)
+    if (group, element, vr, length) != (2, 0, b"UL", 4):
+        raise NotPlain()
+    end = 144 + group_length
+    elements, _ = read_data_set(data, 144, end, implicit=False, complete=complete)
+    if any(e.tag >> 16 != 2 for e in elements) or data[end : end + 2] == b"\x02\x00":
+        raise NotPlain()
+    return {e.tag: e for e in elements}, end
+
+
+def _looks_explicit(data: bytes, offset: int) -> bool:
+    """pydicom's test of a data set's first element: is its VR field two capital letters?"""
+    vr = data[offset + 4 : offset + 6]
+    return len(vr) == 2 and all(0x40 < b < 0x5B for b in vr)
+
+
+def _strings(vr: str, value: bytes) -> list[str]:
+    """The values of a string element, as pydicom 3 decodes them (``pydicom.values``).
+
+    ASCII only: any other byte raises :class:`UnicodeDecodeError` (the pydicom path then
+    decodes it with the object's character set).
+    """
+    text = value.decode("ascii")
+    if vr in ("LT", "ST", "UT"):
+        return [text.rstrip("\x00 ")]
+    if vr == "UR":
+        return [text.rstrip()]
+    if vr == "AE":
+        return [v.strip() for v in text.split("\\")]
+    if vr in ("LO", "SH", "UC"):
+        return [v.rstrip("\x00 ") for v in text.split("\\")]
+    return text.rstrip("\x00 ").split("\\")
+
+
+def _single_string(element: Element | None) -> str:
+    """A single-valued string element's value (``""`` when absent); :class:`NotPlain` when
+    it holds several values or is not a plain string (pydicom would give another text)."""
+    if element is None:
+        return ""
+    if element.vr not in _STRING_VRS:
+        raise NotPlain()
+    values = _strings(element.vr, element.value)
+    if len(values) != 1:
+        raise NotPlain()
+    return values[0]
+
+
+ELEMENT_CACHE_SIZE = 4096
+
+
+@lru_cache(maxsize=16)
+def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
+    """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
+    element and what :func:`_encode_elements` made of it, by ``(tag, VR, value)``.
+
+    Both depend on nothing else (Clean Descriptors text aside, which is never cached), and
+    most elements repeat from one object of a series to the next. In memory only, each
+    emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
+    """
+    return {}, {}
+
+
+def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: dict) -> None:
+    """:meth:`_Deidentifier.collect` over encoded elements."""
+    for element in elements:
+        tag, vr = element.tag, element.vr
+        if vr == "SQ":
+            for item in element.value:
+                _note_encoded(deidentifier, item.elements, noted)
+            continue
+        key = (tag, vr, element.value)
+        found = noted.get(key)
+        if found is None:
+            _check_plain(element)
+            action = deidentifier.action(tag, vr)
+            if not deidentifier.notes(action, vr):
+                found = (frozenset(), frozenset())
+            else:
+                found = deidentifier.note(tag, vr, _strings(vr, element.value))
+            if len(noted) >= ELEMENT_CACHE_SIZE:
+                noted.clear()
+            noted[key] = found
+        else:
+            deidentifier.add_identifiers(*found)
+
+
+def _check_plain(element: Element) -> None:
+    """:class:`NotPlain` for VR UN on a tag the data dictionary knows (pydicom would decode
+    it with the dictionary's VR) and for a character set other than the default."""
+    if element.vr == "UN" and implicit_vr(element.tag) != "UN":
+        raise NotPlain()
+    if element.tag == 0x00080005 and _single_string(element) not in _DEFAULT_CHARACTER_SETS:
+        raise NotPlain()
+
+
+def _encode_elements(
+    deidentifier: _Deidentifier, elements: list[Element], implicit: bool, encoded_cache: dict, extra: dict[int, bytes] | None = None
+) -> bytes:
+    """:meth:`_Deidentifier.apply` and the encoding of its result, in tag order."""
+    encoded = list(extra.items()) if extra else []
+    for element in elements:
+        tag, vr = element.tag, element.vr
+        if vr == "SQ":
+            _check_plain(element)
+            action = deidentifier.action(tag, vr)
+            if action == REMOVE:
+                continue
+            items = b"" if action == EMPTY else b"".join(
+                item_bytes(
+                    _encode_elements(deidentifier, item.elements, implicit, encoded_cache),
+                    undefined_length=item.undefined_length,
+                )
+                for item in element.value
+            )
+            encoded.append((tag, sequence_bytes(tag, items, undefined_length=element.undefined_length, implicit=implicit)))
+            continue
+        key = (tag, vr, element.value)
+        new = encoded_cache.get(key, _UNCACHED)
+        if new is _UNCACHED:
+            _check_plain(element)
+            action = deidentifier.action(tag, vr)
+            if action == REMOVE:
+                new = None
+            elif action == KEEP:
+                new = element_bytes(tag, vr, element.value, implicit=implicit)
+            else:
+                value = _changed(deidentifier, element, action)
+                new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
+            if not (action == CLEAN and vr in _TEXT_VRS):
+                if len(encoded_cache) >= ELEMENT_CACHE_SIZE:
+                    encoded_cache.clear()
+                encoded_cache[key] = new
+        if new is not None:
+            encoded.append((tag, new))
+    encoded.sort(key=lambda pair: pair[0])
+    if len({tag for tag, _ in encoded}) != len(encoded):
+        raise NotPlain()
+    return b"".join(value for _, value in encoded)
+
+
+_UNCACHED = object()
+
+
+def _changed(deidentifier: _Deidentifier, element: Element, action: str) -> bytes | None:
+    """The new value's bytes under ``action`` (:meth:`_Deidentifier.change`); ``None`` to remove."""
+    vr = element.vr
+    if vr not in VRS:
+        raise NotPlain()  # an ambiguous dictionary VR (implicit VR): pydicom resolves it
+    if vr in _STRING_VRS:
+        values = _strings(vr, element.value)
+        empty = values == [""]
+    else:
+        values, empty = [], not element.value
+    new = deidentifier.change(element.tag, vr, action, values, empty)
+    if new == REMOVE:
+        return None
+    if new is None:
+        return b""
+    if vr in _NUMBER_SIZES:
+        return bytes(_NUMBER_SIZES[vr])
+    text = "\\".join(new).encode("ascii")
+    return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
+
+
+def _output_string(deidentifier: _Deidentifier, element: Element | None) -> str:
+    """A top-level single-valued string element's value in the output; ``""`` if it has none."""
+    if element is None:
+        return ""
+    value = _single_string(element)
+    action = deidentifier.action(element.tag, element.vr)
+    if action == KEEP:
+        return value
+    new = deidentifier.change(element.tag, element.vr, action, [value], not value)
+    return new[0] if isinstance(new, list) and len(new) == 1 else ""
+
+
+@lru_cache(maxsize=64)
+def _record_bytes(profile: Profile, dates: str, implicit: bool) -> dict[int, bytes]:
+    """:func:`_record_elements`, encoded, by tag."""
+    return {
+        int(elem.tag): element_bytes(int(elem.tag), elem.VR or "UN", elem.value, implicit=implicit)
+        for elem in _record_elements(profile, dates, True, implicit)
+    }
 
 
 def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:
@@ -894,15 +1245,19 @@ def deidentify_file(
         if not isinstance(dst, (str, os.PathLike)):
             write_output(plan, src, dst)
             return plan
-        target = Path(dst) / plan.relative_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.parent / f".partial-{secrets.token_hex(8)}"
-        with open(os.open(partial, _PARTIAL_FLAGS, 0o600), "wb") as out:
+        folder = os.path.join(dst, plan.study_instance_uid, plan.series_instance_uid)
+        partial = os.path.join(folder, f".partial-{secrets.token_hex(8)}")
+        try:
+            fd = os.open(partial, _PARTIAL_FLAGS, 0o600)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(partial, _PARTIAL_FLAGS, 0o600)
+        with open(fd, "wb", buffering=0) as out:
             try:
                 write_output(plan, src, out)
             except BaseException:
                 out.close()
                 os.unlink(partial)
                 raise
-        os.replace(partial, target)
+        os.replace(partial, os.path.join(folder, f"{plan.sop_instance_uid}.dcm"))
     return plan

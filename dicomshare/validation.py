@@ -15,9 +15,8 @@ contain a value from the object.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO
+from typing import BinaryIO, Mapping
 
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from dicomshare.settings import Settings
@@ -34,6 +33,8 @@ MISSING_REQUIRED = "missing_required"
 """Prefix: the full reason is ``missing_required:<Keyword>``."""
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
+CHECKED = ("MediaStorageSOPClassUID", *REQUIRED, "BurnedInAnnotation")
+"""The attributes :func:`check_attributes` reads."""
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -100,24 +101,24 @@ def check_transfer_syntax(transfer_syntax: str | None) -> None:
         raise DeidentificationRefused(UNSUPPORTED_TRANSFER_SYNTAX)
 
 
-def check_dataset(ds: Dataset, settings: Settings) -> None:
+def check_attributes(attributes: Mapping[str, str], settings: Settings) -> None:
     """Required attributes, SOP class, and the burned-in annotation policy.
 
-    Burned In Annotation (0028,0301) = YES, or a SOP class in
+    ``attributes`` maps the keywords of :data:`CHECKED` to their (top-level) values as
+    strings, ``""`` when absent. Burned In Annotation (0028,0301) = YES, or a SOP class in
     :attr:`~dicomshare.settings.Settings.high_risk_sop_classes`, is refused unless
     :attr:`~dicomshare.settings.Settings.allow_burned_in_annotation`: the basic profile
     does not clean pixel data (PS3.15 E.3.1, Clean Pixel Data Option).
     """
-    file_meta = getattr(ds, "file_meta", None)
-    if file_meta is not None and str(file_meta.get("MediaStorageSOPClassUID", "")) in UNSUPPORTED_SOP_CLASSES:
+    if attributes["MediaStorageSOPClassUID"] in UNSUPPORTED_SOP_CLASSES:
         raise DeidentificationRefused(UNSUPPORTED_SOP_CLASS)
     for keyword in REQUIRED:
-        if not str(ds.get(keyword, "") or "").strip():
+        if not attributes[keyword].strip():
             raise DeidentificationRefused(f"{MISSING_REQUIRED}:{keyword}")
     if settings.allow_burned_in_annotation:
         return
-    burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
-    if burned == "YES" or str(ds.SOPClassUID) in settings.high_risk_sop_classes:
+    burned = attributes["BurnedInAnnotation"].strip().upper()
+    if burned == "YES" or attributes["SOPClassUID"] in settings.high_risk_sop_classes:
         raise DeidentificationRefused(BURNED_IN_ANNOTATION)
 
 
