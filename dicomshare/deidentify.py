@@ -1045,16 +1045,21 @@ def _single_string(element: Element | None) -> str:
 
 
 ELEMENT_CACHE_SIZE = 4096
+ELEMENT_CACHE_VALUE_BYTES = 256
+"""Only values up to this size are remembered (names, dates, UIDs, codes: the ones that are
+decoded); with :data:`ELEMENT_CACHE_SIZE` entries per cache and four patients' caches,
+the caches hold at most about 25 MiB."""
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=4)
 def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
     """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
     element and what :func:`_encode_elements` made of it, by ``(tag, VR, value)``.
 
     Both depend on nothing else (Clean Descriptors text aside, which is never cached), and
-    most elements repeat from one object of a series to the next. In memory only, each
-    emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
+    most elements repeat from one object of a series to the next. In memory only; values
+    over :data:`ELEMENT_CACHE_VALUE_BYTES` are not cached, and each cache is emptied when it
+    reaches :data:`ELEMENT_CACHE_SIZE` entries.
     """
     return {}, {}
 
@@ -1076,9 +1081,10 @@ def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: d
                 found = (frozenset(), frozenset())
             else:
                 found = deidentifier.note(tag, vr, _strings(vr, element.value))
-            if len(noted) >= ELEMENT_CACHE_SIZE:
-                noted.clear()
-            noted[key] = found
+            if len(element.value) <= ELEMENT_CACHE_VALUE_BYTES:
+                if len(noted) >= ELEMENT_CACHE_SIZE:
+                    noted.clear()
+                noted[key] = found
         else:
             deidentifier.add_identifiers(*found)
 
@@ -1125,7 +1131,7 @@ def _encode_elements(
             else:
                 value = _changed(deidentifier, element, action)
                 new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
-            if not (action == CLEAN and vr in _TEXT_VRS):
+            if len(element.value) <= ELEMENT_CACHE_VALUE_BYTES and not (action == CLEAN and vr in _TEXT_VRS):
                 if len(encoded_cache) >= ELEMENT_CACHE_SIZE:
                     encoded_cache.clear()
                 encoded_cache[key] = new
