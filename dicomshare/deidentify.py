@@ -327,6 +327,12 @@ def _values(value: object) -> list:
     return list(value) if isinstance(value, (MultiValue, list)) else [value]
 
 
+def _longest_first(text: str) -> tuple[int, str]:
+    """Removal order for Clean Descriptors: longest first, ties by value (never by a set's
+    iteration order, which changes between processes)."""
+    return -len(text), text
+
+
 _ACTIONS: dict[Profile, dict[tuple[int, str], str]] = {}
 """Per profile, the action of each (tag, VR) met so far: see :meth:`_Deidentifier.action`."""
 
@@ -441,8 +447,8 @@ class _Deidentifier:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
         if self._removal_order is None:
             self._removal_order = (
-                [(v, v.casefold()) for v in sorted(self.identifiers, key=len, reverse=True)],
-                [(w, w.casefold()) for w in sorted(self.words, key=len, reverse=True)],
+                [(v, v.casefold()) for v in sorted(self.identifiers, key=_longest_first)],
+                [(w, w.casefold()) for w in sorted(self.words, key=_longest_first)],
             )
         identifiers, words = self._removal_order
         folded = text.casefold()
