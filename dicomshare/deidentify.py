@@ -659,6 +659,7 @@ def _encode(ds: Dataset, transfer_syntax: str, pixel_data: tuple[int, int] | Non
     data set (and its output is whole: no Pixel Data follows).
     """
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        ds.file_meta = _file_meta(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         return buffer.getvalue()
@@ -910,7 +911,6 @@ def _rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, s
             deidentifier.apply(ds)
             _single_character_set(ds)
             deidentifier.record(ds, transfer_syntax_encoding(transfer_syntax))
-            ds.file_meta = _file_meta(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax)
             new_header = _encode(ds, transfer_syntax, None if pixel_offset is None else (pixel_offset, pixel_end))
             uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID)
         except DeidentificationRefused:
@@ -1087,12 +1087,17 @@ def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: d
                 found = (frozenset(), frozenset())
             else:
                 found = deidentifier.note(tag, vr, _strings(vr, element.value))
-            if len(element.value) <= ELEMENT_CACHE_VALUE_BYTES:
-                if len(noted) >= ELEMENT_CACHE_SIZE:
-                    noted.clear()
-                noted[key] = found
+            _remember(noted, element, found)
         else:
             deidentifier.add_identifiers(*found)
+
+
+def _remember(cache: dict, element: Element, result: object) -> None:
+    """Keep ``result`` for ``element`` in one of :func:`_element_caches`, within their bounds."""
+    if len(element.value) <= ELEMENT_CACHE_VALUE_BYTES:
+        if len(cache) >= ELEMENT_CACHE_SIZE:
+            cache.clear()
+        cache[(element.tag, element.vr, element.value)] = result
 
 
 def _check_plain(element: Element) -> None:
@@ -1137,10 +1142,8 @@ def _encode_elements(
             else:
                 value = _changed(deidentifier, element, action)
                 new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
-            if len(element.value) <= ELEMENT_CACHE_VALUE_BYTES and not (action == CLEAN and vr in _TEXT_VRS):
-                if len(encoded_cache) >= ELEMENT_CACHE_SIZE:
-                    encoded_cache.clear()
-                encoded_cache[key] = new
+            if not (action == CLEAN and vr in _TEXT_VRS):
+                _remember(encoded_cache, element, new)
         if new is not None:
             encoded.append((tag, new))
     encoded.sort(key=lambda pair: pair[0])
