@@ -278,20 +278,33 @@ def test_trailing_padding_is_dropped_and_the_splice_is_exact(tmp_path):
     assert pydicom.dcmread(io.BytesIO(output)).PixelData == bytes(range(32))
 
 
-@pytest.mark.dciodvfy
-def test_large_pixel_data_keeps_its_offset_within_a_page(tmp_path):
+def _large_pixel_data_file(tmp_path: Path) -> tuple[Dataset, Path]:
+    """An object whose Pixel Data takes several pipes' worth of :func:`engine._kernel_copy`."""
     ds = base_dataset()
     ds.Rows = ds.Columns = 2048
     ds.PixelData = bytes(range(256)) * (2048 * 2048 * 2 // 256)
-    src = to_file(ds, tmp_path / "large.dcm")
+    assert len(ds.PixelData) > 4 * engine.SPLICE_PIPE_BYTES
+    return ds, to_file(ds, tmp_path / "large.dcm")
+
+
+@pytest.mark.dciodvfy
+def test_large_pixel_data_is_moved_whole_between_files(tmp_path):
+    ds, src = _large_pixel_data_file(tmp_path)
     plan = deidentify_file(src, tmp_path / "out", profile=profiles.named("clinical"), secret=SECRET)
-    assert plan.pixel_length >= engine.PAGE_ALIGNED_MIN_BYTES
-    assert len(plan.new_header) % engine.PAGE_BYTES == plan.pixel_offset % engine.PAGE_BYTES
     output = tmp_path / "out" / plan.relative_path
-    out = pydicom.dcmread(output)
-    assert out.file_meta.PrivateInformationCreatorUID == engine.IMPLEMENTATION_CLASS_UID
-    assert out.PixelData == ds.PixelData
+    assert output.read_bytes() == plan.new_header + src.read_bytes()[plan.pixel_offset : plan.pixel_end]
+    assert pydicom.dcmread(output).PixelData == ds.PixelData
     assert _dciodvfy_errors(output) <= _dciodvfy_errors(src)
+
+
+def test_an_output_the_kernel_cannot_write_to_gets_the_same_bytes(tmp_path):
+    """``splice`` refuses a file opened for appending; the chunked copy then writes it."""
+    _, src = _large_pixel_data_file(tmp_path)
+    with open(tmp_path / "appended.dcm", "ab") as out:
+        plan = deidentify_file(src, out, profile=profiles.named("clinical"), secret=SECRET)
+    expected = plan.new_header + src.read_bytes()[plan.pixel_offset : plan.pixel_end]
+    assert (tmp_path / "appended.dcm").read_bytes() == expected
+    assert deidentified_bytes(src, profiles.named("clinical")) == expected
 
 
 def _dicom_looking_files() -> list[Path]:
