@@ -40,6 +40,7 @@ TOOLS = ("dicomshare", "dicognito", "deid", "cp")
 PEER_MODULES = {"dicognito": "dicognito", "deid": "deid"}
 TOOL_TIMEOUT_SECONDS = 900
 REPEATS = 3
+SETTLE_SECONDS = 1.0
 
 
 def _header(frames: int, instance: int, study_uid: str, series_uid: str) -> Dataset:
@@ -162,9 +163,11 @@ def _measure(inputs: dict[str, list[Path]], out: Path) -> dict[str, dict[str, di
     """:data:`REPEATS` rounds, each running every tool once on every input in turn.
 
     Rounds interleave the tools, so a busy spell on a shared machine slows all of them
-    rather than the three runs of one; before each run, the previous run's dirty pages are
-    flushed (``os.sync``) and its output deleted, so every run starts from the same state
-    (inputs in the page cache, nothing waiting to be written).
+    rather than the three runs of one. Before each run the previous run's output is
+    deleted, dirty pages are flushed (``os.sync``) and the disk gets :data:`SETTLE_SECONDS`
+    to finish with the freed blocks (on a file system mounted with ``discard`` the kernel
+    trims them after the sync returns), so every run starts from the same state: inputs
+    in the page cache, nothing waiting to be written or trimmed.
     """
     runs: dict[tuple[str, str], list[dict | str]] = {(t, n): [] for t in TOOLS for n in inputs}
     for _ in range(REPEATS):
@@ -173,6 +176,7 @@ def _measure(inputs: dict[str, list[Path]], out: Path) -> dict[str, dict[str, di
                 if any(isinstance(r, str) for r in runs[(tool, name)]):
                     continue
                 os.sync()
+                time.sleep(SETTLE_SECONDS)
                 dst = out / tool / name
                 runs[(tool, name)].append(_run_tool(tool, src, dst))
                 shutil.rmtree(dst, ignore_errors=True)
