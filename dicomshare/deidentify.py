@@ -51,7 +51,8 @@ import warnings
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import BinaryIO, Iterator
+from itertools import chain
+from typing import BinaryIO, Iterable, Iterator
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -331,6 +332,21 @@ def _longest_first(text: str) -> tuple[int, str]:
     return -len(text), text
 
 
+def _cleaned(text: str, identifiers: Iterable[str], words: Iterable[str]) -> str:
+    """PS3.15 E.3.5 Clean Descriptors: ``text`` without ``identifiers`` (anywhere) and
+    ``words`` (as whole words), ignoring case, longest first."""
+    folded = text.casefold()
+    for value in sorted(identifiers, key=_longest_first):
+        if value.casefold() in folded:
+            text = re.sub(re.escape(value), "", text, flags=re.IGNORECASE)
+            folded = text.casefold()
+    for word in sorted(words, key=_longest_first):
+        if word.casefold() in folded:
+            text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", text, flags=re.IGNORECASE)
+            folded = text.casefold()
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
 _ACTIONS: dict[Profile, dict[tuple[int, str], str]] = {}
 """Per profile, the action of each (tag, VR) met so far: see :meth:`_Deidentifier.action`."""
 
@@ -357,7 +373,6 @@ class _Deidentifier:
         self.cleans_text = any(row_action == CLEAN for row_action in profile.actions.values())
         self.identifiers: set[str] = set()
         self.words: set[str] = set()
-        self._removal_order: tuple[list, list] | None = None
         self._actions = _ACTIONS.setdefault(profile, {})
 
     def action(self, tag: int, vr: str) -> str:
@@ -409,9 +424,10 @@ class _Deidentifier:
             and vr in _IDENTIFIER_VRS
         )
 
-    def note(self, tag: int, vr: str, values: list[str]) -> tuple[frozenset[str], frozenset[str]]:
+    @staticmethod
+    def note(tag: int, vr: str, values: list[str]) -> tuple[frozenset[str], frozenset[str]]:
         """The identifiers and words, for Clean Descriptors, in the values of an element that
-        is not kept: added to :attr:`identifiers` and :attr:`words`, and returned."""
+        is not kept (for :meth:`add_identifiers`)."""
         identifiers: set[str] = set()
         words: set[str] = set()
         for value in values:
@@ -422,13 +438,11 @@ class _Deidentifier:
                 words.update(w for w in re.split(r"[\s^=,.\-/]+", text) if len(w) >= 2)
             if vr == "DA":
                 identifiers.update(_date_spellings(text))
-        self.add_identifiers(identifiers, words)
         return frozenset(identifiers), frozenset(words)
 
     def add_identifiers(self, identifiers: set[str] | frozenset[str], words: set[str] | frozenset[str]) -> None:
         self.identifiers |= identifiers
         self.words |= words
-        self._removal_order = None
 
     def collect(self, ds: Dataset) -> None:
         """Gather every identifying value (anything not kept, descriptors aside) for Clean."""
@@ -439,26 +453,14 @@ class _Deidentifier:
                     self.collect(item)
             elif self.notes(self.action(int(tag), vr), vr):
                 elem = ds[tag]
-                self.note(int(tag), elem.VR, [str(v or "") for v in _values(elem.value)])
+                self.add_identifiers(*self.note(int(tag), elem.VR, [str(v or "") for v in _values(elem.value)]))
 
     def clean_text(self, text: str) -> str:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
-        if self._removal_order is None:
-            self._removal_order = (
-                [(v, v.casefold()) for v in sorted(self.identifiers, key=_longest_first)],
-                [(w, w.casefold()) for w in sorted(self.words, key=_longest_first)],
-            )
-        identifiers, words = self._removal_order
         folded = text.casefold()
-        for value, folded_value in identifiers:
-            if folded_value in folded:
-                text = re.sub(re.escape(value), "", text, flags=re.IGNORECASE)
-                folded = text.casefold()
-        for word, folded_word in words:
-            if folded_word in folded:
-                text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", text, flags=re.IGNORECASE)
-                folded = text.casefold()
-        return re.sub(r"\s{2,}", " ", text).strip()
+        if any(map(folded.__contains__, map(str.casefold, chain(self.identifiers, self.words)))):
+            return _cleaned(text, self.identifiers, self.words)
+        return re.sub(r"\s{2,}", " ", text).strip()  # as _cleaned gives it: nothing to remove
 
     def replace_uid(self, tag: int, value: str) -> str:
         if not value or value in UID_dictionary or tag in KEPT_UID_TAGS:
@@ -952,7 +954,12 @@ def _rewrite_encoded_bytes(
     implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
     if _looks_explicit(data, meta_end) == implicit:
         return None
-    elements, stop = read_data_set(data, meta_end, implicit=implicit, complete=complete, stop_at=_PIXEL_DATA_TAG_SET)
+    previous = _PREVIOUS_ELEMENTS.get(implicit, ())
+    elements, stop = read_data_set(
+        data, meta_end, implicit=implicit, complete=complete, stop_at=_PIXEL_DATA_TAG_SET, like=previous
+    )
+    if stop - meta_end <= PREVIOUS_ELEMENTS_MAX_BYTES:
+        _PREVIOUS_ELEMENTS[implicit] = elements
     if stop < len(data):
         pixel_offset = stop
         pixel_end = pixel_data_end(fp, pixel_offset, size, little_endian=True, implicit_vr=implicit)
@@ -961,8 +968,6 @@ def _rewrite_encoded_bytes(
     else:
         raise Incomplete()
     top = {element.tag: element for element in elements}
-    if len(top) != len(elements):
-        return None
     checked = {keyword: _single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
     check_attributes({"MediaStorageSOPClassUID": _single_string(meta.get(0x00020002)), **checked}, settings)
     deidentifier = _Deidentifier(
@@ -970,10 +975,10 @@ def _rewrite_encoded_bytes(
     )
     noted, encoded_cache = _element_caches(profile, secret, deidentifier.patient_key, implicit)
     if deidentifier.cleans_text:
-        _note_encoded(deidentifier, elements, noted)
+        deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
     records = _record_bytes(profile, deidentifier.dates, implicit)
     kept = [element for element in elements if element.tag not in records]
-    data_set = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
+    data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
     uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
     if not all(uids):
         return None
@@ -989,9 +994,10 @@ def _file_meta_elements(data: bytes, complete: bool) -> tuple[dict[int, Element]
     if (group, element, vr, length) != (2, 0, b"UL", 4):
         raise NotPlain()
     end = 144 + group_length
-    elements, _ = read_data_set(data, 144, end, implicit=False, complete=complete)
+    elements, _ = read_data_set(data, 144, end, implicit=False, complete=complete, like=_PREVIOUS_ELEMENTS.get("meta", ()))
     if any(e.tag >> 16 != 2 for e in elements) or data[end : end + 2] == b"\x02\x00":
         raise NotPlain()
+    _PREVIOUS_ELEMENTS["meta"] = elements
     return {e.tag: e for e in elements}, end
 
 
@@ -1032,54 +1038,76 @@ def _single_string(element: Element | None) -> str:
     return values[0]
 
 
+PREVIOUS_ELEMENTS_MAX_BYTES = 1024**2
+_PREVIOUS_ELEMENTS: dict[bool | str, list[Element]] = {}
+"""The top-level elements of the last object read, by VR encoding (``True`` for implicit
+VR), and of its File Meta Information (``"meta"``); for :func:`read_data_set`'s ``like``:
+the objects of a series repeat most of each other's elements, which are then not read
+again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
+
 ELEMENT_CACHE_SIZE = 4096
-ELEMENT_CACHE_VALUE_BYTES = 256
-"""Only values up to this size are remembered (names, dates, UIDs, codes: the ones that are
-decoded); with :data:`ELEMENT_CACHE_SIZE` entries per cache and four patients' caches,
-the caches hold at most about 25 MiB."""
+ELEMENT_CACHE_ELEMENT_BYTES = 256
+"""Only elements encoded in up to this many bytes are remembered (names, dates, UIDs, codes,
+small sequences: the ones that are decoded); with :data:`ELEMENT_CACHE_SIZE` entries per
+cache and four patients' caches, the caches hold at most about 25 MiB."""
 
 
 @lru_cache(maxsize=4)
 def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
     """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
-    element and what :func:`_encode_elements` made of it, by ``(tag, VR, value)``.
+    element and what :func:`_encode_elements` made of it, by the element's encoding.
 
-    Both depend on nothing else (Clean Descriptors text aside, which is never cached), and
-    most elements repeat from one object of a series to the next. In memory only; values
-    over :data:`ELEMENT_CACHE_VALUE_BYTES` are not cached, and each cache is emptied when it
-    reaches :data:`ELEMENT_CACHE_SIZE` entries.
+    Both depend on nothing else (Clean Descriptors text aside, which is never cached, nor
+    is a sequence holding some), and most elements repeat from one object of a series to
+    the next: a remembered element, sequences included, is neither decoded nor checked
+    again. In memory only; elements over :data:`ELEMENT_CACHE_ELEMENT_BYTES` are not
+    cached, and each cache is emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
     """
     return {}, {}
 
 
-def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: dict) -> None:
-    """:meth:`_Deidentifier.collect` over encoded elements."""
+_NOTHING_NOTED = (frozenset(), frozenset())
+
+
+def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: dict) -> tuple[frozenset[str], frozenset[str]]:
+    """What :meth:`_Deidentifier.collect` gathers, from encoded elements (for
+    :meth:`_Deidentifier.add_identifiers`)."""
+    identifiers: set[str] = set()
+    words: set[str] = set()
     for element in elements:
-        tag, vr = element.tag, element.vr
-        if vr == "SQ":
-            for item in element.value:
-                _note_encoded(deidentifier, item.elements, noted)
-            continue
-        key = (tag, vr, element.value)
-        found = noted.get(key)
+        found = noted.get(element.raw)
         if found is None:
-            _check_plain(element)
-            action = deidentifier.action(tag, vr)
-            if not deidentifier.notes(action, vr):
-                found = (frozenset(), frozenset())
+            vr = element.vr
+            if vr == "SQ":
+                items = element.value
+                found = _NOTHING_NOTED
+                for item in items:
+                    nested = _note_encoded(deidentifier, item.elements, noted)
+                    if nested is not _NOTHING_NOTED:
+                        found = (found[0] | nested[0], found[1] | nested[1])
             else:
-                found = deidentifier.note(tag, vr, _strings(vr, element.value))
+                _check_plain(element)
+                action = deidentifier.action(element.tag, vr)
+                if deidentifier.notes(action, vr):
+                    found = deidentifier.note(element.tag, vr, _strings(vr, element.value))
+                    found = found if found[0] or found[1] else _NOTHING_NOTED
+                else:
+                    found = _NOTHING_NOTED
             _remember(noted, element, found)
-        else:
-            deidentifier.add_identifiers(*found)
+        if found is not _NOTHING_NOTED:
+            identifiers |= found[0]
+            words |= found[1]
+    if not identifiers and not words:
+        return _NOTHING_NOTED
+    return frozenset(identifiers), frozenset(words)
 
 
 def _remember(cache: dict, element: Element, result: object) -> None:
     """Keep ``result`` for ``element`` in one of :func:`_element_caches`, within their bounds."""
-    if len(element.value) <= ELEMENT_CACHE_VALUE_BYTES:
+    if len(element.raw) <= ELEMENT_CACHE_ELEMENT_BYTES:
         if len(cache) >= ELEMENT_CACHE_SIZE:
             cache.clear()
-        cache[(element.tag, element.vr, element.value)] = result
+        cache[element.raw] = result
 
 
 def _check_plain(element: Element) -> None:
@@ -1093,45 +1121,56 @@ def _check_plain(element: Element) -> None:
 
 def _encode_elements(
     deidentifier: _Deidentifier, elements: list[Element], implicit: bool, encoded_cache: dict, extra: dict[int, bytes] | None = None
-) -> bytes:
-    """:meth:`_Deidentifier.apply` and the encoding of its result, in tag order."""
+) -> tuple[bytes, bool]:
+    """:meth:`_Deidentifier.apply` and the encoding of its result, in tag order (the
+    elements are in tag order: :mod:`~dicomshare.encoded_dataset` accepts no other).
+
+    Also says whether the result may be remembered: not when it holds cleaned text.
+    """
     encoded = list(extra.items()) if extra else []
+    cacheable = True
     for element in elements:
-        tag, vr = element.tag, element.vr
-        if vr == "SQ":
-            _check_plain(element)
-            action = deidentifier.action(tag, vr)
-            if action == REMOVE:
-                continue
-            items = b"" if action == EMPTY else b"".join(
-                item_bytes(
-                    _encode_elements(deidentifier, item.elements, implicit, encoded_cache),
-                    undefined_length=item.undefined_length,
-                )
-                for item in element.value
-            )
-            encoded.append((tag, sequence_bytes(tag, items, undefined_length=element.undefined_length, implicit=implicit)))
-            continue
-        key = (tag, vr, element.value)
-        new = encoded_cache.get(key, _UNCACHED)
+        new = encoded_cache.get(element.raw, _UNCACHED)
         if new is _UNCACHED:
-            _check_plain(element)
-            action = deidentifier.action(tag, vr)
-            if action == REMOVE:
-                new = None
-            elif action == KEEP:
-                new = element_bytes(tag, vr, element.value, implicit=implicit)
-            else:
-                value = _changed(deidentifier, element, action)
-                new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
-            if not (action == CLEAN and vr in _TEXT_VRS):
+            new, remember = _encode_element(deidentifier, element, implicit, encoded_cache)
+            if remember:
                 _remember(encoded_cache, element, new)
+            else:
+                cacheable = False
         if new is not None:
-            encoded.append((tag, new))
-    encoded.sort(key=lambda pair: pair[0])
-    if len({tag for tag, _ in encoded}) != len(encoded):
-        raise NotPlain()
-    return b"".join(value for _, value in encoded)
+            encoded.append((element.tag, new))
+    if extra:
+        encoded.sort()
+    return b"".join([value for _, value in encoded]), cacheable
+
+
+def _encode_element(deidentifier: _Deidentifier, element: Element, implicit: bool, encoded_cache: dict) -> tuple[bytes | None, bool]:
+    """One element of :func:`_encode_elements`: its new encoding (``None``: removed) and
+    whether that may be remembered."""
+    tag, vr = element.tag, element.vr
+    if vr == "SQ":
+        items = element.value
+        action = deidentifier.action(tag, vr)
+        if action == REMOVE:
+            return None, True
+        if action == EMPTY:
+            return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit), True
+        content, cacheable = [], True
+        for item in items:
+            item_content, item_cacheable = _encode_elements(deidentifier, item.elements, implicit, encoded_cache)
+            content.append(item_bytes(item_content, undefined_length=item.undefined_length))
+            cacheable = cacheable and item_cacheable
+        value = b"".join(content)
+        return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit), cacheable
+    _check_plain(element)
+    action = deidentifier.action(tag, vr)
+    if action == REMOVE:
+        return None, True
+    if action == KEEP:
+        return element_bytes(tag, vr, element.value, implicit=implicit), True
+    value = _changed(deidentifier, element, action)
+    new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
+    return new, not (action == CLEAN and vr in _TEXT_VRS)
 
 
 _UNCACHED = object()

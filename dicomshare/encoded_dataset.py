@@ -1,21 +1,23 @@
 """A little-endian data set as its encoded data elements (PS3.5 7.1 and 7.5).
 
 :func:`read_data_set` splits the bytes of a data set into :class:`Element` records (tag,
-VR, the value's bytes, or the items of a sequence) without decoding any value;
-:func:`element_bytes` and :func:`sequence_bytes` encode elements again. De-identification
+VR, the element's whole encoding, from which the value's bytes or the items of a sequence
+are read when asked for) without decoding any value; :func:`element_bytes` and
+:func:`sequence_bytes` encode elements again. De-identification
 (:mod:`dicomshare.deidentify`) uses them to rewrite an ordinary object without building a
 pydicom data set, which is several times faster.
 
 Only unambiguous encodings are accepted. Anything else raises :class:`NotPlain` and the
 caller reads the object with pydicom instead, which knows the rest: big endian, values of
 undefined length that are not sequences, VR UN with undefined length (PS3.5 6.2.2),
-sequences that switch to implicit VR, VRs that are not in PS3.5 Table 6.2-1, damaged or
-truncated data.
+sequences that switch to implicit VR, VRs that are not in PS3.5 Table 6.2-1, elements out
+of tag order or repeated (PS3.5 7.1: ascending, at most once), damaged or truncated data.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,18 +60,34 @@ class Item:
     undefined_length: bool
 
 
-@dataclass(slots=True)
 class Element:
-    """One data element: ``value`` is its bytes, or a list of :class:`Item` for VR SQ.
+    """One data element. ``raw`` is its whole encoding (tag, VR, length, value); ``value``
+    is read from it when first asked for: the value's bytes, or a list of :class:`Item`
+    for VR SQ (:class:`NotPlain` if they are damaged).
 
     ``vr`` is the encoded VR (explicit VR) or the data dictionary's (implicit VR: ``UN``
     for tags it does not know, and possibly an ambiguous one such as ``US or SS``).
     """
 
-    tag: int
-    vr: str
-    value: bytes | list[Item]
-    undefined_length: bool = False
+    __slots__ = ("tag", "vr", "raw", "undefined_length", "_value_offset", "_implicit", "_items")
+
+    def __init__(self, tag: int, vr: str, raw: bytes, value_offset: int, implicit: bool, items: list[Item] | None = None) -> None:
+        self.tag = tag
+        self.vr = vr
+        self.raw = raw
+        self.undefined_length = items is not None
+        self._value_offset = value_offset
+        self._implicit = implicit
+        self._items = items
+
+    @property
+    def value(self) -> bytes | list[Item]:
+        if self.vr != "SQ":
+            return self.raw[self._value_offset :]
+        if self._items is None:
+            reader = _Reader(self.raw, self._implicit, complete=True)
+            self._items, _ = reader.items(self._value_offset, len(self.raw), undefined=False)
+        return self._items
 
 
 @lru_cache(maxsize=4096)
@@ -89,6 +107,7 @@ def read_data_set(
     implicit: bool,
     complete: bool,
     stop_at: frozenset[int] = frozenset(),
+    like: Sequence[Element] = (),
 ) -> tuple[list[Element], int]:
     """The elements from ``offset`` to ``end`` (default: the end of ``data``) or the first
     tag in ``stop_at``.
@@ -96,15 +115,20 @@ def read_data_set(
     Returns the elements and the offset where reading stopped. ``complete`` says whether
     ``data`` holds the whole object: when it does not and an element runs past its end,
     :class:`Incomplete` is raised.
+
+    ``like`` are the elements of a similar data set read before with the same ``implicit``
+    and ``stop_at`` (the previous object of a series): where the next element's bytes are
+    those of the next one of ``like`` (past any tag already read, so the order stays
+    ascending), that element is taken as it is instead of being read again.
     """
     end = len(data) if end is None else end
     if end > len(data):
         raise Incomplete() if not complete else NotPlain()
-    return _Reader(data, implicit, complete).elements(offset, end, stop_at=stop_at)
+    return _Reader(data, implicit, complete=complete).elements(offset, end, stop_at=stop_at, like=like)
 
 
 class _Reader:
-    def __init__(self, data: bytes, implicit: bool, complete: bool) -> None:
+    def __init__(self, data: bytes, implicit: bool, *, complete: bool) -> None:
         self.data = data
         self.implicit = implicit
         self.complete = complete
@@ -114,11 +138,25 @@ class _Reader:
         return Incomplete() if end == len(self.data) and not self.complete else NotPlain()
 
     def elements(
-        self, offset: int, end: int, *, stop_at: frozenset[int] = frozenset(), in_item: bool = False
+        self,
+        offset: int,
+        end: int,
+        *,
+        stop_at: frozenset[int] = frozenset(),
+        in_item: bool = False,
+        like: Sequence[Element] = (),
     ) -> tuple[list[Element], int]:
         data, implicit = self.data, self.implicit
         elements: list[Element] = []
+        previous = -1
+        known_index, known_count = 0, len(like)
         while offset < end:
+            if known_index < known_count:
+                known = like[known_index]
+                if data.startswith(known.raw, offset) and offset + len(known.raw) <= end:
+                    elements.append(known)
+                    previous, offset, known_index = known.tag, offset + len(known.raw), known_index + 1
+                    continue
             if offset + 8 > end:
                 raise self._short(end)
             group, number, vr_bytes, short_length = _TAG_VR_SHORT_LENGTH.unpack_from(data, offset)
@@ -127,8 +165,11 @@ class _Reader:
                 return elements, offset
             if tag == ITEM_DELIMITATION and in_item:
                 return elements, offset + 8
-            if group == 0xFFFE:
+            if group == 0xFFFE or tag <= previous:
                 raise NotPlain()
+            previous, start = tag, offset
+            while known_index < known_count and like[known_index].tag <= tag:
+                known_index += 1
             if implicit:
                 vr = implicit_vr(tag)
                 (length,) = _LENGTH.unpack_from(data, offset + 4)
@@ -149,17 +190,14 @@ class _Reader:
             if length == UNDEFINED_LENGTH:
                 if vr != "SQ" and not (implicit and vr == "UN" and self._starts_item(offset, end)):
                     raise NotPlain()
-                items, offset = self.items(offset, end, undefined=True)
-                elements.append(Element(tag, "SQ", items, True))
+                items, value_end = self.items(offset, end, undefined=True)
+                elements.append(Element(tag, "SQ", data[start:value_end], offset - start, implicit, items))
+                offset = value_end
                 continue
             value_end = offset + length
             if value_end > end:
                 raise self._short(end)
-            if vr == "SQ":
-                items, _ = self.items(offset, value_end, undefined=False)
-                elements.append(Element(tag, vr, items))
-            else:
-                elements.append(Element(tag, vr, data[offset:value_end]))
+            elements.append(Element(tag, vr, data[start:value_end], offset - start, implicit))
             offset = value_end
         if in_item:
             raise self._short(end)

@@ -398,6 +398,31 @@ def test_encoded_path_matches_the_pydicom_path_on_pydicom_test_files():
     assert taken >= 130  # 68 of the 176 files per profile, with pydicom 3.0 (the rest are refused or not plain)
 
 
+@pytest.mark.parametrize("profile_name", ["basic", "clinical"])
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_encoded_path_matches_the_pydicom_path_along_a_series(tmp_path, profile_name, transfer_syntax):
+    """Objects read one after the other, as a series is: each reuses the elements it shares
+    with the one before (the previous object's, and the per-patient caches), and each still
+    comes out byte for byte as through pydicom, whatever changed between them: UIDs and
+    numbers, an element of another length, one that comes and goes, a nested sequence,
+    a description naming the patient, another patient."""
+    profile = profiles.named(profile_name)
+    for i in range(6):
+        ds = planted_dataset(profile)
+        ds.SOPInstanceUID = f"1.2.3.999.2.{i}"
+        ds.InstanceNumber = i % 3
+        ds.ImageComments = "LEAK" * (i % 2 + 1)
+        if i % 2:
+            ds.SliceLocation = i
+        ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = f"1.2.3.999.2.{i // 2}"
+        if i == 4:
+            ds.SeriesDescription = "Axial LEAKFAMILY"
+            ds.PatientID = "LEAKOTHERPATIENT"
+        encoded, dataset = _both_paths(to_file(ds, tmp_path / f"{i}.dcm", transfer_syntax), profile, Settings())
+        assert encoded is not None
+        assert encoded == dataset, i
+
+
 def test_encoded_path_leaves_declared_character_sets_to_pydicom(tmp_path):
     ds = base_dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
