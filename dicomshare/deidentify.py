@@ -370,7 +370,6 @@ class _Deidentifier:
         patient_key = self.patient_key
         self.pseudonym = patient_pseudonym(secret, patient_key)
         self.offset = date_offset_days(secret, patient_key)
-        self.cleans_text = any(row_action == CLEAN for row_action in profile.actions.values())
         self.identifiers: set[str] = set()
         self.words: set[str] = set()
         self._actions = _ACTIONS.setdefault(profile, {})
@@ -622,18 +621,21 @@ def _text(value: object, padding: bytes) -> bytes:
 def _header_bytes(sop_class_uid: object, sop_instance_uid: object, transfer_syntax: str, data_set: bytes) -> bytes:
     """Preamble, ``DICM``, File Meta Information (PS3.10 7.1), that of :func:`_file_meta`,
     and ``data_set``."""
-    elements = b"".join(
-        [
-            _meta_element(0x00020001, b"OB", b"\x00\x01"),
-            _meta_element(0x00020002, b"UI", _text(sop_class_uid, b"\x00")),
-            _meta_element(0x00020003, b"UI", _text(sop_instance_uid, b"\x00")),
-            _meta_element(0x00020010, b"UI", _text(transfer_syntax, b"\x00")),
-            _meta_element(0x00020012, b"UI", _text(IMPLEMENTATION_CLASS_UID, b"\x00")),
-            _meta_element(0x00020013, b"SH", _text(IMPLEMENTATION_VERSION_NAME, b" ")),
-        ]
+    before, after = _meta_around_instance(_text(sop_class_uid, b"\x00"), transfer_syntax)
+    instance = _meta_element(0x00020003, b"UI", _text(sop_instance_uid, b"\x00"))
+    group_length = _meta_element(0x00020000, b"UL", struct.pack("<L", len(before) + len(instance) + len(after)))
+    return b"\x00" * 128 + b"DICM" + group_length + before + instance + after + data_set
+
+
+@lru_cache(maxsize=64)
+def _meta_around_instance(sop_class_uid: bytes, transfer_syntax: str) -> tuple[bytes, bytes]:
+    """The File Meta elements of :func:`_header_bytes` before and after (0002,0003)."""
+    return (
+        _meta_element(0x00020001, b"OB", b"\x00\x01") + _meta_element(0x00020002, b"UI", sop_class_uid),
+        _meta_element(0x00020010, b"UI", _text(transfer_syntax, b"\x00"))
+        + _meta_element(0x00020012, b"UI", _text(IMPLEMENTATION_CLASS_UID, b"\x00"))
+        + _meta_element(0x00020013, b"SH", _text(IMPLEMENTATION_VERSION_NAME, b" ")),
     )
-    group_length = _meta_element(0x00020000, b"UL", struct.pack("<L", len(elements)))
-    return b"\x00" * 128 + b"DICM" + group_length + elements + data_set
 
 
 def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
@@ -891,7 +893,7 @@ def _rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, s
             deidentifier = _Deidentifier(
                 profile, secret, str(ds.get("PatientID", "") or "").strip(), str(ds.get("StudyInstanceUID", ""))
             )
-            if deidentifier.cleans_text:
+            if profile.cleans:
                 deidentifier.collect(ds)
             deidentifier.apply(ds)
             _single_character_set(ds)
@@ -974,7 +976,7 @@ def _rewrite_encoded_bytes(
         profile, secret, _single_string(top.get(0x00100020)).strip(), checked["StudyInstanceUID"]
     )
     noted, encoded_cache = _element_caches(profile, secret, deidentifier.patient_key, implicit)
-    if deidentifier.cleans_text:
+    if profile.cleans:
         deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
     records = _record_bytes(profile, deidentifier.dates, implicit)
     kept = [element for element in elements if element.tag not in records]
@@ -1027,15 +1029,23 @@ def _strings(vr: str, value: bytes) -> list[str]:
 
 def _single_string(element: Element | None) -> str:
     """A single-valued string element's value (``""`` when absent); :class:`NotPlain` when
-    it holds several values or is not a plain string (pydicom would give another text)."""
+    it holds several values or is not a plain string (pydicom would give another text).
+
+    Remembered by the element's encoding in :data:`_SINGLE_STRINGS`: the UIDs, class and
+    patient of a series repeat.
+    """
     if element is None:
         return ""
-    if element.vr not in _STRING_VRS:
-        raise NotPlain()
-    values = _strings(element.vr, element.value)
-    if len(values) != 1:
-        raise NotPlain()
-    return values[0]
+    found = _SINGLE_STRINGS.get(element.raw)
+    if found is None:
+        if element.vr not in _STRING_VRS:
+            raise NotPlain()
+        values = _strings(element.vr, element.value)
+        if len(values) != 1:
+            raise NotPlain()
+        found = values[0]
+        _remember(_SINGLE_STRINGS, element, found)
+    return found
 
 
 PREVIOUS_ELEMENTS_MAX_BYTES = 1024**2
@@ -1067,6 +1077,8 @@ def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit:
 
 
 _NOTHING_NOTED = (frozenset(), frozenset())
+_SINGLE_STRINGS: dict[bytes, str] = {}
+"""What :func:`_single_string` decoded, by encoding; bounded as :func:`_element_caches` are."""
 
 
 def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: dict) -> tuple[frozenset[str], frozenset[str]]:

@@ -153,9 +153,10 @@ class _Reader:
         while offset < end:
             if known_index < known_count:
                 known = like[known_index]
-                if data.startswith(known.raw, offset) and offset + len(known.raw) <= end:
+                known_end = offset + len(known.raw)
+                if known_end <= end and data.startswith(known.raw, offset):
                     elements.append(known)
-                    previous, offset, known_index = known.tag, offset + len(known.raw), known_index + 1
+                    previous, offset, known_index = known.tag, known_end, known_index + 1
                     continue
             if offset + 8 > end:
                 raise self._short(end)

@@ -105,6 +105,8 @@ class Profile:
     basic_actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
     """The basic profile's action where an option says C: used for values C cannot clean."""
     private_action: str = field(init=False, repr=False, compare=False)
+    cleans: bool = field(init=False, repr=False, compare=False)
+    """Whether some action is C (clean): only then are identifying values gathered."""
 
     def __post_init__(self) -> None:
         unknown = [o for o in self.options if o not in OPTION_CODES]
@@ -133,6 +135,7 @@ class Profile:
         object.__setattr__(self, "repeating", MappingProxyType(repeating))
         object.__setattr__(self, "private_action", private)
         object.__setattr__(self, "basic_actions", MappingProxyType(basic))
+        object.__setattr__(self, "cleans", CLEAN in actions.values())
 
     def action(self, tag: int) -> str | None:
         """The action for ``tag``, or ``None`` when Table E.1-1 does not list it.
