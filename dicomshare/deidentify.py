@@ -45,8 +45,9 @@ import io
 import logging
 import os
 import re
-import struct
 import secrets
+import struct
+import threading
 import warnings
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -1269,10 +1270,8 @@ def _kernel_copy(plan: Plan, src: BinaryIO, dst: BinaryIO) -> bool:
         return False
     dst.flush()
     offset, end, written = plan.pixel_offset, plan.pixel_end, 0
-    pipe_out, pipe_in = os.pipe()
+    pipe_out, pipe_in = _PIPE.fds()
     try:
-        with suppress(OSError):
-            fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, SPLICE_PIPE_BYTES)
         while offset < end:
             try:
                 moved = os.splice(src_fd, pipe_in, end - offset, offset_src=offset)
@@ -1284,12 +1283,38 @@ def _kernel_copy(plan: Plan, src: BinaryIO, dst: BinaryIO) -> bool:
             except OSError:
                 if written:
                     raise
+                _PIPE.close()
                 return False
-    finally:
-        os.close(pipe_out)
-        os.close(pipe_in)
+    except BaseException:
+        _PIPE.close()  # it may hold bytes of this copy
+        raise
     dst.seek(0, os.SEEK_END)
     return True
+
+
+class _SplicePipe(threading.local):
+    """This thread's pipe for :func:`_kernel_copy`, made once per process (opening one and
+    sizing it took 8 us, per object); dropped when a copy fails, as it may hold bytes."""
+
+    pid = 0
+    pair = (-1, -1)
+
+    def fds(self) -> tuple[int, int]:
+        """``(read end, write end)``."""
+        if self.pid != os.getpid():
+            self.pair, self.pid = os.pipe(), os.getpid()
+            with suppress(OSError):
+                fcntl.fcntl(self.pair[1], fcntl.F_SETPIPE_SZ, SPLICE_PIPE_BYTES)
+        return self.pair
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            os.close(self.pair[0])
+            os.close(self.pair[1])
+        self.pid = 0
+
+
+_PIPE = _SplicePipe()
 
 
 def deidentify_file(

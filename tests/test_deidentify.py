@@ -305,6 +305,8 @@ def test_an_output_the_kernel_cannot_write_to_gets_the_same_bytes(tmp_path):
     expected = plan.new_header + src.read_bytes()[plan.pixel_offset : plan.pixel_end]
     assert (tmp_path / "appended.dcm").read_bytes() == expected
     assert deidentified_bytes(src, profiles.named("clinical")) == expected
+    again = deidentify_file(src, tmp_path / "out", profile=profiles.named("clinical"), secret=SECRET)
+    assert (tmp_path / "out" / again.relative_path).read_bytes() == expected  # a new pipe after the failure
 
 
 def _dicom_looking_files() -> list[Path]:
