@@ -980,7 +980,7 @@ def _rewrite_encoded_bytes(
     if profile.cleans:
         deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
     records = _record_bytes(profile, deidentifier.dates, implicit)
-    kept = [element for element in elements if element.tag not in records]
+    kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
     data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
     uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
     if not all(uids):
