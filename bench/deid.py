@@ -7,7 +7,7 @@ own ``ru_maxrss``; timings exclude interpreter start-up, imports and set-up):
 - a >= 1 GiB multi-frame file (2100 frames of 512x512x16 bit, streamed to disk frame by
   frame, never held in memory).
 
-Each measurement is the fastest of three rounds (each round runs every tool in turn).
+Each measurement is the fastest of five rounds (each round runs every tool in turn).
 Targets (issue 3): >= 5x dicognito's files/s; within 1.5x of ``cp`` on the large file;
 peak memory < 200 MiB on the large file.
 
@@ -39,7 +39,7 @@ LARGE_FRAMES = 2100
 TOOLS = ("dicomshare", "dicognito", "deid", "cp")
 PEER_MODULES = {"dicognito": "dicognito", "deid": "deid"}
 TOOL_TIMEOUT_SECONDS = 900
-REPEATS = 3
+REPEATS = 5
 SETTLE_SECONDS = 1.0
 
 
@@ -151,6 +151,19 @@ def _run_tool(tool: str, src: list[Path], dst: Path) -> dict | str:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _cache(paths: list[Path]) -> None:
+    """Read ``paths`` through, so that they are all in the page cache when a tool starts.
+
+    The development machine's kernel reclaims pages left idle for some seconds (DAMON):
+    without this, a tool could pay disk reads that the tool before it did not.
+    """
+    buffer = bytearray(1024**2)
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
 def _best_of(runs: list[dict | str]) -> dict | str:
     """Fastest of the runs (the machine may be shared), with the largest peak RSS."""
     failures = [r for r in runs if isinstance(r, str)]
@@ -163,11 +176,12 @@ def _measure(inputs: dict[str, list[Path]], out: Path) -> dict[str, dict[str, di
     """:data:`REPEATS` rounds, each running every tool once on every input in turn.
 
     Rounds interleave the tools, so a busy spell on a shared machine slows all of them
-    rather than the three runs of one. Before each run the previous run's output is
-    deleted, dirty pages are flushed (``os.sync``) and the disk gets :data:`SETTLE_SECONDS`
+    rather than the runs of one. Before each run the previous run's output is
+    deleted, dirty pages are flushed (``os.sync``), the disk gets :data:`SETTLE_SECONDS`
     to finish with the freed blocks (on a file system mounted with ``discard`` the kernel
-    trims them after the sync returns), so every run starts from the same state: inputs
-    in the page cache, nothing waiting to be written or trimmed.
+    trims them after the sync returns) and the inputs are read once (:func:`_cache`), so
+    every run starts from the same state: inputs in the page cache, nothing waiting to be
+    written or trimmed.
     """
     runs: dict[tuple[str, str], list[dict | str]] = {(t, n): [] for t in TOOLS for n in inputs}
     for _ in range(REPEATS):
@@ -177,6 +191,7 @@ def _measure(inputs: dict[str, list[Path]], out: Path) -> dict[str, dict[str, di
                     continue
                 os.sync()
                 time.sleep(SETTLE_SECONDS)
+                _cache(src)
                 dst = out / tool / name
                 runs[(tool, name)].append(_run_tool(tool, src, dst))
                 shutil.rmtree(dst, ignore_errors=True)
