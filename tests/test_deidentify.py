@@ -278,35 +278,44 @@ def test_trailing_padding_is_dropped_and_the_splice_is_exact(tmp_path):
     assert pydicom.dcmread(io.BytesIO(output)).PixelData == bytes(range(32))
 
 
-def _large_pixel_data_file(tmp_path: Path) -> tuple[Dataset, Path]:
-    """An object whose Pixel Data takes several pipes' worth of :func:`engine._kernel_copy`."""
+def _pixel_data_file(tmp_path: Path, rows: int) -> tuple[Dataset, Path]:
+    """An object with ``rows`` x ``rows`` 16-bit Pixel Data: 256 fits the splice pipe of
+    :func:`engine._kernel_copy`, 2048 takes several pipes' worth (``copy_file_range``)."""
     ds = base_dataset()
-    ds.Rows = ds.Columns = 2048
-    ds.PixelData = bytes(range(256)) * (2048 * 2048 * 2 // 256)
-    assert len(ds.PixelData) > 4 * engine.SPLICE_PIPE_BYTES
-    return ds, to_file(ds, tmp_path / "large.dcm")
+    ds.Rows = ds.Columns = rows
+    ds.PixelData = bytes(range(256)) * (rows * rows * 2 // 256)
+    return ds, to_file(ds, tmp_path / f"{rows}.dcm")
 
 
 @pytest.mark.dciodvfy
-def test_large_pixel_data_is_moved_whole_between_files(tmp_path):
-    ds, src = _large_pixel_data_file(tmp_path)
+@pytest.mark.parametrize("rows", [256, 2048])
+def test_pixel_data_is_copied_whole_between_files(tmp_path, rows):
+    ds, src = _pixel_data_file(tmp_path, rows)
     plan = deidentify_file(src, tmp_path / "out", profile=profiles.named("clinical"), secret=SECRET)
     output = tmp_path / "out" / plan.relative_path
     assert output.read_bytes() == plan.new_header + src.read_bytes()[plan.pixel_offset : plan.pixel_end]
-    assert pydicom.dcmread(output).PixelData == ds.PixelData
+    out = pydicom.dcmread(output)
+    assert out.PixelData == ds.PixelData
+    if plan.pixel_length > engine.SPLICE_PIPE_BYTES:  # padded to the source's offset within a page
+        assert len(plan.new_header) % engine.PAGE_BYTES == plan.pixel_offset % engine.PAGE_BYTES
+        assert out.file_meta.PrivateInformationCreatorUID == engine.IMPLEMENTATION_CLASS_UID
+    else:
+        assert "PrivateInformationCreatorUID" not in out.file_meta
     assert _dciodvfy_errors(output) <= _dciodvfy_errors(src)
 
 
-def test_an_output_the_kernel_cannot_write_to_gets_the_same_bytes(tmp_path):
-    """``splice`` refuses a file opened for appending; the chunked copy then writes it."""
-    _, src = _large_pixel_data_file(tmp_path)
+@pytest.mark.parametrize("rows", [256, 2048])
+def test_an_output_the_kernel_cannot_write_to_gets_the_same_bytes(tmp_path, rows):
+    """``splice`` and ``copy_file_range`` refuse a file opened for appending; the chunked
+    copy then writes it, and the next copy between files works (a new pipe)."""
+    _, src = _pixel_data_file(tmp_path, rows)
     with open(tmp_path / "appended.dcm", "ab") as out:
         plan = deidentify_file(src, out, profile=profiles.named("clinical"), secret=SECRET)
     expected = plan.new_header + src.read_bytes()[plan.pixel_offset : plan.pixel_end]
     assert (tmp_path / "appended.dcm").read_bytes() == expected
     assert deidentified_bytes(src, profiles.named("clinical")) == expected
     again = deidentify_file(src, tmp_path / "out", profile=profiles.named("clinical"), secret=SECRET)
-    assert (tmp_path / "out" / again.relative_path).read_bytes() == expected  # a new pipe after the failure
+    assert (tmp_path / "out" / again.relative_path).read_bytes() == expected
 
 
 def _dicom_looking_files() -> list[Path]:
