@@ -1,7 +1,8 @@
 """De-identification throughput and memory: dicomshare vs dicognito, pydicom/deid and ``cp``.
 
-Same data, same run, each tool in its own Python subprocess (so peak RSS is the tool's
-own ``ru_maxrss``; timings exclude interpreter start-up, imports and set-up):
+Same data, same run, each tool in its own Python subprocess (peak RSS is its
+``ru_maxrss``, which Linux carries over from this process through ``exec``: an upper
+bound; timings exclude interpreter start-up, imports and set-up):
 
 - a 300-file 512x512 16-bit CT series (generated with pydicom);
 - a >= 1 GiB multi-frame file (2100 frames of 512x512x16 bit, streamed to disk frame by

@@ -1282,8 +1282,8 @@ def _kernel_copy(plan: Plan, src: BinaryIO, dst: BinaryIO) -> bool:
     offset within a page (:func:`_header_bytes`) and a first call ends on a
     :data:`KERNEL_PIPE_BYTES` boundary of the output, so every later write is whole and
     aligned. Measured on 1 GiB: unaligned, half again as long as ``cp``; through a 1 MiB
-    pipe as long as ``cp`` on a quiet machine but two to four times as long on a busy one
-    (each write then wants a 1 MiB block of page cache); aligned, as long as ``cp``.
+    pipe as long as ``cp`` on a quiet machine but two to four times as long on a busy one;
+    aligned, as long as ``cp`` on both.
     """
     try:
         src_fd, dst_fd = src.fileno(), dst.fileno()
