@@ -1048,6 +1048,10 @@ def _strings(vr: str, value: bytes) -> list[str]:
     return text.rstrip("\x00 ").split("\\")
 
 
+_SINGLE_STRINGS: dict[bytes, str] = {}
+"""What :func:`_single_string` decoded, by encoding; bounded as :func:`_element_caches` are."""
+
+
 def _single_string(element: Element | None) -> str:
     """A single-valued string element's value (``""`` when absent); :class:`NotPlain` when
     it holds several values or is not a plain string (pydicom would give another text).
@@ -1098,8 +1102,6 @@ def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit:
 
 
 _NOTHING_NOTED = (frozenset(), frozenset())
-_SINGLE_STRINGS: dict[bytes, str] = {}
-"""What :func:`_single_string` decoded, by encoding; bounded as :func:`_element_caches` are."""
 
 
 def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: dict) -> tuple[frozenset[str], frozenset[str]]:
@@ -1136,7 +1138,8 @@ def _note_encoded(deidentifier: _Deidentifier, elements: list[Element], noted: d
 
 
 def _remember(cache: dict, element: Element, result: object) -> None:
-    """Keep ``result`` for ``element`` in one of :func:`_element_caches`, within their bounds."""
+    """Keep ``result`` for ``element`` in ``cache`` (one of :func:`_element_caches`, or
+    :data:`_SINGLE_STRINGS`), within their bounds."""
     if len(element.raw) <= ELEMENT_CACHE_ELEMENT_BYTES:
         if len(cache) >= ELEMENT_CACHE_SIZE:
             cache.clear()
