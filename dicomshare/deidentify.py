@@ -373,9 +373,8 @@ class _Deidentifier:
             else EMPTY
         )
         self.patient_key = patient_id or f"study:{study_instance_uid}"
-        patient_key = self.patient_key
-        self.pseudonym = patient_pseudonym(secret, patient_key)
-        self.offset = date_offset_days(secret, patient_key)
+        self.pseudonym = patient_pseudonym(secret, self.patient_key)
+        self.offset = date_offset_days(secret, self.patient_key)
         self.identifiers: set[str] = set()
         self.words: set[str] = set()
         self._actions = _ACTIONS.setdefault(profile, {})
@@ -1327,20 +1326,19 @@ def _splice(plan: Plan, src_fd: int, dst_fd: int) -> bool:
     pipe_out, pipe_in = _PIPE.fds()
     try:
         while offset < end:
-            try:
-                moved = os.splice(src_fd, pipe_in, end - offset, offset_src=offset)
-                if moved == 0:
-                    raise DeidentificationRefused(TRUNCATED)
-                offset += moved
-                while written < offset - plan.pixel_offset:
-                    written += os.splice(pipe_out, dst_fd, offset - plan.pixel_offset - written)
-            except OSError:
-                if written:
-                    raise
-                _PIPE.close()
-                return False
-    except BaseException:
+            moved = os.splice(src_fd, pipe_in, end - offset, offset_src=offset)
+            if moved == 0:
+                raise DeidentificationRefused(TRUNCATED)
+            offset += moved
+            while written < offset - plan.pixel_offset:
+                written += os.splice(pipe_out, dst_fd, offset - plan.pixel_offset - written)
+    except OSError:
         _PIPE.close()  # it may hold bytes of this copy
+        if written:
+            raise
+        return False
+    except BaseException:
+        _PIPE.close()
         raise
     return True
 

@@ -41,6 +41,7 @@ _VR_LENGTH_32 = {vr.encode("ascii"): (vr, vr in LONG_LENGTH_VRS) for vr in VRS}
 
 _TAG_LENGTH = struct.Struct("<HHL")
 _TAG_VR_SHORT_LENGTH = struct.Struct("<HH2sH")
+_TAG_VR_LONG_LENGTH = struct.Struct("<HH2sHL")
 _LENGTH = struct.Struct("<L")
 
 
@@ -240,7 +241,7 @@ def element_bytes(tag: int, vr: str, value: bytes, *, implicit: bool) -> bytes:
     if implicit:
         return _TAG_LENGTH.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
     if vr in LONG_LENGTH_VRS:
-        return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), 0, len(value)) + value
+        return _TAG_VR_LONG_LENGTH.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), 0, len(value)) + value
     if len(value) > 0xFFFF:
         raise NotPlain()
     return _TAG_VR_SHORT_LENGTH.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value)) + value
@@ -260,6 +261,6 @@ def sequence_bytes(tag: int, items: bytes, *, undefined_length: bool, implicit: 
     head = (
         _TAG_LENGTH.pack(tag >> 16, tag & 0xFFFF, UNDEFINED_LENGTH)
         if implicit
-        else struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, b"SQ", 0, UNDEFINED_LENGTH)
+        else _TAG_VR_LONG_LENGTH.pack(tag >> 16, tag & 0xFFFF, b"SQ", 0, UNDEFINED_LENGTH)
     )
     return head + items + _TAG_LENGTH.pack(0xFFFE, 0xE0DD, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
