@@ -73,7 +73,7 @@ def seed(system) -> str:
         "study_date": "20240301", "study_time": "101500", "study_description": "CT BENCH",
         "modalities": ["CT"], "series_count": 1, "instance_count": INSTANCES, "total_bytes": 540_000 * INSTANCES,
         "partner": "bench", "first_received": received, "last_received": received,
-        "gsi1pk": index.patient_partition("PSEUDO-BENCH"), "gsi1sk": f"20240301#{study_uid}",
+        "gsi1pk": index.patient_partition("bench", "PSEUDO-BENCH"), "gsi1sk": f"20240301#{study_uid}",
         "gsi2pk": index.STUDIES, "gsi2sk": f"{received}#{study_uid}",
     })
     return study_uid

@@ -10,6 +10,7 @@ Items (``pk`` / ``sk``):
 item                 pk                                   sk
 ===================  ===================================  ==================================
 study                ``STUDY#<StudyInstanceUID>``         ``STUDY``
+study ownership      ``STUDY#<StudyInstanceUID>``         ``OWNER``
 series               ``STUDY#<StudyInstanceUID>``         ``SERIES#<SeriesInstanceUID>``
 instance             ``STUDY#<StudyInstanceUID>``         ``INSTANCE#<SeriesUID>#<SOPUID>``
 quarantine record    ``QUARANTINE#<object_id>``           ``QUARANTINE``
@@ -20,10 +21,18 @@ audit record         ``SHARE#<share_id>``                 ``AUDIT#<iso time>#<ev
 
 All UIDs here are the *de-identified* ones; no item holds an identifying value.
 
+A study belongs to the partner and patient pseudonym of its first instance: the ingest
+side claims the ownership item (``partner``, ``patient_pseudonym``) with a conditional
+write before it stores an instance, and refuses (``study_conflict``) an instance whose
+study is owned by another partner or pseudonym. Two partners may send the same original
+UIDs and the same MRN; their data never meet in one study, one patient's priors or one
+share.
+
 Global secondary indexes:
 
-- ``patient-studies`` (``gsi1pk`` = :func:`patient_partition`, ``gsi1sk`` =
-  ``<StudyDate>#<StudyInstanceUID>``): a patient's studies in date order (priors).
+- ``patient-studies`` (``gsi1pk`` = :func:`patient_partition` of partner and pseudonym,
+  ``gsi1sk`` = ``<StudyDate>#<StudyInstanceUID>``): a patient's studies at one partner in
+  date order (priors never cross partners).
 - ``listing`` (``gsi2pk`` = :data:`STUDIES`, :data:`SHARES` or :data:`QUARANTINE`,
   ``gsi2sk`` = ``<iso time>#<id>``): studies, shares and quarantine records newest first.
 
@@ -58,13 +67,19 @@ TABLE = {
 """Table definition shared by ``stacks/storage.py`` and the local system (all keys strings)."""
 
 
-def patient_partition(patient_pseudonym: str) -> str:
-    """``gsi1pk`` of a patient's studies in the ``patient-studies`` index."""
-    return f"PATIENT#{patient_pseudonym}"
+def patient_partition(partner: str, patient_pseudonym: str) -> str:
+    """``gsi1pk`` of a patient's studies at one partner in the ``patient-studies`` index:
+    the same pseudonym at two partners is two patients (a shared MRN is not a shared person)."""
+    return f"PATIENT#{partner}#{patient_pseudonym}"
 
 
 def study_key(study_uid: str) -> dict[str, str]:
     return {PK: f"STUDY#{study_uid}", SK: "STUDY"}
+
+
+def study_owner_key(study_uid: str) -> dict[str, str]:
+    """The item naming the partner and patient pseudonym a study belongs to."""
+    return {PK: f"STUDY#{study_uid}", SK: "OWNER"}
 
 
 def series_key(study_uid: str, series_uid: str) -> dict[str, str]:

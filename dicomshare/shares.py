@@ -74,6 +74,10 @@ class Share:
     created_at: int
     expires_at: int
     created_by: str
+    partner: str = ""
+    """The partner the shared study belongs to, frozen when the share is created."""
+    patient_pseudonym: str = ""
+    """The patient the shared studies belong to, frozen when the share is created."""
     recipient: str = ""
     pin_hash: str = ""
     max_redemptions: int | None = None
@@ -160,6 +164,20 @@ def refusal(share: Share, now: int) -> str | None:
     if share.max_redemptions is not None and share.redemptions >= share.max_redemptions:
         return "exhausted"
     return None
+
+
+def shared_part(share: Share, study: dict | None, instances: list[dict]) -> tuple[dict | None, list[dict]]:
+    """What of a study's index items a share may serve: only items of one of its studies
+    that carry the partner and patient pseudonym frozen in the share. Everything else
+    (an item added later under another partner or pseudonym, whatever the cause) is left
+    out; a share created without a frozen owner serves nothing."""
+
+    def owned(item: dict) -> bool:
+        return (bool(share.partner) and item.get("partner") == share.partner
+                and item.get("patient_pseudonym") == share.patient_pseudonym
+                and item.get("study_uid") in share.study_uids)
+
+    return (study if study is not None and owned(study) else None), [i for i in instances if owned(i)]
 
 
 def presign_seconds(share: Share, now: int, settings: Settings) -> int:

@@ -94,7 +94,7 @@ def _study_update(table_name: str, delta: StudyDelta, new_series: int) -> dict:
         ":study": delta.study_uid, ":pseudonym": delta.patient_pseudonym, ":date": delta.study_date,
         ":time": delta.study_time, ":description": delta.study_description, ":partner": delta.partner,
         ":first": delta.first_received, ":last": delta.last_received,
-        ":gsi1pk": index.patient_partition(delta.patient_pseudonym), ":gsi1sk": f"{delta.study_date}#{delta.study_uid}",
+        ":gsi1pk": index.patient_partition(delta.partner, delta.patient_pseudonym), ":gsi1sk": f"{delta.study_date}#{delta.study_uid}",
         ":gsi2pk": index.STUDIES, ":gsi2sk": f"{delta.first_received}#{delta.study_uid}",
         ":n": delta.instance_count, ":b": delta.total_bytes, ":series_count": new_series,
     }

@@ -1,4 +1,5 @@
-"""Writes of the ingest side to the index table: instance items and quarantine records.
+"""Writes of the ingest side to the index table: instance items, quarantine records and
+study ownership items.
 
 Both are *conditional puts* (``attribute_not_exists(pk)``): the first write of an item
 wins and every later write of the same item (a duplicate upload, a redelivered event, a
@@ -13,6 +14,8 @@ from typing import Any, Mapping
 
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
+
+from dicomshare import index
 
 _serializer = TypeSerializer()
 
@@ -29,6 +32,33 @@ def put_new(dynamodb, table_name: str, item: Mapping[str, Any]) -> bool:
             TableName=table_name,
             Item=to_attribute_values(item),
             ConditionExpression="attribute_not_exists(pk)",
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def claim_study(dynamodb, table_name: str, study_uid: str, *, partner: str, patient_pseudonym: str,
+                claimed_at: str) -> bool:
+    """Claim the study for ``partner`` and ``patient_pseudonym``; ``True`` when the study
+    is (now, or already) theirs, ``False`` when another partner or pseudonym owns it.
+
+    One conditional ``UpdateItem``: the first claim creates the ownership item, a repeat by
+    the same owner changes nothing (``claimed_at`` keeps its first value), a claim by
+    anyone else is refused by DynamoDB. Concurrent first claims race inside DynamoDB, so
+    exactly one owner wins.
+    """
+    try:
+        dynamodb.update_item(
+            TableName=table_name,
+            Key=to_attribute_values(index.study_owner_key(study_uid)),
+            UpdateExpression="SET partner = :partner, patient_pseudonym = :pseudonym, study_uid = :study, "
+                             "claimed_at = if_not_exists(claimed_at, :at)",
+            ConditionExpression="attribute_not_exists(pk) OR (partner = :partner AND patient_pseudonym = :pseudonym)",
+            ExpressionAttributeValues=to_attribute_values({
+                ":partner": partner, ":pseudonym": patient_pseudonym, ":study": study_uid, ":at": claimed_at}),
         )
     except ClientError as error:
         if error.response["Error"]["Code"] == "ConditionalCheckFailedException":

@@ -4,7 +4,11 @@ For each object named by an S3 event notification: **validate** and **de-identif
 (:func:`dicomshare_aws.s3_deidentify.deidentify_object`, with the partner's PS3.15 E.3
 options), **store** the result in the de-identified bucket under a key built from the new
 UIDs only (:func:`dicomshare.index.deidentified_object_key`), **index** it (an instance
-item), then delete the original. A refused object is **moved** to the quarantine bucket
+item), then delete the original. Before anything is stored, the instance's study is
+**claimed** for the uploading partner and the patient pseudonym (a conditional write of
+the study's ownership item): an instance whose study belongs to another partner or
+pseudonym is quarantined as ``study_conflict``, so one partner can never add images to
+another's study, nor to the shares already sent for it. A refused object is **moved** to the quarantine bucket
 (server-side copy, the reason as object tag and metadata, a quarantine record), then
 deleted. The original is deleted only after its de-identified copy or its quarantine copy
 and record are written, so a crash at any step leaves the original in place and the
@@ -59,6 +63,9 @@ ALREADY_PROCESSED = "already_processed"
 
 UNKNOWN_PARTNER_REASON = "unknown_partner"
 """Quarantine reason: the key is outside every configured ``<partner-id>/`` prefix."""
+STUDY_CONFLICT_REASON = "study_conflict"
+"""Quarantine reason: the instance's (de-identified) study belongs to another partner or
+another patient pseudonym (:func:`dicomshare_aws.index_store.claim_study`)."""
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
@@ -149,10 +156,19 @@ def ingest_object(
         if partner is None:
             raise DeidentificationRefused(UNKNOWN_PARTNER_REASON)
         validation.check_size(size, settings)
+
+        def owned_key(plan) -> str:
+            """The output's key, once its study is claimed for this partner and patient:
+            called before anything is written, so a conflicting instance leaves no copy."""
+            if not index_store.claim_study(dynamodb, destinations.table_name, plan.study_instance_uid,
+                                           partner=partner.id, patient_pseudonym=plan.patient_pseudonym,
+                                           claimed_at=_now()):
+                raise DeidentificationRefused(STUDY_CONFLICT_REASON)
+            return index.deidentified_object_key(plan.study_instance_uid, plan.series_instance_uid,
+                                                 plan.sop_instance_uid)
+
         result = deidentify_object(
-            s3, obj.bucket, obj.key, destinations.deid_bucket,
-            lambda plan: index.deidentified_object_key(
-                plan.study_instance_uid, plan.series_instance_uid, plan.sop_instance_uid),
+            s3, obj.bucket, obj.key, destinations.deid_bucket, owned_key,
             profile=partner_profile(partner.options),
             secret=secret(),
             settings=settings,

@@ -189,14 +189,17 @@ class ShareStore:
             )
         ]
 
-    def patient_studies(self, patient_pseudonym: str) -> list[dict[str, Any]]:
-        """The patient's studies, newest first (patient-studies index)."""
+    def patient_studies(self, partner: str, patient_pseudonym: str) -> list[dict[str, Any]]:
+        """The patient's studies at ``partner``, newest first (patient-studies index; the
+        partition is per partner, and the items are checked again, so a pseudonym shared by
+        two partners never joins their studies)."""
         items = self._query_all(
             IndexName=index.PATIENT_STUDIES_INDEX,
-            KeyConditionExpression=Key("gsi1pk").eq(index.patient_partition(patient_pseudonym)),
+            KeyConditionExpression=Key("gsi1pk").eq(index.patient_partition(partner, patient_pseudonym)),
             ScanIndexForward=False,
         )
-        return [plain(i) for i in items]
+        return [plain(i) for i in items
+                if i.get("partner") == partner and i.get("patient_pseudonym") == patient_pseudonym]
 
     def list_studies(self, limit: int, page: str | None) -> tuple[list[dict[str, Any]], str | None]:
         items, following = self._listing(index.STUDIES, limit, page)
@@ -232,6 +235,8 @@ def share_item(share: Share) -> dict[str, Any]:
         "created_at": share.created_at,
         "expires_at": share.expires_at,
         "created_by": share.created_by,
+        "partner": share.partner,
+        "patient_pseudonym": share.patient_pseudonym,
         "recipient": share.recipient,
         "allow_download": share.allow_download,
         "include_priors": share.include_priors,
@@ -258,6 +263,8 @@ def share_from_item(item: dict[str, Any]) -> Share:
         created_at=int(item["created_at"]),
         expires_at=int(item["expires_at"]),
         created_by=item.get("created_by", ""),
+        partner=item.get("partner", ""),
+        patient_pseudonym=item.get("patient_pseudonym", ""),
         recipient=item.get("recipient", ""),
         pin_hash=item.get("pin_hash", ""),
         max_redemptions=optional_int("max_redemptions"),

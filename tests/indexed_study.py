@@ -28,7 +28,7 @@ class IndexedStudy:
 
 
 def put_study(system, *, pseudonym: str, study_date: str, slices: int = 3, size: int = 64,
-              description: str = "CT ABDOMEN", series: int = 1) -> IndexedStudy:
+              description: str = "CT ABDOMEN", series: int = 1, partner: str = "demo-partner") -> IndexedStudy:
     s3, dynamodb = system.client("s3"), system.client("dynamodb")
     study_uid = generate_uid()
     study = IndexedStudy(study_uid, pseudonym)
@@ -44,7 +44,7 @@ def put_study(system, *, pseudonym: str, study_date: str, slices: int = 3, size:
             study.files[ds.SOPInstanceUID] = data
             item = instance_item(
                 ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(), received_at=now(), partner="demo-partner",
+                sha256=hashlib.sha256(data).hexdigest(), received_at=now(), partner=partner,
                 patient_pseudonym=pseudonym,
             )
             put_new(dynamodb, system.resources.table_name, item)

@@ -118,7 +118,7 @@ def test_overlapping_and_repeated_batches_count_each_instance_once(aws):
     assert (item["instance_count"], item["series_count"]) == (117, 2)
     assert item["total_bytes"] == sum(i["size"] for i in ct + mr)
     assert item["modalities"] == {"CT", "MR"}
-    assert (item["gsi1pk"], item["gsi2pk"]) == ("PATIENT#DS-TESTPSEUDONYM", "STUDIES")
+    assert (item["gsi1pk"], item["gsi2pk"]) == ("PATIENT#hospital-a#DS-TESTPSEUDONYM", "STUDIES")
     assert item["first_received"] == min(i["received_at"] for i in ct + mr)
     for series in (ct, mr):
         series_item = _get(aws, index.series_key(study, series[0]["series_uid"]))

@@ -217,7 +217,7 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
     assert (study["instance_count"], study["series_count"]) == (20, 1)
     assert study["total_bytes"] == sum(i["size"] for i in ct_instances)
     assert study["modalities"] == {"CT"} and study["partner"] == CLINICAL
-    assert study["gsi1pk"] == f"PATIENT#{study['patient_pseudonym']}"
+    assert study["gsi1pk"] == f"PATIENT#{CLINICAL}#{study['patient_pseudonym']}"
     assert study["gsi1sk"] == f"{study['study_date']}#{study['study_uid']}"
     series = next(i for i in pipeline.items() if i[index.PK] == f"STUDY#{study['study_uid']}"
                   and i[index.SK].startswith("SERIES#"))

@@ -36,12 +36,8 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
     if study is None:
         raise unknown_study()
     study_uids = [body.study_uid]
-    if body.include_priors and study.get("patient_pseudonym"):
-        study_uids += [
-            s["study_uid"]
-            for s in store.patient_studies(study["patient_pseudonym"])
-            if s.get("gsi1sk", "") < study.get("gsi1sk", "") and s["study_uid"] != body.study_uid
-        ]
+    if body.include_priors:
+        study_uids += [s["study_uid"] for s in same_patient(study) if s.get("gsi1sk", "") < study.get("gsi1sk", "")]
     now = int(time.time())
     token = shares.new_token()
     share = shares.Share(
@@ -50,6 +46,8 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
         created_at=now,
         expires_at=now + lifetime,
         created_by=admin_identity(),
+        partner=study.get("partner", ""),
+        patient_pseudonym=study.get("patient_pseudonym", ""),
         recipient=body.recipient,
         pin_hash=shares.hash_pin(body.pin) if body.pin else "",
         max_redemptions=body.max_redemptions,
@@ -122,7 +120,7 @@ def get_study(study_uid: StudyUid) -> dict[str, Any]:
         {k: i.get(k) for k in ("series_uid", "modality", "series_description", "series_number", "instance_count", "total_bytes")}
         for i in store.series(study_uid)
     ]
-    others = store.patient_studies(study["patient_pseudonym"]) if study.get("patient_pseudonym") else []
+    others = same_patient(study)
     return {
         "study": study_view(study),
         "series": sorted(series, key=lambda s: (str(s["series_number"]), s["series_uid"])),
@@ -137,6 +135,8 @@ def share_view(share: shares.Share, now: int) -> dict[str, Any]:
         "share_id": share.share_id,
         "study_uid": share.study_uid,
         "study_uids": list(share.study_uids),
+        "partner": share.partner,
+        "patient_pseudonym": share.patient_pseudonym,
         "status": shares.refusal(share, now) or "active",
         "recipient": share.recipient,
         "created_by": share.created_by,
@@ -159,6 +159,14 @@ def study_view(item: dict[str, Any]) -> dict[str, Any]:
         "series_count", "instance_count", "total_bytes", "partner", "first_received", "last_received",
     )
     return {k: item.get(k) for k in fields}
+
+
+def same_patient(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """The other studies of the study's patient at the study's partner, newest first."""
+    if not (study.get("partner") and study.get("patient_pseudonym")):
+        return []
+    return [s for s in deps.store().patient_studies(study["partner"], study["patient_pseudonym"])
+            if s["study_uid"] != study["study_uid"]]
 
 
 def existing_share(share_id: str) -> shares.Share:

@@ -57,7 +57,7 @@ def redeem(
     if share.redemptions == 1:
         announce_first_redemption(share, now)
     logger.info("share redeemed", extra={"share_id": share.share_id, "outcome": "ok"})
-    studies = [store.study_instances(uid) for uid in share.study_uids]
+    studies = [shares.shared_part(share, *store.study_instances(uid)) for uid in share.study_uids]
     if DICOM in router.current_event.headers.get("Accept", router.current_event.headers.get("accept", "")):
         return key_object_selection(share, studies, study_uid or share.study_uid)
     return manifest_response(share, studies, now)
