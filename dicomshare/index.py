@@ -66,6 +66,36 @@ TABLE = {
 }
 """Table definition shared by ``stacks/storage.py`` and the local system (all keys strings)."""
 
+INSTANCE_ATTRIBUTES = (
+    PK, SK, "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "s3_key", "size", "sha256",
+    "transfer_syntax_uid", "number_of_frames", "rows", "columns", "instance_number", "received_at", "partner",
+    "modality", "series_description", "series_number", "patient_pseudonym", "study_date", "study_time",
+    "study_description", "dicom_json",
+)
+"""Attributes of an instance item (:func:`dicomshare.index_items.instance_item`)."""
+QUARANTINE_ATTRIBUTES = (PK, SK, "reason", "partner", "size", "quarantine_key", "original_key_sha256",
+                         "received_at", "gsi2pk", "gsi2sk")
+OWNER_ATTRIBUTES = (PK, SK, "study_uid", "partner", "patient_pseudonym", "claimed_at")
+
+INGEST_WRITES = {
+    "leading_keys": ("STUDY#*", "QUARANTINE#*"),
+    "attributes": tuple(sorted({*INSTANCE_ATTRIBUTES, *QUARANTINE_ATTRIBUTES, *OWNER_ATTRIBUTES})),
+}
+"""What the ingest function may write (its IAM policy): instance items, study ownership
+items and quarantine records, never a study's listing or priors keys (``gsi1*``), counts,
+shares or tokens."""
+
+COUNTS_WRITES = {
+    "leading_keys": ("STUDY#*",),
+    "attributes": (
+        PK, SK, "counted", "study_uid", "series_uid", "patient_pseudonym", "partner", "study_date", "study_time",
+        "study_description", "modality", "series_description", "series_number", "modalities", "instance_count",
+        "series_count", "total_bytes", "first_received", "last_received", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk",
+    ),
+}
+"""What the counts function may write (its IAM policy): study and series items and its
+``counted`` marks on instance items; never shares, tokens or quarantine records."""
+
 
 def patient_partition(partner: str, patient_pseudonym: str) -> str:
     """``gsi1pk`` of a patient's studies at one partner in the ``patient-studies`` index:

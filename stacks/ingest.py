@@ -24,6 +24,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from dicomshare import index
 from dicomshare import settings as config
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge, object_wildcard
@@ -250,8 +251,21 @@ def objects(storage: StorageStack, exported_arn: str, pattern: str) -> str:
     return f"{storage.imported_arns[exported_arn]}/{pattern}"
 
 
+def item_conditions(writes: dict) -> dict:
+    """IAM conditions limiting DynamoDB writes to items whose partition key matches one of
+    ``writes["leading_keys"]`` and to the attributes in ``writes["attributes"]``, returning
+    nothing (``dynamodb:LeadingKeys``, ``dynamodb:Attributes``, ``dynamodb:ReturnValues``).
+    They hold inside ``TransactWriteItems`` too: each item is authorized by its own action."""
+    return {
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(writes["leading_keys"])},
+        "ForAllValues:StringEquals": {"dynamodb:Attributes": list(writes["attributes"])},
+        "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
+    }
+
+
 def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
-    """Read and remove uploads; write de-identified instances and quarantined files; index them.
+    """Read and remove uploads; write de-identified instances and quarantined files; index them
+    (instance items, study ownership items, quarantine records: ``index.INGEST_WRITES``).
 
     An upload is removed by deleting exactly the version that was processed
     (``DeleteObjectVersion``), so a newer upload to the same key stays in place. A stored
@@ -286,9 +300,10 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             resources=[storage.deid_key.key_arn, storage.quarantine_key.key_arn],
         ),
         iam.PolicyStatement(
-            sid="IndexInstancesAndQuarantine",
-            actions=["dynamodb:PutItem", "dynamodb:GetItem"],
+            sid="IndexInstancesOwnersAndQuarantine",
+            actions=["dynamodb:PutItem", "dynamodb:UpdateItem"],
             resources=[storage.imported_arns["TableArn"]],
+            conditions=item_conditions(index.INGEST_WRITES),
         ),
         iam.PolicyStatement(
             sid="UseTableKey",
@@ -331,16 +346,24 @@ def preview_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
 
 
 def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
-    """Update study and series counts (single updates or transactions of them).
+    """Update study and series counts and mark counted instances (``index.COUNTS_WRITES``),
+    single updates or transactions of them.
 
     DynamoDB has no IAM action for ``TransactWriteItems``: each item of a transaction is
     authorized by its own action (``UpdateItem``, ``ConditionCheckItem`` ...).
     """
     return [
         iam.PolicyStatement(
-            sid="UpdateCounts",
-            actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"],
+            sid="ReadStudies",
+            actions=["dynamodb:GetItem", "dynamodb:BatchGetItem"],
             resources=[storage.imported_arns["TableArn"]],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(index.COUNTS_WRITES["leading_keys"])}},
+        ),
+        iam.PolicyStatement(
+            sid="UpdateCounts",
+            actions=["dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"],
+            resources=[storage.imported_arns["TableArn"]],
+            conditions=item_conditions(index.COUNTS_WRITES),
         ),
         iam.PolicyStatement(
             sid="UseTableKey",

@@ -368,3 +368,19 @@ def test_a_failing_message_does_not_fail_its_batch(pipeline):
     pipeline.run()
     assert pipeline.study(ds.StudyInstanceUID)["instance_count"] == 1
     assert not s3.list_object_versions(Bucket=SCRATCH, Prefix=f"{CLINICAL}/partial/").get("Versions")
+
+
+def test_items_hold_only_the_attributes_their_writers_may_write(pipeline):
+    """The attribute lists of the functions' IAM policies (``dicomshare.index``) cover what
+    the pipeline really writes: a list that missed one would make AWS deny the write."""
+    ingest, counts = set(index.INGEST_WRITES["attributes"]), set(index.COUNTS_WRITES["attributes"])
+    kinds = set()
+    for item in pipeline.items():
+        kind = item[index.SK].split("#")[0]
+        kinds.add(kind)
+        if kind in ("INSTANCE", "OWNER", "QUARANTINE"):
+            assert set(item) - {"counted"} <= ingest, item[index.SK]
+            assert set(item) - ingest <= {"counted"} <= counts
+        elif kind in ("STUDY", "SERIES"):
+            assert set(item) <= counts, item[index.SK]
+    assert {"INSTANCE", "OWNER", "QUARANTINE", "STUDY", "SERIES"} <= kinds

@@ -398,7 +398,15 @@ def test_ingest_reads_uploads_and_writes_outputs_only(ingest):
         "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*",
         "import:dicomshare-dev-storage-QuarantineBucketArn/*"]
     assert granted(statements, "dynamodb:PutItem") == ["import:dicomshare-dev-storage-TableArn"]
-    assert not granted(statements, "dynamodb:UpdateItem") and not granted(statements, "dynamodb:DeleteItem")
+    (write,) = [s for s in statements if "dynamodb:PutItem" in s["Action"]]
+    assert sorted(write["Action"]) == ["dynamodb:PutItem", "dynamodb:UpdateItem"]
+    assert write["Condition"]["ForAllValues:StringLike"] == {"dynamodb:LeadingKeys": ["STUDY#*", "QUARANTINE#*"]}
+    attributes = write["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"]
+    assert {"counted", "instance_count", "gsi1pk", "share_id", "ttl"}.isdisjoint(attributes)
+    assert {"sop_instance_uid", "reason", "claimed_at"} <= set(attributes)
+    assert write["Condition"]["StringEqualsIfExists"] == {"dynamodb:ReturnValues": "NONE"}
+    assert not [a for s in statements for a in s["Action"]
+                if a.startswith("dynamodb:") and a not in ("dynamodb:PutItem", "dynamodb:UpdateItem")]
     assert len(granted(statements, "secretsmanager:GetSecretValue")) == 1
     assert not [a for s in statements for a in s["Action"] if a.endswith("*")]
 
@@ -413,6 +421,18 @@ def test_preview_reads_instances_and_writes_previews_only(ingest):
 def test_counts_updates_the_index_and_touches_no_object(ingest):
     statements = role_statements(ingest, "CountsFunctionRole")
     assert granted(statements, "dynamodb:UpdateItem") == ["import:dicomshare-dev-storage-TableArn"]
+    table_statements = [s for s in statements if any(a.startswith("dynamodb:") and a != "dynamodb:ListStreams"
+                                                     and not a.startswith(("dynamodb:GetRecords", "dynamodb:GetShard",
+                                                                           "dynamodb:DescribeStream"))
+                                                     for a in s["Action"])]
+    assert table_statements
+    for statement in table_statements:
+        assert statement["Condition"]["ForAllValues:StringLike"] == {"dynamodb:LeadingKeys": ["STUDY#*"]}
+    (write,) = [s for s in statements if "dynamodb:UpdateItem" in s["Action"]]
+    assert not {"dynamodb:PutItem", "dynamodb:DeleteItem"} & {a for s in statements for a in s["Action"]}
+    attributes = write["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"]
+    assert {"counted", "instance_count", "series_count", "gsi1pk"} <= set(attributes)
+    assert {"s3_key", "dicom_json", "share_id", "reason", "revoked_at", "ttl"}.isdisjoint(attributes)
     assert not [a for s in statements for a in s["Action"] if a.startswith(("s3:", "secretsmanager:"))]
 
 
