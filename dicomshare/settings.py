@@ -28,6 +28,10 @@ DEID_SECRET_ARN_ENV = "DEID_SECRET_ARN"
 EVENT_BUS_NAME_ENV = "EVENT_BUS_NAME"
 
 PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$")
+"""An IAM role ARN (with an optional path): account id and role name as groups."""
+ASSUMED_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:sts::(\d{12}):assumed-role/([\w+=,.@-]{1,64})/[\w+=,.@-]+$")
+"""The caller ARN of a session of a role (API Gateway's ``userArn``): the role's path is not in it."""
 
 DEFAULT_OPTIONS = ("rtnLongModifDatesOpt", "cleanDescOpt")
 """PS3.15 E.3 options applied when a partner names none: the clinician-sharing profile."""
@@ -56,6 +60,9 @@ class Partner:
 class Settings:
     environment: str = "dev"
     partners: tuple[Partner, ...] = ()
+    admins: tuple[str, ...] = ()
+    """Role ARNs whose sessions may call the admin routes (shares, studies): the API's
+    resource policy and the API function both allow exactly these."""
     max_object_bytes: int = 4 * 1024**3
     share_min_seconds: int = 300
     share_max_seconds: int = 30 * 24 * 3600
@@ -78,6 +85,15 @@ class Settings:
     def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners if p.id == partner_id), None)
 
+    def is_admin(self, caller_arn: str | None) -> bool:
+        """Whether an API caller (``requestContext.identity.userArn``: a role session
+        ``arn:aws:sts::<account>:assumed-role/<role>/<session>``, or the role ARN itself)
+        is a session of one of :attr:`admins`."""
+        caller = ASSUMED_ROLE_ARN.match(caller_arn or "") or ROLE_ARN.match(caller_arn or "")
+        if caller is None:
+            return False
+        return any((m := ROLE_ARN.match(a)) and m.groups() == caller.groups() for a in self.admins)
+
     def to_json(self) -> str:
         return json.dumps(to_document(self), sort_keys=True)
 
@@ -90,6 +106,7 @@ def to_document(settings: Settings) -> dict[str, Any]:
             {"id": p.id, "principal": p.principal, "options": list(p.options)}
             for p in settings.partners
         ],
+        "admins": list(settings.admins),
         "max_object_bytes": settings.max_object_bytes,
         "share_min_seconds": settings.share_min_seconds,
         "share_max_seconds": settings.share_max_seconds,
@@ -117,9 +134,14 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         )
     if len({p.id for p in partners}) != len(partners):
         raise ConfigError("partners: ids must be unique")
+    admins = tuple(doc.get("admins", ()))
+    for i, arn in enumerate(admins):
+        if not isinstance(arn, str) or not ROLE_ARN.match(arn):
+            raise ConfigError(f"admins[{i}]: an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
     settings = Settings(
         environment=doc.get("environment", defaults.environment),
         partners=tuple(partners),
+        admins=admins,
         max_object_bytes=int(doc.get("max_object_bytes", defaults.max_object_bytes)),
         share_min_seconds=int(doc.get("share_min_seconds", defaults.share_min_seconds)),
         share_max_seconds=int(doc.get("share_max_seconds", defaults.share_max_seconds)),

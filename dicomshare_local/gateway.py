@@ -4,7 +4,9 @@ handler, its proxy response back out.
 As on AWS, the stage name prefixes every path (``/local/...``) and admin routes are
 authenticated *before* the handler runs. On AWS that is IAM (SigV4); here it is
 ``Authorization: Bearer <admin_token>`` from ``local.json``. On success the gateway fills
-``requestContext.identity.userArn`` as IAM authorisation does, and drops the header.
+``requestContext.identity.userArn`` as IAM authorisation does, with a session of
+:data:`LOCAL_ADMIN_ROLE` (which the local system adds to the configured ``admins``, so the
+handler checks it like any admin), and drops the header.
 The deployed API declares every media type binary (``*/*``), so request bodies arrive
 base64-encoded; they do here too.
 """
@@ -25,7 +27,9 @@ from dicomshare_aws import resources
 from dicomshare_local.pollers import LambdaContext
 
 STAGE = "local"
-LOCAL_ADMIN_ARN = "arn:aws:iam::000000000000:user/local-admin"
+LOCAL_ADMIN_ROLE = "arn:aws:iam::000000000000:role/dicomshare-local-admin"
+LOCAL_ADMIN_ARN = "arn:aws:sts::000000000000:assumed-role/dicomshare-local-admin/local"
+"""The caller an admin request carries locally: a session of :data:`LOCAL_ADMIN_ROLE`."""
 
 log = logging.getLogger("dicomshare.local")
 

@@ -10,6 +10,7 @@ or the AWS CLI pointed at ``aws_endpoint_url``, and the API over HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -97,7 +98,8 @@ class LocalSystem:
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
             **CREDENTIALS,
-            **self.resources.lambda_environment(self.settings),
+            **self.resources.lambda_environment(
+                dataclasses.replace(self.settings, admins=(*self.settings.admins, gateway.LOCAL_ADMIN_ROLE))),
         }
         os.environ.pop("AWS_PROFILE", None)
         os.environ.update(self.environment)

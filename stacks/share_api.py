@@ -92,6 +92,7 @@ class ShareApiStack(cdk.Stack):
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             default_integration=integration,
+            policy=resource_policy(settings),
             default_method_options=apigateway.MethodOptions(authorization_type=apigateway.AuthorizationType.IAM),
             deploy_options=apigateway.StageOptions(
                 stage_name=STAGE_NAME,
@@ -164,6 +165,32 @@ class ShareApiStack(cdk.Stack):
 
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url)
         cdk.CfnOutput(self, "SharePageUrl", value=f"{self.api.url}view")
+
+
+def resource_policy(settings: config.Settings) -> iam.PolicyDocument:
+    """Who may invoke what: anyone the public routes; only sessions of the configured admin
+    roles (``Settings.admins``) anything else.
+
+    For callers of the API's own account, API Gateway allows a request when *either* the
+    caller's IAM policy or this resource policy allows it, so an allow for the admins is
+    not enough: the deny makes every other signed caller (any principal of the account with
+    ``execute-api:Invoke``) fail. Anonymous requests carry no ``aws:PrincipalArn`` and are
+    not denied here; the admin routes' AWS_IAM authorization refuses them, the public
+    routes take them.
+    """
+    public = [f"execute-api:/*/{method}{path}" for method, path in sorted(resources.PUBLIC_ROUTES)]
+    statements = [iam.PolicyStatement(
+        sid="PublicShareRoutes", principals=[iam.AnyPrincipal()], actions=["execute-api:Invoke"], resources=public)]
+    not_admin: dict = {"Null": {"aws:PrincipalArn": "false"}}
+    if settings.admins:
+        statements.append(iam.PolicyStatement(
+            sid="NamedAdmins", principals=[iam.ArnPrincipal(arn) for arn in settings.admins],
+            actions=["execute-api:Invoke"], resources=["execute-api:/*"]))
+        not_admin["ArnNotEquals"] = {"aws:PrincipalArn": list(settings.admins)}
+    statements.append(iam.PolicyStatement(
+        sid="NoOtherSignedCallers", effect=iam.Effect.DENY, principals=[iam.AnyPrincipal()],
+        actions=["execute-api:Invoke"], resources=["execute-api:/*"], conditions=not_admin))
+    return iam.PolicyDocument(statements=statements)
 
 
 def api_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:

@@ -90,7 +90,7 @@ def test_lifecycle_create_redeem_download_revoke(api, local_system, studies):
     assert audit_outcomes(api, share["share_id"]) == [
         ("create", "ok"), ("redeem", "ok"), ("revoke", "ok"), ("redeem", "revoked")]
     record = api.call("GET", f"/shares/{share['share_id']}/audit")[1]["audit"][0]
-    assert record["who"].startswith("arn:aws:iam::") and record["source_ip"] == "127.0.0.1"
+    assert record["who"].startswith("arn:aws:sts::") and record["source_ip"] == "127.0.0.1"
 
 
 def test_first_redemption_emits_one_event(api, local_system, studies):
@@ -236,11 +236,19 @@ def test_admin_routes_refuse_missing_or_bad_credentials(api, method, path, autho
     assert status == 403 and body["error"]
 
 
-def test_handler_refuses_admin_events_without_a_caller_identity(local_system):
+@pytest.mark.parametrize("identity", [
+    {},
+    {"caller": "AROAEXAMPLE:alice"},
+    {"userArn": "arn:aws:sts::000000000000:assumed-role/someone-else/alice"},
+    {"userArn": "arn:aws:sts::111111111111:assumed-role/dicomshare-local-admin/alice"},
+    {"userArn": "arn:aws:iam::000000000000:user/dicomshare-local-admin"},
+])
+def test_handler_refuses_admin_events_of_callers_not_named_admin(local_system, identity):
+    """Behind the resource policy, the handler checks the caller against the same list."""
     from dicomshare_local.pollers import LambdaContext
     from lambdas.api.handler import handler
 
-    event = {"httpMethod": "GET", "path": "/shares", "headers": {}, "requestContext": {"identity": {}}}
+    event = {"httpMethod": "GET", "path": "/shares", "headers": {}, "requestContext": {"identity": identity}}
     response = handler(event, LambdaContext("api", 29))
     assert response["statusCode"] == 403 and json.loads(response["body"])["error"] == "admin_only"
 

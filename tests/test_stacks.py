@@ -31,6 +31,7 @@ from stacks.pip_bundling import PROJECT_ROOT, function_code  # noqa: E402
 CDK_CONTEXT = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
 PARTNER_ACCOUNT = "111122223333"
 PARTNER_ROLE_ARN = "arn:aws:iam::444455556666:role/pacs-uploader"
+ADMIN_ROLE_ARN = "arn:aws:iam::123456789012:role/ops/dicomshare-admin"
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024**2
 
 
@@ -46,6 +47,7 @@ def partner_document() -> dict:
         {"id": "demo-partner", "principal": PARTNER_ACCOUNT},
         {"id": "pacs-b", "principal": PARTNER_ROLE_ARN, "options": ["rtnLongModifDatesOpt"]},
     ]
+    document["admins"] = [ADMIN_ROLE_ARN]
     return document
 
 
@@ -470,6 +472,30 @@ def test_admin_routes_need_iam_and_share_routes_are_public(share_api):
         (method, f"RestApi{path.strip('/')}") for method, path in sorted(resources.PUBLIC_ROUTES)]
     assert {m["AuthorizationType"] for m in methods if m["HttpMethod"] == "ANY"} == {"AWS_IAM"}
     assert all(m["Integration"]["Type"] == "AWS_PROXY" for m in methods)
+
+
+def test_resource_policy_lets_only_named_admins_reach_admin_routes(share_api):
+    (api,) = share_api.find_resources("AWS::ApiGateway::RestApi").values()
+    statements = {s["Sid"]: s for s in api["Properties"]["Policy"]["Statement"]}
+    assert set(statements) == {"PublicShareRoutes", "NamedAdmins", "NoOtherSignedCallers"}
+    public = statements["PublicShareRoutes"]
+    assert (public["Effect"], public["Principal"]) == ("Allow", {"AWS": "*"})
+    assert sorted(public["Resource"]) == sorted(f"execute-api:/*/{m}{p}" for m, p in resources.PUBLIC_ROUTES)
+    admins = statements["NamedAdmins"]
+    assert (admins["Effect"], admins["Principal"], admins["Resource"]) == (
+        "Allow", {"AWS": ADMIN_ROLE_ARN}, "execute-api:/*")
+    deny = statements["NoOtherSignedCallers"]
+    assert (deny["Effect"], deny["Principal"], deny["Resource"]) == ("Deny", {"AWS": "*"}, "execute-api:/*")
+    assert deny["Condition"] == {"Null": {"aws:PrincipalArn": "false"},
+                                 "ArnNotEquals": {"aws:PrincipalArn": [ADMIN_ROLE_ARN]}}
+    for statement in statements.values():
+        assert statement["Action"] == "execute-api:Invoke"
+
+
+def test_admins_must_be_role_arns():
+    for bad in ("123456789012", "arn:aws:iam::123456789012:user/alice", "*", "arn:aws:iam::*:role/x"):
+        with pytest.raises(ConfigError, match=r"admins\[0\]"):
+            from_document({**CDK_CONTEXT["dicomshare"], "admins": [bad]})
 
 
 def test_api_returns_base64_bodies_as_binary(share_api):

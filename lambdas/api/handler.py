@@ -1,7 +1,8 @@
 """API Lambda: admin routes (IAM), ``POST /redeem`` and ``GET /view`` (share token).
 
-Admin routes are authenticated by API Gateway (IAM, SigV4) before this function runs;
-the handler also refuses any admin request whose event carries no caller identity.
+Admin routes are authenticated by API Gateway (IAM, SigV4, and a resource policy that
+lets only the configured admin roles in) before this function runs; the handler checks
+the caller against the same list (``Settings.admins``) and refuses anyone else.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
 from dicomshare_aws.resources import PUBLIC_ROUTES
-from lambdas.api import admin, page, redeem
+from lambdas.api import admin, dependencies, page, redeem
 from lambdas.api.errors import ApiError, error_event_response, error_response
 
 logger = Logger(service="api")
@@ -56,6 +57,6 @@ def unexpected(error: Exception):
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     route = (event.get("httpMethod", ""), (event.get("path") or "/").rstrip("/") or "/")
     identity = (event.get("requestContext") or {}).get("identity") or {}
-    if route not in PUBLIC_ROUTES and not (identity.get("userArn") or identity.get("caller")):
+    if route not in PUBLIC_ROUTES and not dependencies.settings().is_admin(identity.get("userArn")):
         return error_event_response(403, "admin_only", "This route needs administrator credentials.")
     return app.resolve(event, context)
