@@ -1,5 +1,6 @@
-"""Share API: the REST API (IAM-authorized admin routes, public share-token routes), its
-WAF web ACL (rate limit on redeeming tokens), access logs, throttling and tracing, and
+"""Share API: the REST API (IAM-authorized admin routes limited to the named admin roles,
+public share-token routes), its WAF web ACL (AWS managed rule groups, per-client-IP rate
+limits on the public paths), access logs, throttling and tracing, and
 the api function: reads the index, writes only share/token/audit items, presigns GETs of
 de-identified objects.
 """
@@ -36,6 +37,8 @@ PUBLIC_THROTTLE_RATE = 10
 PUBLIC_THROTTLE_BURST = 20
 REDEEM_LIMIT_PER_5_MINUTES = 100
 """WAF: redemptions one client IP may attempt in 5 minutes before it is blocked."""
+PUBLIC_LIMIT_PER_5_MINUTES = 300
+"""WAF: requests to the public paths (page and redemption) one client IP may make in 5 minutes."""
 
 SHARE_ITEM_KEYS = ("SHARE#*", "TOKEN#*")
 """Partition keys of the items the API may write: shares, their tokens and audit records."""
@@ -119,7 +122,7 @@ class ShareApiStack(cdk.Stack):
                 method, integration, authorization_type=apigateway.AuthorizationType.NONE)
             acknowledge(public, {
                 rule: "Public by design: the share token in the request is the credential, verified (hash "
-                "lookup, expiry, revocation, PIN) by the function; WAF rate-limits redemption."
+                "lookup, expiry, revocation, PIN) by the function; WAF rate-limits every public path per client IP."
                 for rule in ("AwsSolutions-APIG4", "AwsSolutions-COG4")
             })
         acknowledge(self.api, {
@@ -136,7 +139,7 @@ class ShareApiStack(cdk.Stack):
                 "policy is the one AWS documents for it.",
         })
 
-        self.web_acl = redeem_rate_limited_web_acl(self, "WebAcl", environment=settings.environment)
+        self.web_acl = web_acl(self, "WebAcl", environment=settings.environment)
         wafv2.CfnWebACLAssociation(self, "WebAclAssociation",
                                    resource_arn=self.api.deployment_stage.stage_arn,
                                    web_acl_arn=self.web_acl.attr_arn)
@@ -231,32 +234,65 @@ def api_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.Po
     ]
 
 
-def redeem_rate_limited_web_acl(scope: Construct, id: str, *, environment: str) -> wafv2.CfnWebACL:
-    """Regional web ACL: allow by default, block a client IP that redeems too often."""
-    metric = f"dicomshare-{environment}-redeem-rate"
+MANAGED_RULE_GROUPS = (
+    "AWSManagedRulesAmazonIpReputationList",
+    "AWSManagedRulesKnownBadInputsRuleSet",
+    "AWSManagedRulesCommonRuleSet",
+)
+"""AWS managed rule groups, evaluated first: addresses known for bots and attacks, request
+patterns of known exploits (Log4j, ...), and the core OWASP-style protections."""
+
+PUBLIC_PATHS_REGEX = r"/(redeem|view)/?$"
+REDEEM_PATH_REGEX = r"/redeem/?$"
+
+
+def web_acl(scope: Construct, id: str, *, environment: str) -> wafv2.CfnWebACL:
+    """Regional web ACL: AWS managed rule groups, then per-client-IP rate limits on every
+    public path (so one client flooding the page or redemption is blocked alone, instead
+    of using up the stage's throttle for every clinician) and a stricter one on redemption.
+
+    Paths are matched after URL-decoding and lower-casing (``/v1/%52edeem`` is
+    ``/v1/redeem``); WAF sees the stage in the path, so the match is on its end.
+    """
+    def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+        return wafv2.CfnWebACL.VisibilityConfigProperty(
+            cloud_watch_metrics_enabled=True, metric_name=f"dicomshare-{environment}-{name}", sampled_requests_enabled=True)
+
+    managed = [wafv2.CfnWebACL.RuleProperty(
+        name=group,
+        priority=priority,
+        override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+        statement=wafv2.CfnWebACL.StatementProperty(managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+            vendor_name="AWS", name=group)),
+        visibility_config=visibility(group),
+    ) for priority, group in enumerate(MANAGED_RULE_GROUPS)]
+    limits = [
+        ("public-rate-limit", PUBLIC_PATHS_REGEX, PUBLIC_LIMIT_PER_5_MINUTES),
+        ("redeem-rate-limit", REDEEM_PATH_REGEX, REDEEM_LIMIT_PER_5_MINUTES),
+    ]
+    rate_rules = [wafv2.CfnWebACL.RuleProperty(
+        name=name,
+        priority=len(managed) + n,
+        action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+        statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+            limit=limit,
+            aggregate_key_type="IP",
+            evaluation_window_sec=300,
+            scope_down_statement=wafv2.CfnWebACL.StatementProperty(regex_match_statement=wafv2.CfnWebACL.RegexMatchStatementProperty(
+                field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+                regex_string=pattern,
+                text_transformations=[
+                    wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="URL_DECODE"),
+                    wafv2.CfnWebACL.TextTransformationProperty(priority=1, type="LOWERCASE"),
+                ],
+            )),
+        )),
+        visibility_config=visibility(name),
+    ) for n, (name, pattern, limit) in enumerate(limits)]
     return wafv2.CfnWebACL(
         scope, id,
         scope="REGIONAL",
         default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
-        visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
-            cloud_watch_metrics_enabled=True, metric_name=f"dicomshare-{environment}-api", sampled_requests_enabled=True),
-        rules=[wafv2.CfnWebACL.RuleProperty(
-            name="redeem-rate-limit",
-            priority=0,
-            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
-            statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-                limit=REDEEM_LIMIT_PER_5_MINUTES,
-                aggregate_key_type="IP",
-                evaluation_window_sec=300,
-                # WAF sees the stage in the path (/v1/redeem): match the end of the path.
-                scope_down_statement=wafv2.CfnWebACL.StatementProperty(byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
-                    field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
-                    positional_constraint="ENDS_WITH",
-                    search_string="/redeem",
-                    text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
-                )),
-            )),
-            visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
-                cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True),
-        )],
+        visibility_config=visibility("api"),
+        rules=[*managed, *rate_rules],
     )

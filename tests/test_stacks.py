@@ -515,12 +515,29 @@ def test_stage_is_traced_throttled_and_logged_without_tokens(share_api):
     assert not any(s["DataTraceEnabled"] for s in stage["Properties"]["MethodSettings"])
 
 
-def test_waf_rate_limits_redeem_and_is_associated_with_the_stage(share_api):
+def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_api):
     (acl,) = share_api.find_resources("AWS::WAFv2::WebACL").values()
-    (rule,) = acl["Properties"]["Rules"]
-    rate = rule["Statement"]["RateBasedStatement"]
-    assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
-    assert rate["ScopeDownStatement"]["ByteMatchStatement"]["SearchString"] == "/redeem"
+    rules = {r["Name"]: r for r in acl["Properties"]["Rules"]}
+    for group in ("AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet",
+                  "AWSManagedRulesAmazonIpReputationList"):
+        assert rules[group]["Statement"]["ManagedRuleGroupStatement"] == {"VendorName": "AWS", "Name": group}
+        assert rules[group]["OverrideAction"] == {"None": {}}
+    for name, paths in (("public-rate-limit", ["redeem", "view"]), ("redeem-rate-limit", ["redeem"])):
+        rule = rules[name]
+        rate = rule["Statement"]["RateBasedStatement"]
+        assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
+        match = rate["ScopeDownStatement"]["RegexMatchStatement"]
+        assert match["FieldToMatch"] == {"UriPath": {}}
+        assert [t["Type"] for t in sorted(match["TextTransformations"], key=lambda t: t["Priority"])] == [
+            "URL_DECODE", "LOWERCASE"]
+        for method, path in resources.PUBLIC_ROUTES:
+            matched = re.search(match["RegexString"], f"/v1{path}") is not None
+            assert matched == (path.strip("/") in paths), (name, path)
+        assert re.search(match["RegexString"], "/v1/shares") is None
+    assert rules["redeem-rate-limit"]["Statement"]["RateBasedStatement"]["Limit"] < rules["public-rate-limit"][
+        "Statement"]["RateBasedStatement"]["Limit"]
+    assert len({r["Priority"] for r in rules.values()}) == len(rules)
+    assert max(rules[g]["Priority"] for g in rules if g.startswith("AWSManaged")) < rules["public-rate-limit"]["Priority"]
     share_api.has_resource_properties("AWS::WAFv2::WebACLAssociation", {
         "ResourceArn": Match.any_value(), "WebACLArn": {"Fn::GetAtt": [Match.string_like_regexp("WebAcl"), "Arn"]}})
     share_api.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
