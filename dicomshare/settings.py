@@ -28,6 +28,9 @@ DEID_SECRET_ARN_ENV = "DEID_SECRET_ARN"
 EVENT_BUS_NAME_ENV = "EVENT_BUS_NAME"
 
 PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+ACCOUNT_ID = re.compile(r"^\d{12}$")
+EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{16,1224}$")
+"""sts:ExternalId: IAM allows 2-1224 of these characters; at least 16 so it is not guessable."""
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$")
 """An IAM role ARN (with an optional path): account id and role name as groups."""
 ASSUMED_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:sts::(\d{12}):assumed-role/([\w+=,.@-]{1,64})/[\w+=,.@-]+$")
@@ -48,6 +51,10 @@ class Partner:
     id: str
     principal: str | None = None
     """AWS account id or role ARN allowed to assume the partner's upload role."""
+    external_id: str | None = None
+    """The ``sts:ExternalId`` the partner must present to assume its upload role: required
+    when ``principal`` is an account (a vendor uploading for several hospitals cannot be
+    tricked into using one hospital's role for another: the confused deputy)."""
     options: tuple[str, ...] = DEFAULT_OPTIONS
     """PS3.15 E.3 option keys (as in the Table E.1-1 data) for this partner's uploads."""
 
@@ -103,7 +110,8 @@ def to_document(settings: Settings) -> dict[str, Any]:
         "version": CONFIG_VERSION,
         "environment": settings.environment,
         "partners": [
-            {"id": p.id, "principal": p.principal, "options": list(p.options)}
+            {"id": p.id, "principal": p.principal, "options": list(p.options),
+             **({"external_id": p.external_id} if p.external_id else {})}
             for p in settings.partners
         ],
         "admins": list(settings.admins),
@@ -129,9 +137,15 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         pid = p.get("id", "")
         if not PARTNER_ID.match(pid):
             raise ConfigError(f"partners[{i}].id: lower-case letters, digits and '-' only")
-        partners.append(
-            Partner(id=pid, principal=p.get("principal"), options=tuple(p.get("options", DEFAULT_OPTIONS)))
-        )
+        principal, external_id = p.get("principal"), p.get("external_id")
+        if principal is not None and not (ACCOUNT_ID.match(str(principal)) or ROLE_ARN.match(str(principal))):
+            raise ConfigError(f"partners[{i}].principal: an AWS account id (12 digits) or an IAM role ARN")
+        if external_id is not None and not EXTERNAL_ID.match(str(external_id)):
+            raise ConfigError(f"partners[{i}].external_id: 16-1224 characters of letters, digits and +=,.@:/-")
+        if principal is not None and ACCOUNT_ID.match(str(principal)) and not external_id:
+            raise ConfigError(f"partners[{i}].external_id: required when the principal is an account")
+        partners.append(Partner(id=pid, principal=principal, external_id=external_id,
+                                options=tuple(p.get("options", DEFAULT_OPTIONS))))
     if len({p.id for p in partners}) != len(partners):
         raise ConfigError("partners: ids must be unique")
     admins = tuple(doc.get("admins", ()))

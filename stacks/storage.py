@@ -187,7 +187,8 @@ class StorageStack(cdk.Stack):
         return bucket
 
     def partner_role(self, partner: Partner) -> iam.Role:
-        """The role ``partner`` assumes to upload: ``PutObject`` under its prefix, SSE-KMS with the ingest key."""
+        """The role ``partner`` assumes to upload under its prefix (:func:`partner_upload_statements`);
+        trusted with the partner's ``sts:ExternalId`` when one is configured (always for an account)."""
         principal = (
             iam.AccountPrincipal(partner.principal) if partner.principal.isdigit()
             else iam.ArnPrincipal(partner.principal)
@@ -195,26 +196,13 @@ class StorageStack(cdk.Stack):
         role = iam.Role(
             self, f"PartnerRole-{partner.id}",
             assumed_by=principal,
+            external_ids=[partner.external_id] if partner.external_id else None,
             description=f"dicomshare {self.settings.environment}: upload role of partner {partner.id}",
             max_session_duration=cdk.Duration.hours(12),
         )
-        role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:PutObject"],
-            resources=[self.ingest_bucket.arn_for_objects(f"{partner.prefix}*")],
-            conditions={"StringEquals": {
-                "s3:x-amz-server-side-encryption": "aws:kms",
-                "s3:x-amz-server-side-encryption-aws-kms-key-id": self.ingest_key.key_arn,
-            }},
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:AbortMultipartUpload"],
-            resources=[self.ingest_bucket.arn_for_objects(f"{partner.prefix}*")],
-        ))
-        role.add_to_policy(iam.PolicyStatement(
-            actions=["kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"],
-            resources=[self.ingest_key.key_arn],
-            conditions={"StringEquals": {"kms:ViaService": f"s3.{self.region}.amazonaws.com"}},
-        ))
+        for statement in partner_upload_statements(
+                self.ingest_bucket.arn_for_objects(f"{partner.prefix}*"), self.ingest_key.key_arn, self.region):
+            role.add_to_policy(statement)
         bucket_id = self.get_logical_id(self.ingest_bucket.node.default_child)
         acknowledge(role.node.find_child("DefaultPolicy"), {
             f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{partner.prefix}*]": "The partner may write any "
@@ -225,6 +213,48 @@ class StorageStack(cdk.Stack):
         cdk.CfnOutput(self, f"PartnerRoleArn{partner.id.replace('-', '')}", value=role.role_arn,
                       description=f"Upload role of partner {partner.id}")
         return role
+
+
+def partner_upload_statements(objects_arn: str, key_arn: str, region: str) -> list[iam.PolicyStatement]:
+    """``PutObject`` (single and multipart) under the partner's prefix, encrypted with the
+    ingest key.
+
+    Encryption is enforced by the bucket's default (SSE-KMS with the ingest key), not by
+    requiring the encryption headers: ``UploadPart`` requests carry no such header (the
+    upload's encryption was fixed by ``CreateMultipartUpload``), so a condition requiring
+    them would deny every part of a multipart upload (``aws s3 cp`` of files over 8 MB).
+    The denies only hit a request that *sends* a header (``Null`` = ``false``) with another
+    value: SSE-S3, DSSE or another key. Without the headers the object gets the default.
+    """
+    return [
+        iam.PolicyStatement(
+            sid="UploadUnderOwnPrefix",
+            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+            resources=[objects_arn],
+        ),
+        iam.PolicyStatement(
+            sid="DenyOtherEncryption",
+            effect=iam.Effect.DENY,
+            actions=["s3:PutObject"],
+            resources=[objects_arn],
+            conditions={"Null": {"s3:x-amz-server-side-encryption": "false"},
+                        "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+        ),
+        iam.PolicyStatement(
+            sid="DenyOtherKeys",
+            effect=iam.Effect.DENY,
+            actions=["s3:PutObject"],
+            resources=[objects_arn],
+            conditions={"Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
+                        "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}},
+        ),
+        iam.PolicyStatement(
+            sid="UseIngestKeyThroughS3",
+            actions=["kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"],
+            resources=[key_arn],
+            conditions={"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+        ),
+    ]
 
 
 def noncurrent_versions_rule(days: int) -> s3.LifecycleRule:

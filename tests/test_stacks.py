@@ -31,6 +31,7 @@ from stacks.pip_bundling import PROJECT_ROOT, function_code  # noqa: E402
 CDK_CONTEXT = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
 PARTNER_ACCOUNT = "111122223333"
 PARTNER_ROLE_ARN = "arn:aws:iam::444455556666:role/pacs-uploader"
+PARTNER_EXTERNAL_ID = "dicomshare-demo-partner-5f1c9a"
 ADMIN_ROLE_ARN = "arn:aws:iam::123456789012:role/ops/dicomshare-admin"
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024**2
 
@@ -44,7 +45,7 @@ def partner_document() -> dict:
     """cdk.json's dev document, with two partners that have principals (so roles exist)."""
     document = json.loads(json.dumps(CDK_CONTEXT["dicomshare"]))
     document["partners"] = [
-        {"id": "demo-partner", "principal": PARTNER_ACCOUNT},
+        {"id": "demo-partner", "principal": PARTNER_ACCOUNT, "external_id": PARTNER_EXTERNAL_ID},
         {"id": "pacs-b", "principal": PARTNER_ROLE_ARN, "options": ["rtnLongModifDatesOpt"]},
     ]
     document["admins"] = [ADMIN_ROLE_ARN]
@@ -286,16 +287,72 @@ def test_each_partner_with_a_principal_gets_an_upload_role(storage):
     assert {"PartnerRoleArndemopartner", "PartnerRoleArnpacsb"} <= set(outputs)
 
 
-def test_partner_role_may_only_put_encrypted_objects_under_its_prefix(storage):
+def test_partner_trusted_by_account_needs_its_external_id(storage):
+    roles = {k: v for k, v in storage.find_resources("AWS::IAM::Role").items() if k.startswith("PartnerRole")}
+    trust = {k[len("PartnerRole"):-8]: r["Properties"]["AssumeRolePolicyDocument"]["Statement"][0] for k, r in roles.items()}
+    assert trust["demopartner"]["Condition"] == {"StringEquals": {"sts:ExternalId": PARTNER_EXTERNAL_ID}}
+    assert "Condition" not in trust["pacsb"]
+    with pytest.raises(ConfigError, match="external_id"):
+        from_document({**partner_document(), "partners": [{"id": "acct", "principal": PARTNER_ACCOUNT}]})
+    for bad in ("*", "arn:aws:iam::444455556666:user/x", "12345"):
+        with pytest.raises(ConfigError, match="principal"):
+            from_document({**partner_document(), "partners": [{"id": "acct", "principal": bad}]})
+
+
+def allowed(statements: list[dict], action: str, resource: str, request: dict[str, str]) -> bool:
+    """IAM's evaluation of one identity policy, offline: an explicit deny wins, else any
+    allow. Condition operators as the IAM reference defines them for a key missing from
+    the request: ``StringEquals`` false, ``StringNotEquals`` true, ``Null`` by presence."""
+    def condition_holds(operator: str, key: str, values) -> bool:
+        values = [render(v) for v in (values if isinstance(values, list) else [values])]
+        present = key in request
+        if operator == "Null":
+            return (values == ["true"]) != present
+        if operator == "StringEquals":
+            return present and request[key] in values
+        if operator == "StringNotEquals":
+            return not present or request[key] not in values
+        raise AssertionError(f"operator {operator} not modelled")
+
+    def matches(statement: dict) -> bool:
+        return (action in statement["Action"]
+                and any(re.fullmatch(re.escape(r).replace(r"\*", ".*"), resource) for r in statement["Resource"])
+                and all(condition_holds(op, key, value) for op, keys in statement.get("Condition", {}).items()
+                        for key, value in keys.items()))
+
+    applicable = [s for s in statements if matches(s)]
+    return not any(s["Effect"] == "Deny" for s in applicable) and any(s["Effect"] == "Allow" for s in applicable)
+
+
+def test_partner_role_uploads_single_and_multipart_only_with_the_ingest_key(storage):
     statements = role_statements(storage, "PartnerRoledemopartner")
     actions = {a for s in statements for a in s["Action"]}
     assert actions == {"s3:PutObject", "s3:AbortMultipartUpload", "kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"}
-    (put,) = [s for s in statements if "s3:PutObject" in s["Action"]]
-    assert len(put["Resource"]) == 1 and re.fullmatch(r"<IngestBucket\w+\.Arn>/demo-partner/\*", put["Resource"][0])
-    assert put["Condition"]["StringEquals"]["s3:x-amz-server-side-encryption"] == "aws:kms"
-    assert put["Condition"]["StringEquals"]["s3:x-amz-server-side-encryption-aws-kms-key-id"]["Fn::GetAtt"][0].startswith("IngestKey")
+    (bucket,) = {r.split(">")[0] + ">" for s in statements for r in s["Resource"] if "IngestBucket" in r}
+    (key_arn,) = {r for s in statements for r in s["Resource"] if "IngestKey" in r}
+    own, other = f"{bucket}/demo-partner/2026/CT 1.dcm", f"{bucket}/pacs-b/x.dcm"
+    sse = "s3:x-amz-server-side-encryption"
+    ours = {sse: "aws:kms", f"{sse}-aws-kms-key-id": key_arn}
+    # aws s3 cp --sse aws:kms --sse-kms-key-id <IngestKeyArn>: PutObject, or for files over
+    # 8 MB CreateMultipartUpload (authorized as s3:PutObject, with the headers), UploadPart
+    # and CompleteMultipartUpload (s3:PutObject, no encryption header).
+    assert allowed(statements, "s3:PutObject", own, ours)
+    assert allowed(statements, "s3:PutObject", own, {})
+    assert allowed(statements, "s3:AbortMultipartUpload", own, {})
+    assert not allowed(statements, "s3:PutObject", other, ours)
+    assert not allowed(statements, "s3:PutObject", own, {sse: "AES256"})
+    assert not allowed(statements, "s3:PutObject", own, {sse: "aws:kms:dsse", f"{sse}-aws-kms-key-id": key_arn})
+    assert not allowed(statements, "s3:PutObject", own, {sse: "aws:kms", f"{sse}-aws-kms-key-id": "arn:aws:kms:x:1:key/other"})
+    assert not allowed(statements, "s3:GetObject", own, {}) and not allowed(statements, "s3:DeleteObject", own, {})
     (kms,) = [s for s in statements if "kms:Encrypt" in s["Action"]]
     assert re.fullmatch(r"<IngestKey\w+\.Arn>", kms["Resource"][0])
+
+
+def test_ingest_bucket_encrypts_uploads_by_default_with_the_ingest_key(storage):
+    (bucket,) = [b for k, b in storage.find_resources("AWS::S3::Bucket").items() if k.startswith("IngestBucket")]
+    (rule,) = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    default = rule["ServerSideEncryptionByDefault"]
+    assert default["SSEAlgorithm"] == "aws:kms" and default["KMSMasterKeyID"]["Fn::GetAtt"][0].startswith("IngestKey")
 
 
 # Ingest pipeline
