@@ -31,6 +31,9 @@ AUTHORIZATION_SCHEME = "Share"
 
 PIN_HEADER = "X-Share-Pin"
 
+MIN_PIN_LENGTH = 6
+GENERATED_PIN_DIGITS = 8
+
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
@@ -123,6 +126,30 @@ def token_from_authorization(header: str | None) -> str | None:
     if scheme.lower() != AUTHORIZATION_SCHEME.lower() or not token or len(token) > 256:
         return None
     return token
+
+
+def pin_weakness(pin: str) -> str | None:
+    """Why a PIN chosen by an administrator is too weak, or None: shorter than
+    :data:`MIN_PIN_LENGTH`, one character repeated (``000000``, six spaces), or a run
+    (``123456``, ``987654``, ``abcdef``). The reason never contains the PIN."""
+    if len(pin) < MIN_PIN_LENGTH:
+        return f"a PIN needs at least {MIN_PIN_LENGTH} characters"
+    if pin.strip() != pin or not pin.isprintable():
+        return "a PIN may not start or end with spaces or hold control characters"
+    if len(set(pin)) == 1:
+        return "a PIN may not be one character repeated"
+    steps = {ord(b) - ord(a) for a, b in zip(pin, pin[1:])}
+    if steps in ({1}, {-1}):
+        return "a PIN may not be a run of consecutive characters"
+    return None
+
+
+def new_pin() -> str:
+    """A server-generated PIN: :data:`GENERATED_PIN_DIGITS` random decimal digits."""
+    while True:
+        pin = "".join(secrets.choice("0123456789") for _ in range(GENERATED_PIN_DIGITS))
+        if pin_weakness(pin) is None:
+            return pin
 
 
 def hash_pin(pin: str, salt: bytes | None = None) -> str:

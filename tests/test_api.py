@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 import urllib.request
 
@@ -124,7 +125,7 @@ def test_expired_share_is_refused(api, local_system, studies):
 
 
 def test_pin_required_wrong_lockout_and_unlock(api, studies):
-    share = create(api, studies["other"].study_uid, pin="4711")
+    share = create(api, studies["other"].study_uid, pin="471193")
     status, body = redeem(api, share["token"])
     assert (status, body["error"]) == (403, "pin_required")
     for attempt in range(1, MAX_PIN_FAILURES):
@@ -132,10 +133,10 @@ def test_pin_required_wrong_lockout_and_unlock(api, studies):
         assert (status, body["error"], body["attempts_left"]) == (403, "wrong_pin", MAX_PIN_FAILURES - attempt)
     status, body = redeem(api, share["token"], pin="0000")
     assert (status, body["error"]) == (410, "locked")
-    assert redeem(api, share["token"], pin="4711")[1]["error"] == "locked"
+    assert redeem(api, share["token"], pin="471193")[1]["error"] == "locked"
     status, unlocked = api.call("POST", f"/shares/{share['share_id']}/unlock")
     assert status == 200 and unlocked["status"] == "active"
-    assert redeem(api, share["token"], pin="4711")[0] == 200
+    assert redeem(api, share["token"], pin="471193")[0] == 200
     outcomes = audit_outcomes(api, share["share_id"])
     assert ("redeem", "pin_required") in outcomes and ("unlock", "ok") in outcomes
     assert outcomes.count(("redeem", "wrong_pin")) == MAX_PIN_FAILURES - 1
@@ -200,6 +201,16 @@ def test_key_object_selection_manifest(api, studies):
     assert str(ds.PatientID) == "PSEUDO-API-1"
 
 
+def test_server_generated_pin_is_returned_once_and_opens_the_share(api, studies):
+    share = create(api, studies["other"].study_uid, generate_pin=True)
+    assert re.fullmatch(r"[0-9]{8}", share["pin"])
+    assert redeem(api, share["token"])[1]["error"] == "pin_required"
+    assert redeem(api, share["token"], pin=share["pin"])[0] == 200
+    status, view = api.call("GET", f"/shares/{share['share_id']}")
+    assert view["pin_protected"] and share["pin"] not in json.dumps(view)
+    assert create(api, studies["other"].study_uid)["pin"] is None
+
+
 @pytest.mark.parametrize("body, field", [
     (b"{not json", "body"),
     ({}, "study_uid"),
@@ -208,6 +219,19 @@ def test_key_object_selection_manifest(api, studies):
     ({"study_uid": "1.2.3", "pin": "Zq!"}, "pin"),
     ({"study_uid": "1.2.3", "colour": "red"}, "colour"),
     ({"study_uid": "1.2.3", "max_redemptions": 0}, "max_redemptions"),
+    (b"\xff\xfe{\"study_uid\": \"1.2.3\"}", "body"),
+    (b"{\"study_uid\": \"1.2.\xff\"}", "body"),
+    ('{"study_uid": "1.2.3"}'.encode("utf-16"), "body"),
+    (b"\x00", "body"),
+    (b"[1, 2]", "body"),
+    (b"null", "body"),
+    ({"study_uid": "1.2.3", "pin": "0000"}, "pin"),
+    ({"study_uid": "1.2.3", "pin": "      "}, "pin"),
+    ({"study_uid": "1.2.3", "pin": "777777"}, "pin"),
+    ({"study_uid": "1.2.3", "pin": "123456"}, "pin"),
+    ({"study_uid": "1.2.3", "pin": "987654"}, "pin"),
+    ({"study_uid": "1.2.3", "pin": "abcdefg"}, "pin"),
+    ({"study_uid": "1.2.3", "pin": "Zq!x-9", "generate_pin": True}, "pin"),
 ])
 def test_malformed_create_bodies_get_422_with_a_reason(api, body, field):
     status, answer = api.call("POST", "/shares", body)

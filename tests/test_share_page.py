@@ -78,7 +78,7 @@ def test_share_link_shows_series_and_previews_then_revoked(api, chromium, study,
 
 
 def test_pin_protected_share_asks_for_the_pin(api, chromium, study, tmp_path):
-    share = api.call("POST", "/shares", {"study_uid": study.study_uid, "pin": "8642"})[1]
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid, "pin": "864213"})[1]
     dom = browse(chromium, tmp_path, share["url"])
     assert state(dom) == "pin_required"
     assert re.search(r'<form id="pin-form" class="notice pin"', dom)  # no longer hidden

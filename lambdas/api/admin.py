@@ -40,6 +40,7 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
         study_uids += [s["study_uid"] for s in same_patient(study) if s.get("gsi1sk", "") < study.get("gsi1sk", "")]
     now = int(time.time())
     token = shares.new_token()
+    pin = shares.new_pin() if body.generate_pin else body.pin
     share = shares.Share(
         share_id=shares.new_share_id(),
         study_uids=tuple(study_uids),
@@ -49,7 +50,7 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
         partner=study.get("partner", ""),
         patient_pseudonym=study.get("patient_pseudonym", ""),
         recipient=body.recipient,
-        pin_hash=shares.hash_pin(body.pin) if body.pin else "",
+        pin_hash=shares.hash_pin(pin) if pin else "",
         max_redemptions=body.max_redemptions,
         allow_download=body.allow_download,
         include_priors=body.include_priors,
@@ -63,6 +64,7 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
         url=f"{public_base()}/view#{token}",
         expires_at=shares.iso(share.expires_at),
         study_uids=study_uids,
+        pin=pin if body.generate_pin else None,
     )
     return Response(201, content_types.APPLICATION_JSON, created.model_dump(), headers={"Cache-Control": "no-store"})
 

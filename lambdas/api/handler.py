@@ -7,6 +7,7 @@ the caller against the same list (``Settings.admins``) and refuses anyone else.
 
 from __future__ import annotations
 
+import binascii
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -40,6 +41,12 @@ def invalid_request(error: RequestValidationError):
     problems = [{"loc": [str(p) for p in e["loc"]], "type": e["type"], "msg": e.get("msg", "")} for e in error.errors()]
     first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
     return error_response(422, "invalid_request", f"{'.'.join(first['loc'])}: {first['msg']}", detail=problems)
+
+
+@app.exception_handler(UnicodeDecodeError)
+@app.exception_handler(binascii.Error)
+def undecodable_body(_: Exception):
+    return error_response(422, "invalid_request", "body: not UTF-8 JSON")
 
 
 @app.not_found
