@@ -20,7 +20,7 @@ from lambdas.api import admin, dependencies, page, redeem
 from lambdas.api.errors import ApiError, error_event_response, error_response
 
 logger = Logger(service="api")
-app = APIGatewayRestResolver(enable_validation=True)
+app = APIGatewayRestResolver(enable_validation=True, debug=False)
 app.include_router(admin.router)
 app.include_router(redeem.router)
 app.include_router(page.router)
@@ -60,7 +60,7 @@ def unexpected(error: Exception):
     return error_response(500, "internal_error", "Something went wrong; please try again later.")
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(clear_state=True, log_event=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     route = (event.get("httpMethod", ""), (event.get("path") or "/").rstrip("/") or "/")
     identity = (event.get("requestContext") or {}).get("identity") or {}

@@ -34,7 +34,7 @@ def _new_instance(record: DynamoDBRecord) -> dict | None:
     return image if is_instance_item(image) else None
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False)
 def handler(event, context):
     items = [i for i in map(_new_instance, DynamoDBStreamEvent(event).records) if i]
     failed = count_new_instances(*_clients(), items, table_name=os.environ[config.TABLE_NAME_ENV],

@@ -60,6 +60,6 @@ def record_handler(record: SQSRecord) -> None:
 
 
 @metrics.log_metrics
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False)
 def handler(event, context):
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

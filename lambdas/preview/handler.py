@@ -44,6 +44,6 @@ def render(record: SQSRecord) -> None:
         logger.info("preview", extra={"outcome": "rendered", "bytes_read": reader.bytes_read, "size": int(size)})
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(clear_state=True, log_event=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=render, processor=processor, context=context)
