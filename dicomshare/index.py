@@ -73,7 +73,7 @@ INSTANCE_ATTRIBUTES = (
     "study_description", "dicom_json",
 )
 """Attributes of an instance item (:func:`dicomshare.index_items.instance_item`)."""
-QUARANTINE_ATTRIBUTES = (PK, SK, "reason", "partner", "size", "quarantine_key", "original_key_sha256",
+QUARANTINE_ATTRIBUTES = (PK, SK, "reason", "partner", "size", "quarantine_key", "original_key_hmac",
                          "received_at", "gsi2pk", "gsi2sk")
 OWNER_ATTRIBUTES = (PK, SK, "study_uid", "partner", "patient_pseudonym", "claimed_at")
 

@@ -3,7 +3,7 @@
 The items follow the index model of :mod:`dicomshare.index`. Everything here is taken
 from the *de-identified* dataset the engine produced, never from the uploaded file, so no
 item can hold an identifying value; quarantine records hold no DICOM value at all (the
-object was refused, its content is untrusted), only a hash of the original key.
+object was refused, its content is untrusted), only a keyed hash of the original key.
 
 ``dicom_json`` is the DICOM JSON Model (PS3.18 Annex F.2) of a fixed list of header
 attributes (:data:`DICOM_JSON_KEYWORDS`): what a viewer needs to lay out a series, nothing
@@ -13,6 +13,7 @@ that describes the patient.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -113,10 +114,13 @@ def object_id(bucket: str, key: str, version: str) -> str:
     return hashlib.sha256(f"{bucket}/{key}/{version}".encode()).hexdigest()[:32]
 
 
-def key_sha256(key: str) -> str:
-    """Hex SHA-256 of an uploaded object's key: what logs and records hold instead of the
-    key, whose file name may contain a patient's name."""
-    return hashlib.sha256(key.encode()).hexdigest()
+def key_fingerprint(secret: bytes, key: str) -> str:
+    """HMAC-SHA256, keyed with the deployment secret, of an uploaded object's key: what logs
+    and records hold instead of the key, whose file name may contain a patient's name. A
+    plain hash would let anyone who guesses a key (``partner/DOE^JOHN/1.dcm``) confirm it;
+    without the secret nobody can. The same key always gives the same fingerprint, so an
+    operator with the secret can still find an object's log lines."""
+    return hmac.new(secret, b"dicomshare object key\x00" + key.encode(), hashlib.sha256).hexdigest()
 
 
 def quarantine_object_key(partner: str, object_id_: str) -> str:
@@ -130,7 +134,7 @@ def quarantine_item(
     reason: str,
     partner: str,
     size: int,
-    original_key: str,
+    original_key_hmac: str,
     received_at: str,
 ) -> dict[str, Any]:
     """The quarantine record of a refused object, listed in the ``QUARANTINE`` collection."""
@@ -140,7 +144,7 @@ def quarantine_item(
         "partner": partner,
         "size": size,
         "quarantine_key": quarantine_object_key(partner, object_id_),
-        "original_key_sha256": key_sha256(original_key),
+        "original_key_hmac": original_key_hmac,
         "received_at": received_at,
         "gsi2pk": index.QUARANTINE,
         "gsi2sk": f"{received_at}#{object_id_}",

@@ -35,8 +35,9 @@ cannot see (two different events). When a redelivered event finds the original a
 gone (``404`` on ``HeadObject``: an earlier delivery finished), the outcome is
 ``already_processed``: neither a failure nor a quarantine.
 
-Nothing here logs or stores a DICOM value or the original key: logs carry the key's
-SHA-256, quarantine keys are ``<partner>/<object_id>``.
+Nothing here logs or stores a DICOM value or the original key: logs and quarantine
+records carry the key's HMAC (keyed with the deployment secret), quarantine keys are
+``<partner>/<object_id>``.
 """
 
 from __future__ import annotations
@@ -72,16 +73,16 @@ _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
 class ObjectFailed(Exception):
     """An object could not be processed this time (an AWS error); the message holds only
-    the key's hash and the error's type and code, never the key or a value."""
+    the key's fingerprint and the error's type and code, never the key or a value."""
 
-    def __init__(self, key_sha256: str, error: str) -> None:
-        super().__init__(f"object {key_sha256} not processed: {error}")
+    def __init__(self, key_hmac: str, error: str) -> None:
+        super().__init__(f"object {key_hmac} not processed: {error}")
         self.error = error
 
     @classmethod
-    def from_error(cls, error: Exception, obj: "S3Object") -> "ObjectFailed":
+    def from_error(cls, error: Exception, key_hmac: str) -> "ObjectFailed":
         code = error.response["Error"].get("Code", "") if isinstance(error, ClientError) else ""
-        return cls(obj.key_sha256, f"{type(error).__name__}({code})" if code else type(error).__name__)
+        return cls(key_hmac, f"{type(error).__name__}({code})" if code else type(error).__name__)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ def ingest_object(
             size=size,
         )
     except DeidentificationRefused as refused:
-        _quarantine(s3, dynamodb, obj, head, version, refused.reason, partner_id, destinations)
+        _quarantine(s3, dynamodb, obj, head, version, refused.reason, partner_id, destinations,
+                    obj.fingerprint(secret()))
         _delete_original(s3, obj, head)
         return Outcome(QUARANTINED, partner=partner_id, size=size, reason=refused.reason)
     item = index_items.instance_item(
@@ -195,7 +197,7 @@ def ingest_object(
 
 
 def _quarantine(s3, dynamodb, obj: S3Object, head: dict, version: str, reason: str, partner: str,
-                destinations: Destinations) -> None:
+                destinations: Destinations, key_hmac: str) -> None:
     """Server-side copy to ``<partner>/<object_id>`` with the reason, then the record."""
     object_id = index_items.object_id(obj.bucket, obj.key, version)
     source = {"Bucket": obj.bucket, "Key": obj.key}
@@ -210,7 +212,7 @@ def _quarantine(s3, dynamodb, obj: S3Object, head: dict, version: str, reason: s
     )
     index_store.put_new(dynamodb, destinations.table_name, index_items.quarantine_item(
         object_id_=object_id, reason=reason, partner=partner, size=head["ContentLength"],
-        original_key=obj.key, received_at=_now()))
+        original_key_hmac=key_hmac, received_at=_now()))
 
 
 def _delete_original(s3, obj: S3Object, head: dict) -> None:

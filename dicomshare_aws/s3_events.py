@@ -19,10 +19,10 @@ class S3Object:
     size: int | None
     request_id: str
 
-    @property
-    def key_sha256(self) -> str:
-        """What logs say instead of the key, which may hold a patient's name."""
-        return index_items.key_sha256(self.key)
+    def fingerprint(self, secret: bytes) -> str:
+        """What logs and records say instead of the key, which may hold a patient's name
+        (:func:`dicomshare.index_items.key_fingerprint`)."""
+        return index_items.key_fingerprint(secret, self.key)
 
 
 def created_objects(body: str) -> Iterator[S3Object]:

@@ -18,6 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomshare import index
+from dicomshare.index_items import key_fingerprint
 from dicomshare.deidentify import new_uid
 from dicomshare.profile import for_partner
 from dicomshare_aws import resources
@@ -201,9 +202,10 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
         assert (len(body), hashlib.sha256(body).hexdigest()) == (item["size"], item["sha256"])
         assert json.loads(item["dicom_json"])["0020000D"]["Value"] == [item["study_uid"]]
 
-    records = {i["original_key_sha256"]: i for i in pipeline.items() if i[index.SK] == "QUARANTINE"}
+    records = {i["original_key_hmac"]: i for i in pipeline.items() if i[index.SK] == "QUARANTINE"}
     for key, (body, reason) in refused.items():
-        record = records[hashlib.sha256(key.encode()).hexdigest()]
+        assert hashlib.sha256(key.encode()).hexdigest() not in records
+        record = records[key_fingerprint(pipeline.secret, key)]
         assert (record["reason"], record["size"]) == (reason, len(body))
         partner = key.split("/")[0] if key.startswith((CLINICAL, BASIC)) else "unknown"
         assert record["quarantine_key"].startswith(f"{partner}/") and record["gsi2pk"] == "QUARANTINE"

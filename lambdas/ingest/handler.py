@@ -2,7 +2,8 @@
 
 Partial batch responses (Powertools batch processing): a message that fails is retried
 (and after ``MAX_RECEIVE_COUNT`` tries lands in the dead-letter queue) without failing the
-rest of its batch. Logs carry the SQS message id as correlation id and the key's SHA-256,
+rest of its batch. Logs carry the SQS message id as correlation id and the key's HMAC (keyed with the
+deployment secret),
 never the key or a DICOM value (``study_uid`` is the de-identified one).
 """
 
@@ -40,12 +41,12 @@ def record_handler(record: SQSRecord) -> None:
     destinations = Destinations.from_environment(os.environ)
     for obj in created_objects(record.body):
         started = time.perf_counter()
-        fields = {"bucket": obj.bucket, "key_sha256": obj.key_sha256, "s3_request_id": obj.request_id}
+        fields = {"bucket": obj.bucket, "key_hmac": obj.fingerprint(_secret()), "s3_request_id": obj.request_id}
         try:
             result = ingest_object(*_clients(), obj, destinations=destinations,
                                    settings=config.from_environment(), secret=_secret)
         except Exception as error:
-            failed = ObjectFailed.from_error(error, obj)
+            failed = ObjectFailed.from_error(error, fields["key_hmac"])
             logger.error("object failed", extra={**fields, "outcome": "failed", "error": failed.error})
             raise failed from None
         duration_ms = (time.perf_counter() - started) * 1000
