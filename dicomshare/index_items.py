@@ -5,6 +5,10 @@ from the *de-identified* dataset the engine produced, never from the uploaded fi
 item can hold an identifying value; quarantine records hold no DICOM value at all (the
 object was refused, its content is untrusted), only a keyed hash of the original key.
 
+Values that name things in paths or in the page are checked against their value
+representation (PS3.5 6.2) before they are indexed: a Modality that is not a code string,
+a Series or Instance Number that is not an integer string, is indexed as empty.
+
 ``dicom_json`` is the DICOM JSON Model (PS3.18 Annex F.2) of a fixed list of header
 attributes (:data:`DICOM_JSON_KEYWORDS`): what a viewer needs to lay out a series, nothing
 that describes the patient.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -41,17 +46,40 @@ def _text(ds: Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
+CODE_STRING = re.compile(r"^[A-Z0-9 _]{1,16}$")
+"""PS3.5 6.2 CS: upper-case letters, digits, space and underscore, at most 16 characters."""
+INTEGER_STRING = re.compile(r"^[+-]?[0-9]{1,12}$")
+"""PS3.5 6.2 IS: an optional sign and at most 12 characters in all (here: digits)."""
+
+
+def _code_string(ds: Dataset, keyword: str) -> str:
+    """A CS value as indexed: ``""`` unless it is a valid code string (``../../x`` or
+    ``<img>`` in Modality never reaches the index, the API, or a path built from it)."""
+    value = _text(ds, keyword)
+    return value if CODE_STRING.match(value) else ""
+
+
+def _integer_text(ds: Dataset, keyword: str) -> str:
+    """An IS (or US) value as indexed text: ``""`` unless it is a valid integer string."""
+    value = _text(ds, keyword)
+    return value if INTEGER_STRING.match(value) else ""
+
+
+CHECKED = {"Modality": _code_string, "SeriesNumber": _integer_text, "InstanceNumber": _integer_text}
+"""Attributes left out of ``dicom_json`` when their value is not valid for its VR."""
+
+
 def _integer(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    return int(value)
+    value = _integer_text(ds, keyword)
+    return int(value) if value else None
 
 
 def dicom_json(ds: Dataset) -> str:
     """PS3.18 F.2 JSON of the :data:`DICOM_JSON_KEYWORDS` present in ``ds``."""
     selected = Dataset()
     for keyword in DICOM_JSON_KEYWORDS:
+        if keyword in CHECKED and not CHECKED[keyword](ds, keyword):
+            continue
         if keyword in ds and not ds.data_element(keyword).is_empty:
             selected.add(ds.data_element(keyword))
     return json.dumps(selected.to_json_dict(), sort_keys=True, separators=(",", ":"))
@@ -91,9 +119,9 @@ def instance_item(
         "columns": _integer(ds, "Columns") or 0,
         "received_at": received_at,
         "partner": partner,
-        "modality": _text(ds, "Modality"),
+        "modality": _code_string(ds, "Modality"),
         "series_description": _text(ds, "SeriesDescription"),
-        "series_number": _text(ds, "SeriesNumber"),
+        "series_number": _integer_text(ds, "SeriesNumber"),
         "patient_pseudonym": patient_pseudonym,
         "study_date": _text(ds, "StudyDate"),
         "study_time": _text(ds, "StudyTime"),

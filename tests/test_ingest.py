@@ -386,3 +386,33 @@ def test_items_hold_only_the_attributes_their_writers_may_write(pipeline):
         elif kind in ("STUDY", "SERIES"):
             assert set(item) <= counts, item[index.SK]
     assert {"INSTANCE", "OWNER", "QUARANTINE", "STUDY", "SERIES"} <= kinds
+
+
+def test_code_and_integer_strings_are_validated_before_indexing():
+    """A hostile Modality (a path, markup) or a non-integer Series/Instance Number is
+    indexed as empty: it never reaches the API, the page or a ZIP entry name."""
+    from dicomshare.index_items import instance_item
+
+    ds = pydicom.dcmread(io.BytesIO(_hostile_header()))
+    item = instance_item(ds, transfer_syntax_uid="1.2.840.10008.1.2.1", s3_key="k", size=1, sha256=None,
+                         received_at="t", partner="p", patient_pseudonym="DS-X")
+    assert (item["modality"], item["series_number"], "instance_number" in item) == ("", "", False)
+    assert not {"00080060", "00200011", "00200013"} & set(json.loads(item["dicom_json"]))
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", "-3", "+12"
+    item = instance_item(ds, transfer_syntax_uid="1.2.840.10008.1.2.1", s3_key="k", size=1, sha256=None,
+                         received_at="t", partner="p", patient_pseudonym="DS-X")
+    assert (item["modality"], item["series_number"], item["instance_number"]) == ("CT", "-3", 12)
+
+
+def _hostile_header() -> bytes:
+    """A Part 10 file whose Modality, Series Number and Instance Number are written raw,
+    as a hostile or broken sender would (pydicom refuses to set them)."""
+    ds = next(demo.ct_series(1, "20240101", "CT", size=8))
+    data = demo.part10_bytes(ds)
+    for keyword, value in (("Modality", b"../../x "), ("SeriesNumber", b"1/../2"), ("InstanceNumber", b"12a ")):
+        element = ds.data_element(keyword)
+        old = element.tag.group.to_bytes(2, "little") + element.tag.element.to_bytes(2, "little") + element.VR.encode()
+        start = data.index(old)
+        length = int.from_bytes(data[start + 6:start + 8], "little")
+        data = data[:start + 6] + len(value).to_bytes(2, "little") + value + data[start + 8 + length:]
+    return data

@@ -216,6 +216,23 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
     assert files == study.files
 
 
+def test_zip_entry_names_are_built_from_sanitized_segments(api, chromium, study, tmp_path):
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
+    browser = DevTools(chromium, tmp_path / "devtools", share["url"])
+    try:
+        browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
+        name = browser.evaluate("zipEntryName({study_uid: '../..'}, {series_number: '/etc', modality: '../../x\\\\C:'},"
+                                " {sop_instance_uid: '..'})")
+        plain = browser.evaluate("zipEntryName({study_uid: '1.2.3'}, {series_number: '2', modality: 'CT'},"
+                                 " {sop_instance_uid: '1.2.3.4'})")
+    finally:
+        browser.close()
+    segments = name.split("/")
+    assert len(segments) == 3 and not any(s.startswith(".") or s in ("", "..") for s in segments), name
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", s) for s in segments), name
+    assert plain == "1.2.3/2_CT/1.2.3.4.dcm"
+
+
 def test_page_fits_a_phone_screen(api, chromium, study, tmp_path):
     share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
     browser = DevTools(chromium, tmp_path / "devtools", "about:blank")
