@@ -20,6 +20,15 @@ from urllib.parse import quote, urlsplit
 ALGORITHM = "AWS4-HMAC-SHA256"
 
 
+def bucket_origin(bucket: str, region: str, endpoint_url: str | None = None) -> str:
+    """The origin (scheme://host) presigned URLs of ``bucket`` point at: virtual-hosted on
+    AWS, the endpoint itself (path style) locally."""
+    if endpoint_url:
+        endpoint = urlsplit(endpoint_url)
+        return f"{endpoint.scheme}://{endpoint.netloc}"
+    return f"https://{bucket}.s3.{region}.amazonaws.com"
+
+
 class Presigner:
     """Presigns GETs of one bucket, all with the same timestamp and lifetime."""
 
@@ -29,11 +38,8 @@ class Presigner:
         self.amz_date = moment.strftime("%Y%m%dT%H%M%SZ")
         day = moment.strftime("%Y%m%d")
         self.scope = f"{day}/{region}/s3/aws4_request"
-        if endpoint_url:
-            endpoint = urlsplit(endpoint_url)
-            self.scheme, self.host, self.prefix = endpoint.scheme, endpoint.netloc, f"/{bucket}"
-        else:
-            self.scheme, self.host, self.prefix = "https", f"{bucket}.s3.{region}.amazonaws.com", ""
+        self.scheme, _, self.host = bucket_origin(bucket, region, endpoint_url).partition("://")
+        self.prefix = f"/{bucket}" if endpoint_url else ""
         key = f"AWS4{secret_key}".encode()
         for part in (day, region, "s3", "aws4_request"):
             key = hmac.new(key, part.encode(), hashlib.sha256).digest()

@@ -7,6 +7,7 @@ import io
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 
 import pydicom
@@ -355,3 +356,24 @@ def test_api_handler_import_needs_no_pydicom_numpy_or_highdicom():
              "print(','.join(m for m in ('pydicom', 'numpy', 'highdicom') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_every_response_says_no_store(api, studies):
+    share = create(api, studies["other"].study_uid)
+    requests = [("GET", "/studies", None, True), ("GET", f"/studies/{studies['other'].study_uid}", None, True),
+                ("GET", "/shares", None, True), ("GET", f"/shares/{share['share_id']}", None, True),
+                ("GET", "/openapi.json", None, True), ("GET", "/nowhere", None, True),
+                ("POST", "/shares", {"study_uid": "bad"}, True), ("GET", "/view", None, False),
+                ("POST", "/redeem", None, False)]
+    for method, path, body, admin in requests:
+        headers = {"Content-Type": "application/json"}
+        if admin:
+            headers["Authorization"] = f"Bearer {api.admin_token}"
+        request = urllib.request.Request(api.base_url + path, method=method, headers=headers,
+                                         data=json.dumps(body).encode() if body else None)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                cache = response.headers.get_all("Cache-Control")
+        except urllib.error.HTTPError as error:
+            cache = error.headers.get_all("Cache-Control")
+        assert cache == ["no-store"], (method, path, cache)

@@ -105,6 +105,9 @@ def test_page_headers_keep_the_token_private(local_system):
     assert headers["Referrer-Policy"] == "no-referrer"
     policy = headers["Content-Security-Policy"]
     assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";") if " " in d.strip())
+    assert directives["connect-src"].split() == ["'self'", local_system.endpoint_url]
+    assert directives["img-src"].split() == [local_system.endpoint_url, "blob:"]
     assert '<meta name="viewport"' in body
     assert not re.search(r'(src|href)="(https?:)?//', body)  # no external resource
 

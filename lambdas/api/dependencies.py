@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 
 from dicomshare import settings as config
-from dicomshare_aws.s3_presign import Presigner
+from dicomshare_aws.s3_presign import Presigner, bucket_origin
 from dicomshare_aws.share_store import ShareStore
 
 
@@ -29,6 +29,16 @@ def session() -> boto3.Session:
     return boto3.Session()
 
 
+def deid_endpoint_url() -> str | None:
+    """The local S3 endpoint (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``); None on AWS."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def deid_origin() -> str:
+    """The origin of the presigned URLs the page loads (the only one besides its own)."""
+    return bucket_origin(os.environ[config.DEID_BUCKET_ENV], session().region_name, deid_endpoint_url())
+
+
 def presigner(expires_in: int) -> Presigner:
     """Presigns GETs of de-identified objects with the function's current credentials:
     SigV4 (required for SSE-KMS objects), virtual-hosted on AWS, path style on the local
@@ -41,7 +51,7 @@ def presigner(expires_in: int) -> Presigner:
         region=session().region_name,
         bucket=os.environ[config.DEID_BUCKET_ENV],
         expires_in=expires_in,
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        endpoint_url=deid_endpoint_url(),
     )
 
 

@@ -3,6 +3,8 @@
 Admin routes are authenticated by API Gateway (IAM, SigV4, and a resource policy that
 lets only the configured admin roles in) before this function runs; the handler checks
 the caller against the same list (``Settings.admins``) and refuses anyone else.
+Every response carries ``Cache-Control: no-store``: shares, studies, manifests and errors
+are per caller and must never sit in a browser's or a proxy's cache.
 """
 
 from __future__ import annotations
@@ -66,4 +68,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     identity = (event.get("requestContext") or {}).get("identity") or {}
     if route not in PUBLIC_ROUTES and not dependencies.settings().is_admin(identity.get("userArn")):
         return error_event_response(403, "admin_only", "This route needs administrator credentials.")
-    return app.resolve(event, context)
+    response = app.resolve(event, context)
+    response.setdefault("multiValueHeaders", {})["Cache-Control"] = ["no-store"]
+    return response

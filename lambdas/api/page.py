@@ -12,13 +12,16 @@ from pathlib import Path
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
+from lambdas.api import dependencies as deps
+
 router = Router()
 
 
 @cache
 def page() -> tuple[str, str]:
     """The page and its Content-Security-Policy: only the page's own inline script and
-    style (by hash) run; it may fetch the API and presigned S3 URLs, nothing else."""
+    style (by hash) run; it may fetch from its own origin (the API) and from the
+    de-identified bucket's origin (presigned URLs), nothing else."""
     html = (Path(__file__).parent / "view.html").read_text(encoding="utf-8")
 
     def hashes(tag: str) -> str:
@@ -27,7 +30,7 @@ def page() -> tuple[str, str]:
 
     policy = (
         f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-        "img-src https: http: blob:; connect-src 'self' https: http:; "
+        f"img-src {deps.deid_origin()} blob:; connect-src 'self' {deps.deid_origin()}; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     return html, policy
