@@ -44,5 +44,17 @@ PUBLIC_ROUTES = frozenset({("POST", "/redeem"), ("GET", "/view")})
 """Routes a clinician reaches with a share token; every other route is admin (IAM)."""
 
 
+def page_cors(origin: str) -> dict:
+    """``CORSConfiguration`` of the de-identified bucket: ``GET``/``HEAD`` from the share
+    page's origin only (its in-browser ZIP download fetches the presigned URLs)."""
+    return {"CORSRules": [{
+        "AllowedMethods": ["GET", "HEAD"],
+        "AllowedOrigins": [origin],
+        "AllowedHeaders": ["*"],
+        "ExposeHeaders": ["Content-Length", "Content-Range", "ETag"],
+        "MaxAgeSeconds": 3000,
+    }]}
+
+
 def visibility_timeout(function_timeout_seconds: int) -> int:
     return VISIBILITY_TIMEOUT_FACTOR * function_timeout_seconds

@@ -4,12 +4,14 @@ moto's backends are not thread-safe: under its threaded server a DynamoDB transa
 deep-copies a table while another request writes to it, and fails with a 500. The local
 system has several clients at once (pollers, the API, partners), so requests are
 serialised; moto builds each response whole, so holding the lock for the call suffices.
+Cross-origin requests get the CORS headers of the bucket's rules only, as on S3.
 """
 
 from __future__ import annotations
 
 import threading
 
+from moto.moto_server import werkzeug_app
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
@@ -17,6 +19,10 @@ from werkzeug.serving import make_server
 
 class SerialMotoServer(ThreadedMotoServer):
     def _server_entry(self) -> None:
+        # moto's server answers every request with permissive CORS headers of its own
+        # (MOTO_DISABLE_GLOBAL_CORS, read when moto is imported): off, so the buckets'
+        # CORS rules decide, as on S3.
+        werkzeug_app.DISABLE_GLOBAL_CORS = True
         app = DomainDispatcherApplication(create_backend_app)
         lock = threading.Lock()
 

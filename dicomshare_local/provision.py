@@ -70,11 +70,6 @@ def provision(session: boto3.Session, endpoint_url: str, settings: Settings, dei
     buckets = {name: f"{prefix}-{name}" for name in ("ingest", "deid", "quarantine")}
     for name, bucket in buckets.items():
         _create_bucket(s3, bucket, region, keys[name])
-    s3.put_bucket_cors(
-        Bucket=buckets["deid"],
-        CORSConfiguration={"CORSRules": [{"AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"],
-                                          "AllowedHeaders": ["*"], "MaxAgeSeconds": 3000}]},
-    )
 
     def queue(name: str, consumer_timeout: int | None = None) -> tuple[str, str]:
         dlq_url = sqs.create_queue(QueueName=f"{prefix}-{name}-dlq", Attributes={

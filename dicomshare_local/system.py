@@ -128,7 +128,9 @@ class LocalSystem:
         from lambdas.api.handler import handler as api
 
         self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token)
-        self.api_url = f"http://{self.host}:{self.http.server_address[1]}/{gateway.STAGE}"
+        origin = f"http://{self.host}:{self.http.server_address[1]}"
+        self.api_url = f"{origin}/{gateway.STAGE}"
+        self.client("s3").put_bucket_cors(Bucket=self.resources.deid_bucket, CORSConfiguration=resources.page_cors(origin))
         threading.Thread(target=self.http.serve_forever, name="gateway", daemon=True).start()
 
     def _write_connection_file(self) -> None:

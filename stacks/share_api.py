@@ -14,6 +14,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from dicomshare import settings as config
@@ -166,8 +167,47 @@ class ShareApiStack(cdk.Stack):
             ],
         )
 
+        page_origin_cors(self, storage, f"https://{self.api.rest_api_id}.execute-api.{self.region}.{self.url_suffix}")
+
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url)
         cdk.CfnOutput(self, "SharePageUrl", value=f"{self.api.url}view")
+
+
+AWS_CUSTOM_RESOURCE_FUNCTION = "AWS679f53fac002430cb0da5b7982bd2287"
+"""Construct id of the singleton function behind every ``AwsCustomResource`` of a stack."""
+
+
+def page_origin_cors(stack: cdk.Stack, storage: StorageStack, origin: str) -> cr.AwsCustomResource:
+    """CORS on the de-identified bucket for the share page's origin only (``GET``/``HEAD``,
+    which the page's in-browser ZIP download needs). The bucket is in the storage stack and
+    the API, whose id makes the origin, is created after it, so this stack sets the rule
+    with one ``PutBucketCors`` call when it is deployed."""
+    bucket = storage.deid_bucket
+    call = cr.AwsSdkCall(
+        service="S3",
+        action="putBucketCors",
+        parameters={"Bucket": bucket.bucket_name, "CORSConfiguration": resources.page_cors(origin)},
+        physical_resource_id=cr.PhysicalResourceId.of("deidentified-bucket-cors"),
+    )
+    cors = cr.AwsCustomResource(
+        stack, "DeidentifiedBucketCors",
+        on_create=call, on_update=call,
+        policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+            actions=["s3:PutBucketCORS"], resources=[storage.imported_arns["DeidentifiedBucketArn"]])]),
+        install_latest_aws_sdk=False,
+    )
+    deploy_time = ("CDK's AwsCustomResource function, run by CloudFormation only while this stack deploys, to "
+                   "make one PutBucketCors call; it handles no data and no request.")
+    acknowledge(cors, {"HIPAA.Security-IAMNoInlinePolicy": "The custom resource's own policy: s3:PutBucketCORS "
+                       "on the de-identified bucket only, attached to CDK's deploy-time function alone."})
+    acknowledge(stack.node.find_child(AWS_CUSTOM_RESOURCE_FUNCTION), {
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]":
+            deploy_time + " Its role (CloudWatch Logs only) is defined by CDK.",
+        "HIPAA.Security-LambdaConcurrency": deploy_time + " Invoked once per deployment.",
+        "HIPAA.Security-LambdaDLQ": deploy_time + " CloudFormation reports a failure and rolls back.",
+        "HIPAA.Security-LambdaInsideVPC": deploy_time + " It reaches only the S3 API.",
+    })
+    return cors
 
 
 def resource_policy(settings: config.Settings) -> iam.PolicyDocument:

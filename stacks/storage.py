@@ -65,16 +65,9 @@ class StorageStack(cdk.Stack):
             "IngestBucket", self.ingest_key, "ingest/",
             s3.LifecycleRule(id="expire-lingering-uploads", expiration=cdk.Duration.days(retention["ingest_linger_days"])),
         )
-        self.deid_bucket = self.data_bucket(
-            "DeidentifiedBucket", self.deid_key, "deidentified/",
-            cors=[s3.CorsRule(
-                allowed_methods=[s3.HttpMethods.GET, s3.HttpMethods.HEAD],
-                allowed_origins=["*"],
-                allowed_headers=["*"],
-                exposed_headers=["Content-Length", "Content-Range", "ETag"],
-                max_age=3000,
-            )],
-        )
+        # CORS for the share page's origin is set by the share API stack, which knows it
+        # (stacks/share_api.py, page_origin_cors): the API is created after this stack.
+        self.deid_bucket = self.data_bucket("DeidentifiedBucket", self.deid_key, "deidentified/")
         self.quarantine_bucket = self.data_bucket(
             "QuarantineBucket", self.quarantine_key, "quarantine/",
             s3.LifecycleRule(id="expire-quarantined", expiration=cdk.Duration.days(retention["quarantine_days"])),
@@ -164,7 +157,7 @@ class StorageStack(cdk.Stack):
             pending_window=cdk.Duration.days(30 if self.removal == cdk.RemovalPolicy.RETAIN else 7),
         )
 
-    def data_bucket(self, id: str, key: kms.Key, log_prefix: str, *rules: s3.LifecycleRule, cors=None) -> s3.Bucket:
+    def data_bucket(self, id: str, key: kms.Key, log_prefix: str, *rules: s3.LifecycleRule) -> s3.Bucket:
         bucket = s3.Bucket(
             self, id,
             encryption=s3.BucketEncryption.KMS,
@@ -180,7 +173,6 @@ class StorageStack(cdk.Stack):
                 *rules,
                 noncurrent_versions_rule(self.settings.retention["noncurrent_version_days"]),
             ],
-            cors=cors,
             removal_policy=self.removal,
         )
         acknowledge(bucket, {"HIPAA.Security-S3BucketReplicationEnabled": REPLICATION_REASON})

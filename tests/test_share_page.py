@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from dicomshare import index
 from indexed_study import put_study
 
 pytestmark = pytest.mark.browser
@@ -248,3 +250,28 @@ def test_page_fits_a_phone_screen(api, chromium, study, tmp_path):
         assert browser.evaluate("document.documentElement.scrollWidth") <= 390
     finally:
         browser.close()
+
+
+def test_deidentified_bucket_cors_names_the_page_origin_only(local_system):
+    """The rule the local system sets, from the definition the share API stack deploys
+    (moto's server adds its own permissive CORS headers to every answer, so the rule is
+    checked as configured, not by a cross-origin request)."""
+    (rule,) = local_system.client("s3").get_bucket_cors(Bucket=local_system.resources.deid_bucket)["CORSRules"]
+    assert rule["AllowedOrigins"] == [local_system.api_url.rsplit("/", 1)[0]]
+    assert rule["AllowedMethods"] == ["GET", "HEAD"]
+
+
+@pytest.mark.parametrize("origin, allowed", [("page", True), ("http://evil.example", False)])
+def test_deidentified_bucket_answers_cross_origin_requests_of_the_page_only(local_system, study, origin, allowed):
+    origin = local_system.api_url.rsplit("/", 1)[0] if origin == "page" else origin
+    key = index.deidentified_object_key(study.study_uid, study.series_uids[0], next(iter(study.files)))
+    url = local_system.client("s3").generate_presigned_url(
+        "get_object", Params={"Bucket": local_system.resources.deid_bucket, "Key": key})
+    request = urllib.request.Request(url, method="OPTIONS", headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            granted = response.headers.get("Access-Control-Allow-Origin")
+    except urllib.error.HTTPError as error:
+        granted = error.headers.get("Access-Control-Allow-Origin")
+    assert granted == (origin if allowed else None)

@@ -240,11 +240,17 @@ def test_lifecycle_rules_follow_the_retention_settings(storage):
     assert not [r for r in lifecycle(storage, "DeidentifiedBucket") if "ExpirationInDays" in r]
 
 
-def test_deidentified_bucket_allows_cross_origin_gets(storage):
-    storage.has_resource_properties("AWS::S3::Bucket", {
-        "CorsConfiguration": {"CorsRules": [Match.object_like({
-            "AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"]})]},
-    })
+def test_deidentified_bucket_allows_cross_origin_gets_from_the_page_origin_only(storage, share_api):
+    assert not [b for b in storage.find_resources("AWS::S3::Bucket").values() if "CorsConfiguration" in b["Properties"]]
+    (cors,) = share_api.find_resources("Custom::AWS").values()
+    call = json.loads(render(cors["Properties"]["Create"]))
+    assert (call["service"], call["action"]) == ("S3", "putBucketCors")
+    assert call["parameters"]["Bucket"] == "import:dicomshare-dev-storage:ExportsOutputRefDeidentifiedBucketD0355DFD3FFFE1EF"
+    (rule,) = call["parameters"]["CORSConfiguration"]["CORSRules"]
+    assert rule["AllowedMethods"] == ["GET", "HEAD"]
+    assert re.fullmatch(r"https://<RestApi\w+>\.execute-api\.<AWS::Region>\.<AWS::URLSuffix>", rule["AllowedOrigins"][0])
+    assert len(rule["AllowedOrigins"]) == 1
+    assert render(cors["Properties"]["Update"]) == render(cors["Properties"]["Create"])
 
 
 def test_table_matches_the_index_model(storage):
