@@ -9,7 +9,9 @@ need it to find the file; nothing is logged or written elsewhere.
 
 Exit status: 0 all de-identified, 3 some refused, 2 usage error.
 
-``dicomshare local ...`` (the local system) is registered by :mod:`dicomshare_local.commands`.
+Other packages add subcommands through the ``dicomshare.commands`` entry point group
+(``pyproject.toml``): ``dicomshare local ...`` (the local system) is registered by
+:mod:`dicomshare_local.commands`. The domain package never imports the local runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import secrets
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +29,8 @@ from dicomshare import profile as profiles
 from dicomshare.deidentify import DeidentificationRefused, deidentify_file
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
+COMMANDS_GROUP = "dicomshare.commands"
+"""Entry point group of subcommands other packages add: ``register(subparsers)`` callables."""
 DEFAULT_SECRET_FILE = Path(".dicomshare") / "deid-secret"
 SECRET_BYTES = 32
 
@@ -103,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomshare", description="Share DICOM studies safely: de-identify, index, share."
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{deid,local}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
     deid_parser = subparsers.add_parser(
         "deid",
         help="de-identify DICOM files on this machine (PS3.15 basic profile + options)",
@@ -122,14 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deid_parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
     deid_parser.set_defaults(func=deid)
-    _register_local(subparsers)
+    for command in entry_points(group=COMMANDS_GROUP):
+        command.load()(subparsers)
     return parser
-
-
-def _register_local(subparsers: argparse._SubParsersAction) -> None:
-    from dicomshare_local import commands
-
-    commands.register(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

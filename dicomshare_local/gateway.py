@@ -17,6 +17,8 @@ import base64
 import hmac
 import json
 import logging
+import re
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +29,8 @@ from dicomshare_aws import resources
 from dicomshare_local.pollers import LambdaContext
 
 STAGE = "local"
+MAX_BODY_BYTES = 10 * 1024 * 1024
+"""API Gateway's payload limit (10 MB): larger requests get 413, as there."""
 LOCAL_ADMIN_ROLE = "arn:aws:iam::000000000000:role/dicomshare-local-admin"
 LOCAL_ADMIN_ARN = "arn:aws:sts::000000000000:assumed-role/dicomshare-local-admin/local"
 """The caller an admin request carries locally: a session of :data:`LOCAL_ADMIN_ROLE`."""
@@ -35,6 +39,10 @@ log = logging.getLogger("dicomshare.local")
 
 
 def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admin_token: str) -> ThreadingHTTPServer:
+    # Lambda runs one event at a time per execution environment, and the handler relies on
+    # it (Powertools' resolver keeps the current event on the app): calls are serialized.
+    one_at_a_time = threading.Lock()
+
     class Gateway(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -44,7 +52,9 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
                 return self._reply(404, {"Content-Type": "application/json"},
                                    json.dumps({"message": f"Not found: the API is under /{STAGE}/"}).encode())
             path = url.path[len(STAGE) + 1:] or "/"
-            length = int(self.headers.get("Content-Length") or 0)
+            length = self._content_length()
+            if length is None:
+                return
             body = self.rfile.read(length) if length else b""
             headers = {k: v for k, v in self.headers.items()}
             identity = {"sourceIp": self.client_address[0], "userAgent": self.headers.get("User-Agent")}
@@ -59,7 +69,8 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
             headers["X-Forwarded-Proto"] = "http"
             event = _event(self.command, path, url.query, headers, body, identity, self.headers.get("Host", ""))
             started = time.monotonic()
-            response = handler(event, LambdaContext("api", resources.API_TIMEOUT_SECONDS))
+            with one_at_a_time:
+                response = handler(event, LambdaContext("api", resources.API_TIMEOUT_SECONDS))
             out_headers = dict(response.get("headers") or {})
             for name, values in (response.get("multiValueHeaders") or {}).items():
                 out_headers[name] = ", ".join(values)
@@ -70,6 +81,25 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
                      (time.monotonic() - started) * 1000)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_request
+
+        def _content_length(self) -> int | None:
+            """The request's body length, or None after refusing the request: 400 for a
+            Content-Length that is not one non-negative integer (or a chunked body), 413
+            above :data:`MAX_BODY_BYTES`. The connection is closed: its stream is untrusted."""
+            values = self.headers.get_all("Content-Length") or []
+            chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+            if not values and not chunked:
+                return 0
+            if chunked or len(values) != 1 or not re.fullmatch(r"[0-9]{1,19}", values[0].strip()):
+                return self._refuse(400, "invalid_request", "Content-Length must be one non-negative integer.")
+            if int(values[0]) > MAX_BODY_BYTES:
+                return self._refuse(413, "payload_too_large", f"The body may be at most {MAX_BODY_BYTES} bytes.")
+            return int(values[0])
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            self.close_connection = True
+            self._reply(status, {"Content-Type": "application/json", "Connection": "close"},
+                        json.dumps({"error": reason, "message": message}).encode())
 
         def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
             self.send_response(status)

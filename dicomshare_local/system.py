@@ -53,6 +53,9 @@ def _check_port(host: str, port: int, flag: str) -> None:
     if port == 0:
         return
     with socket.socket() as probe:
+        # As the servers themselves bind (allow_reuse_address): connections of a system
+        # stopped a moment ago, still in TIME_WAIT, must not make the port look taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -96,3 +96,54 @@ def test_configuration_document_is_validated():
     loaded = settings.from_document({"environment": "prod", "partners": [{"id": "clinic-a", "options": []}]})
     assert loaded.partner("clinic-a").options == ()
     assert settings.from_document(settings.to_document(loaded)) == loaded
+
+
+def test_port_probe_ignores_connections_in_time_wait():
+    """Restarting right after Ctrl-C: the last connections of the stopped system linger in
+    TIME_WAIT on its port, which must not count as "in use"."""
+    from dicomshare_local.system import _check_port
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    _check_port("127.0.0.1", port, "--api-port")
+
+
+@pytest.mark.parametrize("length, status", [("-1", 400), ("abc", 400), ("1, 2", 400), ("²", 400),
+                                            (str(10 * 1024 * 1024 + 1), 413), ("99999999999999999999999", 400)])
+def test_gateway_refuses_bad_or_oversized_content_length(local_system, length, status):
+    host, port = local_system.api_url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(f"POST /local/redeem HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n\r\n".encode())
+        answer = connection.recv(65536).decode("latin-1")
+    assert answer.startswith(f"HTTP/1.1 {status} ") or answer.startswith(f"HTTP/1.0 {status} "), answer[:80]
+
+
+def test_gateway_serves_concurrent_requests_one_handler_call_at_a_time(local_system, api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: api.call("GET", "/studies?limit=1" if n % 2 else "/shares?limit=1"), range(16)))
+    assert all(status == 200 for status, _ in results)
+    assert all(("studies" in body) == (n % 2 == 1) for n, (_, body) in enumerate(results))
+
+
+def test_domain_package_never_imports_the_local_runtime():
+    """No import circle: ``dicomshare_local`` uses the domain package, never the reverse
+    (the ``local`` subcommand comes in through the ``dicomshare.commands`` entry point)."""
+    import ast
+
+    import dicomshare
+
+    for source in Path(dicomshare.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in ("dicomshare_local", "dicomshare_aws", "lambdas")], source
