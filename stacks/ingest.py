@@ -44,12 +44,11 @@ large multi-frame instances, and decoding wants the CPU of ~1.2 vCPU."""
 COUNTS_MEMORY_MB = 256
 """Sums up to 100 stream records into a handful of DynamoDB updates: I/O-bound, small."""
 
-INGEST_CONCURRENCY = 20
-"""Reserved concurrency of the ingest function, also the SQS event source's maximum
-concurrency (so Lambda never throttles messages back to the queue and on to the DLQ)."""
-PREVIEW_CONCURRENCY = 10
-COUNTS_CONCURRENCY = 5
-"""One invocation per stream shard at a time; five covers a table with that many shards."""
+INGEST_MAX_CONCURRENCY = 20
+"""The ingest SQS event source's maximum concurrency when the configuration reserves none
+for the function; with a reservation, the reservation (so Lambda never throttles messages
+back to the queue and on to the DLQ)."""
+PREVIEW_MAX_CONCURRENCY = 10
 
 MESSAGE_RETENTION = cdk.Duration.days(14)
 INGEST_BACKLOG_ALARM_SECONDS = 900
@@ -109,7 +108,7 @@ class IngestStack(cdk.Stack):
                 config.EVENT_BUS_NAME_ENV: self.bus.event_bus_name,
             },
             memory_size=INGEST_MEMORY_MB, timeout_seconds=resources.INGEST_TIMEOUT_SECONDS,
-            reserved_concurrency=INGEST_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            reserved_concurrency=settings.reserved_concurrency.get("ingest"), logs_key=self.pipeline_key, removal=removal,
             invoked_by="SQS event source mapping, failed messages redrive to the ingest DLQ",
         )
         self.ingest.add_to_role_policy(*ingest_permissions(storage, self.bus))
@@ -126,14 +125,14 @@ class IngestStack(cdk.Stack):
             self.ingest_queue,
             batch_size=resources.SQS_BATCH_SIZE,
             report_batch_item_failures=True,
-            max_concurrency=INGEST_CONCURRENCY,
+            max_concurrency=settings.reserved_concurrency.get("ingest", INGEST_MAX_CONCURRENCY),
         ))
 
         self.preview = PythonFunction(
             self, "PreviewFunction", name="preview", settings=settings,
             environment={config.DEID_BUCKET_ENV: storage.deid_bucket.bucket_name},
             memory_size=PREVIEW_MEMORY_MB, timeout_seconds=resources.PREVIEW_TIMEOUT_SECONDS,
-            reserved_concurrency=PREVIEW_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            reserved_concurrency=settings.reserved_concurrency.get("preview"), logs_key=self.pipeline_key, removal=removal,
             invoked_by="SQS event source mapping, failed messages redrive to the preview DLQ",
         )
         self.preview.add_to_role_policy(*preview_permissions(storage))
@@ -147,7 +146,7 @@ class IngestStack(cdk.Stack):
             self.preview_queue,
             batch_size=resources.SQS_BATCH_SIZE,
             report_batch_item_failures=True,
-            max_concurrency=PREVIEW_CONCURRENCY,
+            max_concurrency=settings.reserved_concurrency.get("preview", PREVIEW_MAX_CONCURRENCY),
         ))
 
         self.counts = PythonFunction(
@@ -157,7 +156,7 @@ class IngestStack(cdk.Stack):
                 config.EVENT_BUS_NAME_ENV: self.bus.event_bus_name,
             },
             memory_size=COUNTS_MEMORY_MB, timeout_seconds=resources.COUNTS_TIMEOUT_SECONDS,
-            reserved_concurrency=COUNTS_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            reserved_concurrency=settings.reserved_concurrency.get("counts"), logs_key=self.pipeline_key, removal=removal,
             invoked_by="DynamoDB stream event source mapping, failed batches go to its on-failure SQS destination",
         )
         self.counts.add_to_role_policy(*counts_permissions(storage, self.bus))

@@ -63,7 +63,7 @@ class PythonFunction(Construct):
         environment: Mapping[str, str],
         memory_size: int,
         timeout_seconds: int,
-        reserved_concurrency: int,
+        reserved_concurrency: int | None,
         logs_key: kms.IKey,
         removal: cdk.RemovalPolicy,
         invoked_by: str,
@@ -105,6 +105,12 @@ class PythonFunction(Construct):
             "HIPAA.Security-LambdaInsideVPC": "Reaches only AWS regional APIs (S3, DynamoDB, SQS, Secrets Manager, "
             "EventBridge, KMS) over TLS with IAM authorization; there is no private resource to reach in a VPC.",
         })
+        if reserved_concurrency is None:
+            acknowledge(self.function, {
+                "HIPAA.Security-LambdaConcurrency": "Reserved concurrency is configuration (reserved_concurrency "
+                "in the document, unset by default): reserving it in a new account, whose concurrency quota may "
+                "be 10, makes the deployment fail (docs/deployment.md, 'Function sizing').",
+            })
         acknowledge(self.role.node.find_child("DefaultPolicy"), {
             "HIPAA.Security-IAMNoInlinePolicy": "The policy belongs to this one function role (its grants, "
             "listed statement by statement); a managed policy would be attached to nothing else.",

@@ -324,7 +324,7 @@ def test_s3_events_reach_the_queues(ingest):
         {"Name": "prefix", "Value": resources.PREVIEW_FILTER["prefix"]}]
 
 
-def test_functions_run_on_arm64_python312_traced_with_reserved_concurrency(synthesized):
+def test_functions_run_on_arm64_python312_traced_without_reserved_concurrency_by_default(synthesized):
     expected_config = from_document(partner_document()).to_json()
     found = {}
     for name in ("dicomshare-dev-ingest", "dicomshare-dev-share-api"):
@@ -333,7 +333,7 @@ def test_functions_run_on_arm64_python312_traced_with_reserved_concurrency(synth
             found[p["Handler"]] = p
             assert p["Architectures"] == ["arm64"] and p["Runtime"] == "python3.12"
             assert p["TracingConfig"] == {"Mode": "Active"}
-            assert p["ReservedConcurrentExecutions"] >= 1
+            assert "ReservedConcurrentExecutions" not in p
             env = p["Environment"]["Variables"]
             assert env["DICOMSHARE_CONFIG"] == expected_config
             assert env["POWERTOOLS_METRICS_NAMESPACE"] == "dicomshare"
@@ -517,6 +517,23 @@ def test_cfn_lint_finds_no_error(synthesized):
     errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
     assert not errors, "\n".join(errors)
     assert result.returncode & 2 == 0, result.stdout + result.stderr
+
+
+def test_reserved_concurrency_is_configuration():
+    document = {**partner_document(), "reserved_concurrency": {"ingest": 8, "counts": 2, "api": None}}
+    app = cdk.App(context=context(dicomshare=document))
+    stacks = build(app)
+    by_handler = {}
+    for stack in (stacks.ingest, stacks.share_api):
+        for fn in functions(Template.from_stack(stack)).values():
+            by_handler[fn["Properties"]["Handler"].split(".")[1]] = fn["Properties"].get("ReservedConcurrentExecutions")
+    assert by_handler == {"ingest": 8, "preview": None, "counts": 2, "api": None}
+    mappings = Template.from_stack(stacks.ingest).find_resources("AWS::Lambda::EventSourceMapping").values()
+    assert sorted(m["Properties"]["ScalingConfig"]["MaximumConcurrency"] for m in mappings
+                  if "ScalingConfig" in m["Properties"]) == [8, 10]
+    for bad in ({"ingest": 1}, {"lambda": 3}, {"counts": 0}, {"api": "5"}):
+        with pytest.raises(ConfigError, match="reserved_concurrency"):
+            from_document({**partner_document(), "reserved_concurrency": bad})
 
 
 # Bundling
