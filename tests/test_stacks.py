@@ -26,7 +26,7 @@ from dicomshare import index, shares  # noqa: E402
 from dicomshare.settings import ConfigError, from_document  # noqa: E402
 from dicomshare_aws import resources  # noqa: E402
 from stacks.dicomshare_app import build  # noqa: E402
-from stacks.pip_bundling import PROJECT_ROOT, function_code  # noqa: E402
+from stacks.pip_bundling import LAMBDA_PYTHON_VERSION, PROJECT_ROOT, function_code, lambda_python  # noqa: E402
 
 CDK_CONTEXT = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
 PARTNER_ACCOUNT = "111122223333"
@@ -554,3 +554,20 @@ def test_ingest_bundle_fits_lambda_limit(tmp_path):
     assert (asset / "dicomshare" / "data").is_dir()
     assert not (asset / "dicomshare_local").exists() and not (asset / "boto3").exists()
     assert list(asset.glob("pydicom-3.0.2.dist-info")), "the pinned version"
+    assert_bytecode_for_the_runtime(asset)
+
+
+def assert_bytecode_for_the_runtime(asset: Path) -> None:
+    """Every module imported at a cold start has bytecode of the runtime's version, marked
+    "unchecked hash" (CDK zips with a fixed mtime, so timestamp checks would fail in Lambda)."""
+    magic = bytes.fromhex(subprocess.run(
+        [lambda_python(), "-c", "import importlib.util; print(importlib.util.MAGIC_NUMBER.hex())"],
+        capture_output=True, text=True, check=True).stdout.strip())
+    for module in ("lambdas/ingest/handler.py", "dicomshare/deidentify.py", "pydicom/dataset.py",
+                   "aws_lambda_powertools/logging/logger.py"):
+        source = asset / module
+        cached = source.parent / "__pycache__" / f"{source.stem}.cpython-{LAMBDA_PYTHON_VERSION.replace('.', '')}.pyc"
+        header = cached.read_bytes()[:16]
+        assert header[:4] == magic, module
+        assert int.from_bytes(header[4:8], "little") == 0b01, f"{module}: hash-based, unchecked"
+    assert not [p for p in asset.rglob("*.pyc") if f"cpython-{LAMBDA_PYTHON_VERSION.replace('.', '')}" not in p.name]
