@@ -9,7 +9,10 @@ need it to find the file; nothing is logged or written elsewhere.
 
 Exit status: 0 all de-identified, 3 some refused, 2 usage error.
 
-``dicomshare local ...`` (the local system) is registered by :mod:`dicomshare_local.commands`.
+``dicomshare local ...`` (the local system) is registered by :mod:`dicomshare_local.commands`,
+``dicomshare reconcile ...`` (recount studies, repair drift) by
+:mod:`dicomshare_aws.reconcile_command`; both are imported only when the command runs
+or the parser is built, so this package never imports boto3 itself.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomshare", description="Share DICOM studies safely: de-identify, index, share."
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{deid,local}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{deid,local,reconcile}")
     deid_parser = subparsers.add_parser(
         "deid",
         help="de-identify DICOM files on this machine (PS3.15 basic profile + options)",
@@ -122,14 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deid_parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
     deid_parser.set_defaults(func=deid)
-    _register_local(subparsers)
+    _register_others(subparsers)
     return parser
 
 
-def _register_local(subparsers: argparse._SubParsersAction) -> None:
+def _register_others(subparsers: argparse._SubParsersAction) -> None:
+    from dicomshare_aws import reconcile_command
     from dicomshare_local import commands
 
     commands.register(subparsers)
+    reconcile_command.register(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
