@@ -67,6 +67,7 @@ class PythonFunction(Construct):
         logs_key: kms.IKey,
         removal: cdk.RemovalPolicy,
         invoked_by: str,
+        asynchronous_failures: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         self.log_group = encrypted_log_group(self, "Logs", key=logs_key, settings=settings, removal=removal)
@@ -100,8 +101,8 @@ class PythonFunction(Construct):
         acknowledge(self.function, {
             "AwsSolutions-L1": "Pinned to python3.12, the version the bundle's binary wheels (numpy, pylibjpeg, "
             "pyjpegls) are resolved for (stacks/pip_bundling.py); moving on is a deliberate, tested change.",
-            "HIPAA.Security-LambdaDLQ": f"Never invoked asynchronously: {invoked_by}. A function DLQ applies "
-            "only to asynchronous invocations.",
+            "HIPAA.Security-LambdaDLQ": asynchronous_failures or f"Never invoked asynchronously: {invoked_by}. "
+            "A function DLQ applies only to asynchronous invocations.",
             "HIPAA.Security-LambdaInsideVPC": "Reaches only AWS regional APIs (S3, DynamoDB, SQS, Secrets Manager, "
             "EventBridge, KMS) over TLS with IAM authorization; there is no private resource to reach in a VPC.",
         })

@@ -364,3 +364,25 @@ def test_reconcile_command(aws, local_system, capsys):
     assert cli.main(["reconcile", *state, "--dry-run", study]) == 0
     assert f"{study}: consistent (6 instances)" in capsys.readouterr().out
     assert cli.main(["reconcile", "--state-dir", "/nonexistent", study]) == 2
+
+
+def test_scheduled_reconcile_function_repairs_flagged_studies(aws, monkeypatch):
+    """The reconcile handler, invoked as the schedule rule invokes it, on a study whose
+    stream records were lost (never counted) and whose flag is older than the grace period."""
+    from dicomshare_local.pollers import LambdaContext
+    from lambdas.reconcile.handler import handler
+
+    res, dynamodb, _, _ = aws
+    items = _items(9, "SCHEDULED")
+    study = items[0]["study_uid"]
+    _put(aws, items)
+    (flag,) = counts.flag_studies(dynamodb, res.table_name, [study], "lost-batch")
+    dynamodb.update_item(TableName=res.table_name, Key=index_store.to_attribute_values(flag),
+                         UpdateExpression="SET flagged_at = :t", ExpressionAttributeValues={
+                             ":t": {"N": str(int(time.time()) - reconcile.FLAG_GRACE_SECONDS - 1)}})
+    monkeypatch.setenv("TABLE_NAME", res.table_name)
+    event = {"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}
+    result = handler(event, LambdaContext("reconcile", resources.RECONCILE_TIMEOUT_SECONDS))
+    assert result["reconciled"] >= 1 and result["repaired"] >= 1
+    assert _totals(aws, study, _series(items)) == _expected(items)
+    assert study not in reconcile.flagged_studies(dynamodb, res.table_name, older_than_seconds=0)

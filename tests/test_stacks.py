@@ -338,7 +338,7 @@ def test_functions_run_on_arm64_python312_traced_without_reserved_concurrency_by
             assert env["DICOMSHARE_CONFIG"] == expected_config
             assert env["POWERTOOLS_METRICS_NAMESPACE"] == "dicomshare"
             assert "LogGroup" in p["LoggingConfig"]
-    assert sorted(found) == [f"lambdas.{f}.handler.handler" for f in ("api", "counts", "ingest", "preview")]
+    assert sorted(found) == [f"lambdas.{f}.handler.handler" for f in ("api", "counts", "ingest", "preview", "reconcile")]
     assert found["lambdas.ingest.handler.handler"]["Timeout"] == resources.INGEST_TIMEOUT_SECONDS
     assert "DEID_SECRET_ARN" in found["lambdas.ingest.handler.handler"]["Environment"]["Variables"]
     for other in ("api", "counts", "preview"):
@@ -372,13 +372,22 @@ def test_event_sources_report_batch_item_failures(ingest):
 
 def test_alarms_watch_dead_letters_and_backlogs(ingest):
     alarms = [a["Properties"] for a in ingest.find_resources("AWS::CloudWatch::Alarm").values()]
-    metrics = sorted((a["MetricName"], a["Dimensions"][0]["Value"]["Fn::GetAtt"][0][:-8]) for a in alarms)
+    def watched(dimension: dict) -> str:
+        """The logical id of the queue or function an alarm's dimension names, without its hash."""
+        value = dimension["Value"]
+        return (value["Fn::GetAtt"][0] if "Fn::GetAtt" in value else value["Ref"])[:-8]
+
+    metrics = sorted((a["MetricName"], watched(a["Dimensions"][0])) for a in alarms)
     assert metrics == [
         ("ApproximateAgeOfOldestMessage", "IngestQueue"), ("ApproximateAgeOfOldestMessage", "PreviewQueue"),
         ("ApproximateNumberOfMessagesVisible", "CountsDeadLetterQueue"),
         ("ApproximateNumberOfMessagesVisible", "IngestDeadLetterQueue"),
         ("ApproximateNumberOfMessagesVisible", "PreviewDeadLetterQueue"),
+        ("Errors", "ReconcileFunction"), ("IteratorAge", "CountsFunction"),
     ]
+    (iterator_age,) = [a for a in alarms if a["MetricName"] == "IteratorAge"]
+    assert (iterator_age["Namespace"], iterator_age["Statistic"], iterator_age["Threshold"]) == (
+        "AWS/Lambda", "Maximum", resources.ITERATOR_AGE_ALARM_SECONDS * 1000)
     for alarm in alarms:
         assert alarm["AlarmActions"][0]["Ref"].startswith("AlarmTopic")
     ingest.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
@@ -412,8 +421,29 @@ def test_preview_reads_instances_and_writes_previews_only(ingest):
 
 def test_counts_updates_the_index_and_touches_no_object(ingest):
     statements = role_statements(ingest, "CountsFunctionRole")
-    assert granted(statements, "dynamodb:UpdateItem") == ["import:dicomshare-dev-storage-TableArn"]
+    for action in ("dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:BatchWriteItem"):
+        assert granted(statements, action) == ["import:dicomshare-dev-storage-TableArn"]
+    assert not granted(statements, "dynamodb:DeleteItem") and not granted(statements, "dynamodb:Scan")
     assert not [a for s in statements for a in s["Action"] if a.startswith(("s3:", "secretsmanager:"))]
+
+
+def test_reconcile_runs_on_a_schedule_and_only_recounts_the_index(ingest):
+    (reconcile,) = [f for f in functions(ingest).values() if f["Properties"]["Handler"].startswith("lambdas.reconcile.")]
+    assert reconcile["Properties"]["Timeout"] == resources.RECONCILE_TIMEOUT_SECONDS
+    assert set(reconcile["Properties"]["Environment"]["Variables"]) >= {"TABLE_NAME"}
+    assert "EVENT_BUS_NAME" not in reconcile["Properties"]["Environment"]["Variables"]
+    (rule,) = ingest.find_resources("AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == f"rate({resources.RECONCILE_SCHEDULE_MINUTES} minutes)"
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"]["Fn::GetAtt"][0].startswith("ReconcileFunction")
+    assert target["RetryPolicy"] == {"MaximumRetryAttempts": 0}
+    ingest.has_resource_properties("AWS::Lambda::Permission", {
+        "Principal": "events.amazonaws.com", "Action": "lambda:InvokeFunction"})
+    statements = role_statements(ingest, "ReconcileFunctionRole")
+    for action in ("dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem"):
+        assert granted(statements, action) == ["import:dicomshare-dev-storage-TableArn"]
+    assert not [a for s in statements for a in s["Action"]
+                if a.startswith(("s3:", "secretsmanager:", "events:")) or a in ("dynamodb:Scan", "dynamodb:DeleteItem")]
 
 
 def test_api_reads_the_index_and_writes_only_share_items(share_api):
@@ -527,7 +557,7 @@ def test_reserved_concurrency_is_configuration():
     for stack in (stacks.ingest, stacks.share_api):
         for fn in functions(Template.from_stack(stack)).values():
             by_handler[fn["Properties"]["Handler"].split(".")[1]] = fn["Properties"].get("ReservedConcurrentExecutions")
-    assert by_handler == {"ingest": 8, "preview": None, "counts": 2, "api": None}
+    assert by_handler == {"ingest": 8, "preview": None, "counts": 2, "reconcile": None, "api": None}
     mappings = Template.from_stack(stacks.ingest).find_resources("AWS::Lambda::EventSourceMapping").values()
     assert sorted(m["Properties"]["ScalingConfig"]["MaximumConcurrency"] for m in mappings
                   if "ScalingConfig" in m["Properties"]) == [8, 10]
