@@ -13,6 +13,8 @@ study                ``STUDY#<StudyInstanceUID>``         ``STUDY``
 study ownership      ``STUDY#<StudyInstanceUID>``         ``OWNER``
 series               ``STUDY#<StudyInstanceUID>``         ``SERIES#<SeriesInstanceUID>``
 instance             ``STUDY#<StudyInstanceUID>``         ``INSTANCE#<SeriesUID>#<SOPUID>``
+counted mark         ``COUNTED#<StudyInstanceUID>#<n>``   ``MARK#<SeriesUID>#<SOPUID>``
+reconcile flag       ``RECONCILE``                        ``<StudyInstanceUID>#<flag id>``
 quarantine record    ``QUARANTINE#<object_id>``           ``QUARANTINE``
 share                ``SHARE#<share_id>``                 ``SHARE``
 token -> share       ``TOKEN#<sha256(token)>``            ``TOKEN``
@@ -28,6 +30,12 @@ study is owned by another partner or pseudonym. Two partners may send the same o
 UIDs and the same MRN; their data never meet in one study, one patient's priors or one
 share.
 
+A **counted mark** says that an instance is included in its study's and series' counts
+(:mod:`dicomshare_aws.counts`). Marks live off the study's partition, spread over
+:data:`MARK_SHARDS` partitions by a hash of the instance's sort key, so counting adds no
+per-instance write to the study's partition. A **reconcile flag** names a study whose
+counts a failed or interrupted counting may have left behind (:mod:`dicomshare_aws.reconcile`).
+
 Global secondary indexes:
 
 - ``patient-studies`` (``gsi1pk`` = :func:`patient_partition` of partner and pseudonym,
@@ -42,12 +50,20 @@ every redemption, TTL only cleans up. The stream (new images) feeds the counts a
 
 from __future__ import annotations
 
+import hashlib
+
 PK = "pk"
 SK = "sk"
 TTL_ATTRIBUTE = "ttl"
 
 PATIENT_STUDIES_INDEX = "patient-studies"
 LISTING_INDEX = "listing"
+
+MARK_SHARDS = 8
+"""Partitions a study's counted marks are spread over: 2 write units per counted
+instance (a transactional put of a key-only item) divided between 8 partitions."""
+RECONCILE = "RECONCILE"
+"""Partition key of the reconcile flags."""
 
 STUDIES = "STUDIES"
 SHARES = "SHARES"
@@ -86,15 +102,16 @@ items and quarantine records, never a study's listing or priors keys (``gsi1*``)
 shares or tokens."""
 
 COUNTS_WRITES = {
-    "leading_keys": ("STUDY#*",),
+    "leading_keys": ("STUDY#*", "COUNTED#*", RECONCILE),
     "attributes": (
-        PK, SK, "counted", "study_uid", "series_uid", "patient_pseudonym", "partner", "study_date", "study_time",
+        PK, SK, "flagged_at", "study_uid", "series_uid", "patient_pseudonym", "partner", "study_date", "study_time",
         "study_description", "modality", "series_description", "series_number", "modalities", "instance_count",
         "series_count", "total_bytes", "first_received", "last_received", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk",
     ),
 }
-"""What the counts function may write (its IAM policy): study and series items and its
-``counted`` marks on instance items; never shares, tokens or quarantine records."""
+"""What the counts and reconcile functions may write (their IAM policies): study and series
+items, counted marks and reconcile flags; never instance items' attributes, shares, tokens
+or quarantine records."""
 
 
 def patient_partition(partner: str, patient_pseudonym: str) -> str:
@@ -118,6 +135,27 @@ def series_key(study_uid: str, series_uid: str) -> dict[str, str]:
 
 def instance_key(study_uid: str, series_uid: str, sop_uid: str) -> dict[str, str]:
     return {PK: f"STUDY#{study_uid}", SK: f"INSTANCE#{series_uid}#{sop_uid}"}
+
+
+def mark_partition(study_uid: str, shard: int) -> str:
+    return f"COUNTED#{study_uid}#{shard}"
+
+
+def mark_key(instance: dict[str, str]) -> dict[str, str]:
+    """Key of the counted mark of the instance item with key ``instance``. Its sort key is
+    not ``INSTANCE#...``, so marks never pass the counts function's stream filter."""
+    study_uid = instance[PK].removeprefix("STUDY#")
+    shard = int.from_bytes(hashlib.sha256(instance[SK].encode()).digest()[:4], "big") % MARK_SHARDS
+    return {PK: mark_partition(study_uid, shard), SK: marked_instance_sk(instance[SK], to_mark=True)}
+
+
+def marked_instance_sk(sk: str, to_mark: bool = False) -> str:
+    """An instance item's sort key from its mark's (or, ``to_mark``, the other way)."""
+    return sk.replace("INSTANCE#", "MARK#", 1) if to_mark else sk.replace("MARK#", "INSTANCE#", 1)
+
+
+def reconcile_flag_key(study_uid: str, flag_id: str) -> dict[str, str]:
+    return {PK: RECONCILE, SK: f"{study_uid}#{flag_id}"}
 
 
 def quarantine_key(object_id: str) -> dict[str, str]:

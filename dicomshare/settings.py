@@ -40,6 +40,12 @@ DEFAULT_OPTIONS = ("rtnLongModifDatesOpt", "cleanDescOpt")
 """PS3.15 E.3 options applied when a partner names none: the clinician-sharing profile."""
 
 
+FUNCTIONS = ("ingest", "preview", "counts", "reconcile", "api")
+"""The Lambda functions whose reserved concurrency the document may set."""
+SQS_CONSUMERS = ("ingest", "preview")
+"""Functions behind an SQS event source, whose maximum concurrency must be at least 2."""
+
+
 class ConfigError(ValueError):
     """The configuration document is invalid; the message names the field."""
 
@@ -88,6 +94,9 @@ class Settings:
             "log_days": 365,
         }
     )
+    reserved_concurrency: Mapping[str, int] = field(default_factory=dict)
+    """Reserved concurrent executions per function (:data:`FUNCTIONS`); a function left out
+    reserves none and draws on the account's unreserved pool (docs/deployment.md)."""
 
     def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners if p.id == partner_id), None)
@@ -123,6 +132,7 @@ def to_document(settings: Settings) -> dict[str, Any]:
         "allow_burned_in_annotation": settings.allow_burned_in_annotation,
         "high_risk_sop_classes": list(settings.high_risk_sop_classes),
         "retention": dict(settings.retention),
+        "reserved_concurrency": dict(settings.reserved_concurrency),
     }
 
 
@@ -164,12 +174,28 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         allow_burned_in_annotation=bool(doc.get("allow_burned_in_annotation", False)),
         high_risk_sop_classes=tuple(doc.get("high_risk_sop_classes", defaults.high_risk_sop_classes)),
         retention={**defaults.retention, **doc.get("retention", {})},
+        reserved_concurrency=_reserved_concurrency(doc.get("reserved_concurrency") or {}),
     )
     if not re.match(r"^[a-z][a-z0-9]{1,15}$", settings.environment):
         raise ConfigError("environment: 2-16 lower-case letters and digits, starting with a letter")
     if not settings.share_min_seconds <= settings.share_default_seconds <= settings.share_max_seconds:
         raise ConfigError("share_*_seconds: need min <= default <= max")
     return settings
+
+
+def _reserved_concurrency(doc: Mapping[str, Any]) -> dict[str, int]:
+    """``{"ingest": 20, "counts": null, ...}`` -> the functions that reserve concurrency."""
+    reserved = {}
+    for name, value in doc.items():
+        if name not in FUNCTIONS:
+            raise ConfigError(f"reserved_concurrency.{name}: not a function ({', '.join(FUNCTIONS)})")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name in SQS_CONSUMERS else 1):
+            raise ConfigError(f"reserved_concurrency.{name}: null or an integer of at least "
+                              f"{2 if name in SQS_CONSUMERS else 1} (SQS event sources run at least 2 at once)")
+        reserved[name] = value
+    return reserved
 
 
 def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:

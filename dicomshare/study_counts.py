@@ -70,7 +70,7 @@ def _start(item: Mapping[str, Any]) -> StudyDelta:
     )
 
 
-def _add(delta: StudyDelta, item: Mapping[str, Any]) -> None:
+def _add(delta: StudyDelta, item: Mapping[str, Any], keep: bool = True) -> None:
     size = int(item["size"])
     series = delta.series.get(item["series_uid"])
     if series is None:
@@ -82,7 +82,8 @@ def _add(delta: StudyDelta, item: Mapping[str, Any]) -> None:
         )
     series.instance_count += 1
     series.total_bytes += size
-    delta.instances.append(item)
+    if keep:
+        delta.instances.append(item)
     delta.instance_count += 1
     delta.total_bytes += size
     if item.get("modality"):
@@ -109,3 +110,15 @@ def study_deltas(instance_items: Iterable[Mapping[str, Any]], max_items: int = 1
             deltas.append(current)
         _add(current, item)
     return deltas
+
+
+def recount(instance_items: Iterable[Mapping[str, Any]]) -> StudyDelta | None:
+    """The totals of *all* instance items of one study (``None`` for none), as a delta
+    from zero, without keeping the items: what the study's and series' items should say
+    (reconciliation, :mod:`dicomshare_aws.reconcile`). Each item is expected once."""
+    delta: StudyDelta | None = None
+    for item in instance_items:
+        if delta is None:
+            delta = _start(item)
+        _add(delta, item, keep=False)
+    return delta

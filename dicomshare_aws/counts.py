@@ -14,13 +14,39 @@ transaction conflicts between ingest Lambdas.
 
 Exactness under retries
 -----------------------
-Every transaction marks each instance it counts (``SET counted = :true``, condition
-``attribute_not_exists(counted)``) in the same transaction that adds to the study and
-series items. DynamoDB applies all of it or none of it, so an instance is counted
+Every transaction puts a **counted mark** for each instance it counts (a key-only item,
+condition ``attribute_not_exists(pk)``) in the same transaction that adds to the study
+and series items. DynamoDB applies all of it or none of it, so an instance is counted
 exactly when it is marked. A stream batch redelivered after a crash (or a batch retried
-after a partial failure, or a record seen twice) finds its instances already marked: the
-transaction is cancelled with ``ConditionalCheckFailed`` on those marks, the aggregator
+after a partial failure, or a record seen twice) finds its instances already marked: a
+consistent read drops them first, and when a concurrent writer wins a race anyway the
+transaction is cancelled with ``ConditionalCheckFailed`` on those marks; the aggregator
 drops them and applies the rest, and counts do not move.
+
+Marks live off the study's partition (:func:`dicomshare.index.mark_key`: ``COUNTED#<study>#<n>``,
+8 partitions per study). The study's partition then takes, per instance, the ingest
+function's put of the instance item and a share of one study and one series update per
+transaction of up to ~97 instances: at most 3 write units per instance for instance items
+up to 2 KB, against 9 when the mark was written on the instance item itself
+(``python -m bench scale`` measures it).
+
+Throttling and conflicts
+------------------------
+A throttled request (``ProvisionedThroughputExceeded``, ``ThrottlingException``,
+``RequestLimitExceeded``), a transaction cancelled for ``ThrottlingError`` or
+``TransactionConflict`` (another transaction on the same items, for example a reconciliation)
+and DynamoDB's ``InternalServerError`` are retried after an exponential backoff with jitter
+(:class:`Backoff`: 50 ms doubling to 5 s, each wait drawn from its upper half, at most
+:data:`MAX_ATTEMPTS` tries), re-reading everything before each try. The backoff stops
+before the function's deadline: the study's records are then reported as failed and the
+stream retries them.
+
+Nothing is lost when that fails too: before a batch touches a study, the study is
+**flagged** (one item ``RECONCILE`` / ``<study>#<flag id>``; two writes per study per batch,
+on a partition of their own); the flag is deleted once the study's delta is applied. A
+study whose counting failed, was killed or timed out keeps its flag, and the scheduled
+reconcile function (:mod:`dicomshare_aws.reconcile`) recounts it from its instance items,
+even after the stream gave up on its records.
 
 The study's ``series_count`` grows when a series item is created: series updates carry
 the condition ``attribute_not_exists(pk)`` (expected new, ``series_count`` + 1) or
@@ -32,13 +58,17 @@ EventBridge event. A batch that fails *after* its counts were applied is retried
 nothing left to count, so events are at most once per instance; counts are exact.
 
 ``modalities`` is a DynamoDB String Set (``ADD`` is idempotent per value and needs no
-read); the API returns it as a sorted list. Marking instances writes ``MODIFY`` stream
-records, which the aggregator ignores (the CDK event source mapping filters them out).
+read); the API returns it as a sorted list. Marks and flags are not instance items, so
+their stream records never reach the function (the CDK event source mapping filters them
+out).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import time
+import uuid
 from typing import Any, Mapping
 
 from botocore.exceptions import ClientError
@@ -49,7 +79,12 @@ from dicomshare_aws.index_store import to_attribute_values
 from dicomshare_aws.resources import EVENT_SOURCE
 
 MAX_TRANSACTION_ITEMS = 100
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 10
+BACKOFF_BASE_SECONDS = 0.05
+BACKOFF_CAP_SECONDS = 5.0
+RETRYABLE_ERRORS = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException",
+                              "RequestLimitExceeded", "TransactionConflictException", "InternalServerError"})
+RETRYABLE_CANCELLATIONS = frozenset({"ThrottlingError", "TransactionConflict", "ProvisionedThroughputExceeded"})
 STUDY_INSTANCES_RECEIVED = "StudyInstancesReceived"
 """``detail-type`` of the event emitted when a study gains instances; ``detail``:
 ``study_uid`` (de-identified), ``new_instances``, ``partner``."""
@@ -59,13 +94,46 @@ class StudyNotCounted(Exception):
     """A stream record whose study could not be updated in this batch (to be retried)."""
 
 
-def _instance_mark(table_name: str, key: Mapping[str, str]) -> dict:
-    return {"Update": {
+class BackoffExhausted(RuntimeError):
+    """Retryable errors went on past :data:`MAX_ATTEMPTS` tries or the deadline."""
+
+
+class Backoff:
+    """Exponential backoff with jitter: the n-th wait is drawn from the upper half of
+    ``min(cap, base * 2**n)``, so waits grow (and have a floor) while concurrent writers
+    spread out; never past ``deadline`` (``time.monotonic()`` seconds)."""
+
+    def __init__(self, deadline: float | None = None, *, attempts: int = MAX_ATTEMPTS,
+                 base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> None:
+        self.deadline, self.attempts, self.base, self.cap = deadline, attempts, base, cap
+        self.waited = 0
+
+    def wait(self, reason: str) -> None:
+        """Sleep before the next try, or raise :class:`BackoffExhausted`."""
+        ceiling = min(self.cap, self.base * 2 ** self.waited)
+        delay = random.uniform(ceiling / 2, ceiling)
+        self.waited += 1
+        if self.waited >= self.attempts or (self.deadline is not None and time.monotonic() + delay > self.deadline):
+            raise BackoffExhausted(f"{reason}: gave up after {self.waited} tries")
+        time.sleep(delay)
+
+
+def retryable(error: ClientError) -> str | None:
+    """The throttling or conflict code that makes ``error`` worth another try, if any."""
+    code = error.response.get("Error", {}).get("Code", "")
+    if code in RETRYABLE_ERRORS:
+        return code
+    if code == "TransactionCanceledException":
+        reasons = {r.get("Code") for r in error.response.get("CancellationReasons", [])}
+        return next(iter(sorted(reasons & RETRYABLE_CANCELLATIONS)), None)
+    return None
+
+
+def _instance_mark(table_name: str, instance: Mapping[str, str]) -> dict:
+    return {"Put": {
         "TableName": table_name,
-        "Key": to_attribute_values(key),
-        "UpdateExpression": "SET counted = :true",
-        "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(counted)",
-        "ExpressionAttributeValues": {":true": {"BOOL": True}},
+        "Item": to_attribute_values(index.mark_key(dict(instance))),
+        "ConditionExpression": "attribute_not_exists(pk)",
     }}
 
 
@@ -123,13 +191,17 @@ def _current(dynamodb, table_name: str, keys: list[dict[str, str]]) -> dict[tupl
     :func:`apply_delta` decides on."""
     pending = [to_attribute_values(k) for k in keys]
     found: dict[tuple[str, str], dict] = {}
+    backoff = Backoff()
     while pending:
         response = dynamodb.batch_get_item(RequestItems={table_name: {
             "Keys": pending[:100], "ConsistentRead": True,
-            "ProjectionExpression": "pk, sk, counted, first_received, last_received"}})
+            "ProjectionExpression": "pk, sk, first_received, last_received"}})
         for item in response["Responses"].get(table_name, []):
             found[(item["pk"]["S"], item["sk"]["S"])] = item
-        pending = pending[100:] + response.get("UnprocessedKeys", {}).get(table_name, {}).get("Keys", [])
+        unprocessed = response.get("UnprocessedKeys", {}).get(table_name, {}).get("Keys", [])
+        pending = pending[100:] + unprocessed
+        if unprocessed:
+            backoff.wait("UnprocessedKeys")
     return found
 
 
@@ -155,27 +227,43 @@ def _update_if(dynamodb, table_name: str, key: dict, update: str, condition: str
             raise
 
 
-def apply_delta(dynamodb, table_name: str, delta: StudyDelta) -> int:
+def apply_delta(dynamodb, table_name: str, delta: StudyDelta, deadline: float | None = None) -> int:
     """Apply one study delta; returns how many of its instances this call counted (the
-    rest were counted by an earlier attempt).
+    rest were counted by an earlier attempt). Throttling and conflicts are retried with
+    :class:`Backoff` until ``deadline``; then :class:`BackoffExhausted` is raised."""
+    backoff = Backoff(deadline)
+    while True:
+        try:
+            return _apply_once(dynamodb, table_name, delta)
+        except ClientError as error:
+            code = retryable(error)
+            if code is None:
+                raise
+            backoff.wait(code)
 
-    A consistent read first drops the instances already counted and tells which series
-    (and whether the study) exist, so a redelivered batch normally costs reads, not
-    cancelled transactions; the transaction's conditions still decide when writers race.
+
+def _apply_once(dynamodb, table_name: str, delta: StudyDelta) -> int:
+    """One consistent read, then the transaction, re-planned while only its conditions
+    (marks already written, series created meanwhile) cancel it.
+
+    The read drops the instances already counted and tells which series (and whether the
+    study) exist, so a redelivered batch normally costs reads, not cancelled transactions;
+    the transaction's conditions still decide when writers race.
     """
     study_key = index.study_key(delta.study_uid)
     series_keys = {s: index.series_key(delta.study_uid, s) for s in delta.series}
-    current = _current(dynamodb, table_name, [study_key, *delta.instance_keys, *series_keys.values()])
+    marks = {(i[index.PK], i[index.SK]): index.mark_key(i) for i in delta.instance_keys}
+    current = _current(dynamodb, table_name, [study_key, *marks.values(), *series_keys.values()])
     study = current.get((study_key[index.PK], study_key[index.SK]))
     if study and "first_received" in study:
         _widen_received(dynamodb, table_name, delta, study)
     uncounted = [i for i in delta.instances
-                 if "counted" not in current.get((i[index.PK], i[index.SK]), {})]
+                 if (marks[(i[index.PK], i[index.SK])][index.PK], i[index.SK]) not in current]
     if not uncounted:
         return 0
     pending = study_deltas(uncounted, MAX_TRANSACTION_ITEMS)[0]
     existing = {s for s, k in series_keys.items() if (k[index.PK], k[index.SK]) in current}
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(len(pending.instances) + len(pending.series) + 1):
         series_order = sorted(pending.series)
         new_series = sum(1 for s in series_order if s not in existing)
         items = [_instance_mark(table_name, k) for k in pending.instance_keys]
@@ -185,12 +273,12 @@ def apply_delta(dynamodb, table_name: str, delta: StudyDelta) -> int:
             dynamodb.transact_write_items(TransactItems=items)
             return pending.instance_count
         except ClientError as error:
-            if error.response["Error"]["Code"] != "TransactionCanceledException":
+            if error.response["Error"]["Code"] != "TransactionCanceledException" or retryable(error):
                 raise
             reasons = [r.get("Code", "None") for r in error.response.get("CancellationReasons", [])]
-        marks = len(pending.instance_keys)
-        counted = {i for i, code in enumerate(reasons[:marks]) if code == "ConditionalCheckFailed"}
-        flipped = {series_order[i - marks] for i, code in enumerate(reasons[marks:marks + len(series_order)], marks)
+        marked = len(pending.instance_keys)
+        counted = {i for i, code in enumerate(reasons[:marked]) if code == "ConditionalCheckFailed"}
+        flipped = {series_order[i - marked] for i, code in enumerate(reasons[marked:marked + len(series_order)], marked)
                    if code == "ConditionalCheckFailed"}
         existing ^= flipped
         if counted:
@@ -198,28 +286,67 @@ def apply_delta(dynamodb, table_name: str, delta: StudyDelta) -> int:
             if not remaining:
                 return 0
             pending = study_deltas(remaining, MAX_TRANSACTION_ITEMS)[0]
-    raise RuntimeError(f"study delta not applied after {MAX_ATTEMPTS} attempts")
+    raise RuntimeError("study delta not applied: its conditions kept failing")
 
 
-def count_new_instances(dynamodb, events, items, *, table_name: str, event_bus_name: str) -> dict[str, str]:
+def flag_studies(dynamodb, table_name: str, study_uids: list[str], flag_id: str) -> list[dict]:
+    """Flag ``study_uids`` for reconciliation (see the module's docstring); returns the
+    flags' keys, to delete with :func:`unflag` once each study is counted."""
+    now = time.time()
+    keys = [index.reconcile_flag_key(study_uid, flag_id) for study_uid in study_uids]
+    batch_write(dynamodb, table_name, [{"PutRequest": {"Item": to_attribute_values(
+        {**key, "study_uid": key[index.SK].rpartition("#")[0], "flagged_at": int(now)})}} for key in keys])
+    return keys
+
+
+def unflag(dynamodb, table_name: str, keys: list[dict]) -> None:
+    batch_write(dynamodb, table_name, [{"DeleteRequest": {"Key": to_attribute_values(k)}} for k in keys])
+
+
+def batch_write(dynamodb, table_name: str, requests: list[dict], deadline: float | None = None) -> None:
+    """``BatchWriteItem`` in requests of 25; unprocessed items retried with :class:`Backoff`."""
+    backoff = Backoff(deadline)
+    while requests:
+        try:
+            response = dynamodb.batch_write_item(RequestItems={table_name: requests[:25]})
+        except ClientError as error:
+            code = retryable(error)
+            if code is None:
+                raise
+            backoff.wait(code)
+            continue
+        unprocessed = response.get("UnprocessedItems", {}).get(table_name, [])
+        requests = requests[25:] + unprocessed
+        if unprocessed:
+            backoff.wait("UnprocessedItems")
+
+
+def count_new_instances(dynamodb, events, items, *, table_name: str, event_bus_name: str,
+                        deadline: float | None = None) -> dict[str, str]:
     """Count new instance items (deserialised stream images) into their studies and series,
     then emit one ``StudyInstancesReceived`` event per study that gained instances.
 
     Returns the studies that could not be updated, with the error's type: their records
-    are reported as failed and retried (harmlessly for the instances already counted).
+    are reported as failed and retried (harmlessly for the instances already counted),
+    and their reconcile flags stay. ``deadline`` (``time.monotonic()`` seconds) bounds
+    the backoff.
     """
+    deltas = study_deltas(items, MAX_TRANSACTION_ITEMS)
+    flags = {k[index.SK].rpartition("#")[0]: k for k in flag_studies(
+        dynamodb, table_name, sorted({d.study_uid for d in deltas}), uuid.uuid4().hex)}
     counted: dict[str, tuple[int, str]] = {}
     failed: dict[str, str] = {}
-    for delta in study_deltas(items, MAX_TRANSACTION_ITEMS):
+    for delta in deltas:
         if delta.study_uid in failed:
             continue
         try:
-            new = apply_delta(dynamodb, table_name, delta)
+            new = apply_delta(dynamodb, table_name, delta, deadline)
         except (ClientError, RuntimeError) as error:
             failed[delta.study_uid] = type(error).__name__
             continue
         previous = counted.get(delta.study_uid, (0, delta.partner))[0]
         counted[delta.study_uid] = (previous + new, delta.partner)
+    unflag(dynamodb, table_name, [key for study, key in flags.items() if study not in failed])
     entries = [{
         "Source": EVENT_SOURCE,
         "DetailType": STUDY_INSTANCES_RECEIVED,

@@ -12,6 +12,13 @@ INGEST_TIMEOUT_SECONDS = 120
 PREVIEW_TIMEOUT_SECONDS = 60
 COUNTS_TIMEOUT_SECONDS = 60
 API_TIMEOUT_SECONDS = 29
+RECONCILE_TIMEOUT_SECONDS = 900
+
+RECONCILE_SCHEDULE_MINUTES = 15
+"""How often the reconcile function recounts the studies the counts function flagged."""
+ITERATOR_AGE_ALARM_SECONDS = 3600
+"""Alarm when the counts function's oldest unprocessed stream record is an hour old: the
+stream keeps records for 24 hours, so there is time to act before any expire."""
 
 VISIBILITY_TIMEOUT_FACTOR = 6
 """SQS visibility timeout = 6 x the consuming function's timeout (AWS's guidance)."""

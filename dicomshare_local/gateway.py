@@ -9,6 +9,12 @@ authenticated *before* the handler runs. On AWS that is IAM (SigV4); here it is
 handler checks it like any admin), and drops the header.
 The deployed API declares every media type binary (``*/*``), so request bodies arrive
 base64-encoded; they do here too.
+
+Every request gets a response, as from API Gateway: a handler that raises gives
+``502 {"message": "Internal server error"}``, one still running after the integration's
+29 s gives ``504 {"message": "Endpoint request timed out"}`` (the handler finishes in the
+background). The listen backlog holds 128 connections (``http.server``'s default of 5
+reset the connections of a browser opening a share page while the pipeline was busy).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as HandlerTimedOut
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -37,12 +44,17 @@ LOCAL_ADMIN_ARN = "arn:aws:sts::000000000000:assumed-role/dicomshare-local-admin
 
 log = logging.getLogger("dicomshare.local")
 
+INTERNAL_ERROR = (502, {"message": "Internal server error"})
+TIMED_OUT = (504, {"message": "Endpoint request timed out"})
 
-def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admin_token: str) -> ThreadingHTTPServer:
-    # Lambda runs one event at a time per execution environment, and the handler relies on
-    # it (Powertools' resolver keeps the current event on the app): calls are serialized.
-    one_at_a_time = threading.Lock()
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128
+    daemon_threads = True
+
+
+def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admin_token: str,
+                timeout_seconds: float = resources.API_TIMEOUT_SECONDS) -> ThreadingHTTPServer:
     class Gateway(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -69,8 +81,7 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
             headers["X-Forwarded-Proto"] = "http"
             event = _event(self.command, path, url.query, headers, body, identity, self.headers.get("Host", ""))
             started = time.monotonic()
-            with one_at_a_time:
-                response = handler(event, LambdaContext("api", resources.API_TIMEOUT_SECONDS))
+            response = invoke(event)
             out_headers = dict(response.get("headers") or {})
             for name, values in (response.get("multiValueHeaders") or {}).items():
                 out_headers[name] = ", ".join(values)
@@ -114,9 +125,23 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
         def log_message(self, format: str, *args: Any) -> None:
             """Silenced: the default line would carry the query string; ``do_request`` logs."""
 
-    server = ThreadingHTTPServer((host, port), Gateway)
-    server.daemon_threads = True
-    return server
+    # Lambda runs one event at a time per execution environment, and the handler relies on
+    # it (Powertools' resolver keeps the current event on the app): one worker, calls in turn.
+    invocations = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api")
+
+    def invoke(event: dict) -> dict:
+        """The handler's proxy response, or API Gateway's own for an error or a timeout."""
+        running = invocations.submit(handler, event, LambdaContext("api", resources.API_TIMEOUT_SECONDS))
+        try:
+            return running.result(timeout=timeout_seconds)
+        except HandlerTimedOut:
+            status, body = TIMED_OUT
+        except Exception:
+            log.exception("api: handler raised")
+            status, body = INTERNAL_ERROR
+        return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+
+    return _Server((host, port), Gateway)
 
 
 def _event(method: str, path: str, query: str, headers: dict[str, str], body: bytes,

@@ -1,5 +1,6 @@
 """Lambda's event source mappings, played locally: poll a queue or a stream and call the
-real handler with the event shape Lambda sends, honouring partial batch responses.
+real handler with the event shape Lambda sends, honouring partial batch responses; and
+an EventBridge schedule.
 
 On AWS these are the SQS and DynamoDB Streams event source mappings of ``stacks/ingest.py``;
 moto cannot run Lambda code without Docker, so the local system runs them in threads.
@@ -186,6 +187,29 @@ class StreamPoller(Poller):
         if hasattr(created, "timestamp"):
             record["dynamodb"] = dict(record["dynamodb"], ApproximateCreationDateTime=int(created.timestamp()))
         return record
+
+
+class SchedulePoller(Poller):
+    """An EventBridge schedule rule targeting a function: a "Scheduled Event" every
+    ``interval_seconds``, the first one an interval after the start."""
+
+    def __init__(self, name: str, handler: Handler, timeout_seconds: int, interval_seconds: float, region: str):
+        super().__init__(name, handler, timeout_seconds)
+        self.interval_seconds = interval_seconds
+        self.region = region
+        self.next_run = time.monotonic() + interval_seconds
+
+    def poll_once(self) -> bool:
+        if time.monotonic() < self.next_run:
+            return False
+        self.next_run = time.monotonic() + self.interval_seconds
+        self.invoke({
+            "version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "000000000000", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": self.region, "resources": [f"arn:aws:events:{self.region}:000000000000:rule/{self.name}"],
+            "detail": {},
+        })
+        return True
 
 
 def _matches(pattern: dict, record: dict) -> bool:

@@ -114,6 +114,7 @@ class LocalSystem:
         from lambdas.counts.handler import handler as counts
         from lambdas.ingest.handler import handler as ingest
         from lambdas.preview.handler import handler as preview
+        from lambdas.reconcile.handler import handler as reconcile
 
         sqs = self.client("sqs")
         r = self.resources
@@ -123,6 +124,8 @@ class LocalSystem:
                               r.preview_queue_url, self.region),
             pollers.StreamPoller("counts", counts, resources.COUNTS_TIMEOUT_SECONDS, self.client("dynamodbstreams"),
                                  r.stream_arn, self.client("sqs"), r.counts_dlq_url, self.region),
+            pollers.SchedulePoller("reconcile", reconcile, resources.RECONCILE_TIMEOUT_SECONDS,
+                                   resources.RECONCILE_SCHEDULE_MINUTES * 60, self.region),
         ]
         for poller in self._pollers:
             poller.start()

@@ -14,6 +14,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -44,13 +45,15 @@ PREVIEW_MEMORY_MB = 2048
 large multi-frame instances, and decoding wants the CPU of ~1.2 vCPU."""
 COUNTS_MEMORY_MB = 256
 """Sums up to 100 stream records into a handful of DynamoDB updates: I/O-bound, small."""
+RECONCILE_MEMORY_MB = 512
+"""Recounts whole studies: keeps the sort keys of every instance of one study (about
+15 MB for 100,000 instances) while streaming the rest of each item through."""
 
-INGEST_CONCURRENCY = 20
-"""Reserved concurrency of the ingest function, also the SQS event source's maximum
-concurrency (so Lambda never throttles messages back to the queue and on to the DLQ)."""
-PREVIEW_CONCURRENCY = 10
-COUNTS_CONCURRENCY = 5
-"""One invocation per stream shard at a time; five covers a table with that many shards."""
+INGEST_MAX_CONCURRENCY = 20
+"""The ingest SQS event source's maximum concurrency when the configuration reserves none
+for the function; with a reservation, the reservation (so Lambda never throttles messages
+back to the queue and on to the DLQ)."""
+PREVIEW_MAX_CONCURRENCY = 10
 
 MESSAGE_RETENTION = cdk.Duration.days(14)
 INGEST_BACKLOG_ALARM_SECONDS = 900
@@ -110,7 +113,7 @@ class IngestStack(cdk.Stack):
                 config.EVENT_BUS_NAME_ENV: self.bus.event_bus_name,
             },
             memory_size=INGEST_MEMORY_MB, timeout_seconds=resources.INGEST_TIMEOUT_SECONDS,
-            reserved_concurrency=INGEST_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            reserved_concurrency=settings.reserved_concurrency.get("ingest"), logs_key=self.pipeline_key, removal=removal,
             invoked_by="SQS event source mapping, failed messages redrive to the ingest DLQ",
         )
         self.ingest.add_to_role_policy(*ingest_permissions(storage, self.bus))
@@ -127,14 +130,14 @@ class IngestStack(cdk.Stack):
             self.ingest_queue,
             batch_size=resources.SQS_BATCH_SIZE,
             report_batch_item_failures=True,
-            max_concurrency=INGEST_CONCURRENCY,
+            max_concurrency=settings.reserved_concurrency.get("ingest", INGEST_MAX_CONCURRENCY),
         ))
 
         self.preview = PythonFunction(
             self, "PreviewFunction", name="preview", settings=settings,
             environment={config.DEID_BUCKET_ENV: storage.deid_bucket.bucket_name},
             memory_size=PREVIEW_MEMORY_MB, timeout_seconds=resources.PREVIEW_TIMEOUT_SECONDS,
-            reserved_concurrency=PREVIEW_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            reserved_concurrency=settings.reserved_concurrency.get("preview"), logs_key=self.pipeline_key, removal=removal,
             invoked_by="SQS event source mapping, failed messages redrive to the preview DLQ",
         )
         self.preview.add_to_role_policy(*preview_permissions(storage))
@@ -148,7 +151,7 @@ class IngestStack(cdk.Stack):
             self.preview_queue,
             batch_size=resources.SQS_BATCH_SIZE,
             report_batch_item_failures=True,
-            max_concurrency=PREVIEW_CONCURRENCY,
+            max_concurrency=settings.reserved_concurrency.get("preview", PREVIEW_MAX_CONCURRENCY),
         ))
 
         self.counts = PythonFunction(
@@ -158,7 +161,7 @@ class IngestStack(cdk.Stack):
                 config.EVENT_BUS_NAME_ENV: self.bus.event_bus_name,
             },
             memory_size=COUNTS_MEMORY_MB, timeout_seconds=resources.COUNTS_TIMEOUT_SECONDS,
-            reserved_concurrency=COUNTS_CONCURRENCY, logs_key=self.pipeline_key, removal=removal,
+            reserved_concurrency=settings.reserved_concurrency.get("counts"), logs_key=self.pipeline_key, removal=removal,
             invoked_by="DynamoDB stream event source mapping, failed batches go to its on-failure SQS destination",
         )
         self.counts.add_to_role_policy(*counts_permissions(storage, self.bus))
@@ -177,6 +180,32 @@ class IngestStack(cdk.Stack):
             "sending to the counts DLQ, encrypted with the pipeline key (this key only)."
             for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*")
         })
+
+        self.reconcile = PythonFunction(
+            self, "ReconcileFunction", name="reconcile", settings=settings,
+            environment={config.TABLE_NAME_ENV: storage.table.table_name},
+            memory_size=RECONCILE_MEMORY_MB, timeout_seconds=resources.RECONCILE_TIMEOUT_SECONDS,
+            reserved_concurrency=settings.reserved_concurrency.get("reconcile"), logs_key=self.pipeline_key,
+            removal=removal, invoked_by="an EventBridge schedule",
+            asynchronous_failures="Invoked asynchronously by an EventBridge schedule, with no retry: a failed run "
+            "leaves its studies' reconcile flags in the table, and the next scheduled run takes them up; its "
+            "errors raise the ReconcileErrors alarm. A DLQ would hold only copies of the schedule's empty event.",
+        )
+        self.reconcile.add_to_role_policy(*reconcile_permissions(storage))
+        events.Rule(
+            self, "ReconcileSchedule",
+            description="Recount the studies the counts function flagged (dicomshare_aws.reconcile)",
+            schedule=events.Schedule.rate(cdk.Duration.minutes(resources.RECONCILE_SCHEDULE_MINUTES)),
+            targets=[targets.LambdaFunction(self.reconcile.function, retry_attempts=0)],
+        )
+        self.alarm("ReconcileErrors", self.reconcile.function.metric_errors(
+            period=cdk.Duration.minutes(resources.RECONCILE_SCHEDULE_MINUTES), statistic="Sum"), threshold=1,
+            description="The reconcile function failed: flagged studies keep possibly wrong counts until a run succeeds")
+        self.alarm("CountsIteratorAge", self.counts.function.metric(
+            "IteratorAge", period=cdk.Duration.minutes(1), statistic="Maximum"),
+            threshold=resources.ITERATOR_AGE_ALARM_SECONDS * 1000,
+            description="The counts function is an hour behind the table's stream (throttled, failing or "
+            "disabled); records older than 24 hours expire uncounted: see docs/ingest.md, 'Reconciliation'")
 
         for dlq in (self.ingest_dlq, self.preview_dlq, self.counts_dlq):
             self.alarm(f"{dlq.node.id}Depth", dlq.metric_approximate_number_of_messages_visible(
@@ -346,8 +375,8 @@ def preview_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
 
 
 def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
-    """Update study and series counts and mark counted instances (``index.COUNTS_WRITES``),
-    single updates or transactions of them.
+    """Update study and series counts, put counted marks (transactions of them), put and
+    delete reconcile flags (``BatchWriteItem``): ``index.COUNTS_WRITES``.
 
     DynamoDB has no IAM action for ``TransactWriteItems``: each item of a transaction is
     authorized by its own action (``UpdateItem``, ``ConditionCheckItem`` ...).
@@ -361,7 +390,8 @@ def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
         ),
         iam.PolicyStatement(
             sid="UpdateCounts",
-            actions=["dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"],
+            actions=["dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:BatchWriteItem",
+                     "dynamodb:ConditionCheckItem"],
             resources=[storage.imported_arns["TableArn"]],
             conditions=item_conditions(index.COUNTS_WRITES),
         ),
@@ -371,4 +401,28 @@ def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             resources=[storage.table_key.key_arn],
         ),
         iam.PolicyStatement(sid="PublishEvents", actions=["events:PutEvents"], resources=[bus.event_bus_arn]),
+    ]
+
+
+def reconcile_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
+    """Query studies' items, marks and reconcile flags; put marks and delete flags
+    (``BatchWriteItem``); set study and series counts (transactions of ``UpdateItem``)."""
+    return [
+        iam.PolicyStatement(
+            sid="ReadStudies",
+            actions=["dynamodb:Query"],
+            resources=[storage.imported_arns["TableArn"]],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(index.COUNTS_WRITES["leading_keys"])}},
+        ),
+        iam.PolicyStatement(
+            sid="RecountStudies",
+            actions=["dynamodb:BatchWriteItem", "dynamodb:UpdateItem"],
+            resources=[storage.imported_arns["TableArn"]],
+            conditions=item_conditions(index.COUNTS_WRITES),
+        ),
+        iam.PolicyStatement(
+            sid="UseTableKey",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[storage.table_key.key_arn],
+        ),
     ]

@@ -63,10 +63,11 @@ class PythonFunction(Construct):
         environment: Mapping[str, str],
         memory_size: int,
         timeout_seconds: int,
-        reserved_concurrency: int,
+        reserved_concurrency: int | None,
         logs_key: kms.IKey,
         removal: cdk.RemovalPolicy,
         invoked_by: str,
+        asynchronous_failures: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         self.log_group = encrypted_log_group(self, "Logs", key=logs_key, settings=settings, removal=removal)
@@ -100,11 +101,17 @@ class PythonFunction(Construct):
         acknowledge(self.function, {
             "AwsSolutions-L1": "Pinned to python3.12, the version the bundle's binary wheels (numpy, pylibjpeg, "
             "pyjpegls) are resolved for (stacks/pip_bundling.py); moving on is a deliberate, tested change.",
-            "HIPAA.Security-LambdaDLQ": f"Never invoked asynchronously: {invoked_by}. A function DLQ applies "
-            "only to asynchronous invocations.",
+            "HIPAA.Security-LambdaDLQ": asynchronous_failures or f"Never invoked asynchronously: {invoked_by}. "
+            "A function DLQ applies only to asynchronous invocations.",
             "HIPAA.Security-LambdaInsideVPC": "Reaches only AWS regional APIs (S3, DynamoDB, SQS, Secrets Manager, "
             "EventBridge, KMS) over TLS with IAM authorization; there is no private resource to reach in a VPC.",
         })
+        if reserved_concurrency is None:
+            acknowledge(self.function, {
+                "HIPAA.Security-LambdaConcurrency": "Reserved concurrency is configuration (reserved_concurrency "
+                "in the document, unset by default): reserving it in a new account, whose concurrency quota may "
+                "be 10, makes the deployment fail (docs/deployment.md, 'Function sizing').",
+            })
         acknowledge(self.role.node.find_child("DefaultPolicy"), {
             "HIPAA.Security-IAMNoInlinePolicy": "The policy belongs to this one function role (its grants, "
             "listed statement by statement); a managed policy would be attached to nothing else.",

@@ -27,7 +27,6 @@ from stacks.storage import StorageStack
 API_MEMORY_MB = 512
 """JSON in, JSON out, plus an occasional Key Object Selection document (highdicom, imported
 lazily): 512 MB keeps cold starts short. To be replaced by bench/ measurements."""
-API_CONCURRENCY = 20
 
 STAGE_NAME = "v1"
 THROTTLE_RATE = 50
@@ -63,7 +62,7 @@ class ShareApiStack(cdk.Stack):
                 config.EVENT_BUS_NAME_ENV: bus.event_bus_name,
             },
             memory_size=API_MEMORY_MB, timeout_seconds=resources.API_TIMEOUT_SECONDS,
-            reserved_concurrency=API_CONCURRENCY, logs_key=self.logs_key, removal=removal,
+            reserved_concurrency=settings.reserved_concurrency.get("api"), logs_key=self.logs_key, removal=removal,
             invoked_by="API Gateway's synchronous Lambda proxy integration",
         )
         self.handler.add_to_role_policy(*api_permissions(storage, bus))

@@ -63,3 +63,13 @@ def test_resolver_debug_is_pinned_off():
     from lambdas.api.handler import app
 
     assert app._debug is False
+
+
+def test_every_handler_pins_log_event_off():
+    """Every function's handler, including ones added later, pins ``log_event=False``."""
+    decorators = {path.parent.name: [line.strip() for line in path.read_text().splitlines()
+                                     if line.strip().startswith("@logger.inject_lambda_context")]
+                  for path in (ROOT / "lambdas").glob("*/handler.py")}
+    assert len(decorators) >= 5
+    for function, lines in decorators.items():
+        assert lines and all("log_event=False" in line for line in lines), function

@@ -7,14 +7,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
 
 from dicomshare import settings
-from dicomshare_local import demo
+from dicomshare_aws import index_store
+from dicomshare_local import demo, gateway
 
 CLI = [sys.executable, "-m", "dicomshare"]
 
@@ -147,3 +151,60 @@ def test_domain_package_never_imports_the_local_runtime():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.split(".")[0] in ("dicomshare_local", "dicomshare_aws", "lambdas")], source
+
+
+def _gateway_answers(handler, timeout_seconds: float = 29) -> tuple[int, dict]:
+    server = gateway.make_server("127.0.0.1", 0, handler, "token", timeout_seconds=timeout_seconds)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.server_address[1]}/{gateway.STAGE}/redeem",
+                                         method="POST", data=b"{}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_gateway_answers_for_a_failing_or_slow_handler_as_api_gateway_does():
+    def failing(event, context):
+        raise RuntimeError("boom")
+
+    def slow(event, context):
+        time.sleep(3)
+        return {"statusCode": 200, "body": "{}"}
+
+    assert _gateway_answers(failing) == (502, {"message": "Internal server error"})
+    assert _gateway_answers(slow, timeout_seconds=0.5) == (504, {"message": "Endpoint request timed out"})
+
+
+def test_api_answers_every_request_while_a_large_study_is_counted(local_system, api):
+    """Instance items of a 400-instance study written as fast as they go while 12 clients
+    list studies: the counts function runs meanwhile, and every request gets its answer."""
+    from test_counts import _items
+
+    dynamodb = local_system.client("dynamodb")
+    items = _items(400, "RESPONSIVE")
+    answers: list = []
+
+    def list_studies():
+        try:
+            answers.append(api.call("GET", "/studies")[0])
+        except Exception as error:  # a dropped connection, a reset, a client timeout
+            answers.append(repr(error))
+
+    clients = [threading.Thread(target=list_studies) for _ in range(12)]
+    for n, item in enumerate(items):
+        index_store.put_new(dynamodb, local_system.resources.table_name, item)
+        if n % 30 == 0 and n // 30 < len(clients):
+            clients[n // 30].start()
+    for client in clients:
+        client.join()
+    assert answers == [200] * 12
+    local_system.wait_idle(timeout=600)
+    status, body = api.call("GET", "/studies")
+    (study,) = [s for s in body["studies"] if s["study_description"] == "RESPONSIVE"]
+    assert study["instance_count"] == 400

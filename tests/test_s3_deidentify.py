@@ -4,8 +4,11 @@ a multipart upload whose pixel data is copied server-side."""
 from __future__ import annotations
 
 import io
+import threading
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
+from botocore.awsrequest import AWSResponse
 import numpy as np
 import pydicom
 import pytest
@@ -152,3 +155,60 @@ def test_source_overwritten_mid_rewrite_aborts_the_upload(s3):
         )
     assert s3.list_multipart_uploads(Bucket=DST).get("Uploads", []) == []
     assert s3.list_objects_v2(Bucket=DST, Prefix="studies/overwritten").get("KeyCount", 0) == 0
+
+
+class PartCopies:
+    """botocore ``before-send`` hook on UploadPartCopy: holds the first ``together`` copies
+    until that many are in flight at once (a barrier: copies made one after another break
+    it), and answers the copy of part ``fail_part`` with S3's 500 error."""
+
+    def __init__(self, client, together: int = 0, fail_part: int | None = None):
+        self.barrier = threading.Barrier(together, timeout=20) if together else None
+        self.fail_part = fail_part
+        self.parts: list[int] = []
+        client.meta.events.register("before-send.s3.UploadPartCopy", self._send)
+
+    def _send(self, request, **_):
+        number = int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
+        self.parts.append(number)
+        if self.barrier is not None and len(self.parts) <= self.barrier.parties:
+            self.barrier.wait()
+        if number == self.fail_part:
+            body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+            return AWSResponse(request.url, 500, {}, _Raw(body))
+        return None
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+def _client_like(s3):
+    return boto3.client("s3", endpoint_url=s3.meta.endpoint_url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def test_part_copies_run_in_parallel(s3, monkeypatch):
+    monkeypatch.setattr(s3_deidentify, "COPY_PART_BYTES", 5 * 1024**2)
+    client = _client_like(s3)
+    copies = PartCopies(client, together=3)
+    data = dicom_bytes(frames=40)
+    result = rewrite(client, "partner/parallel.dcm", data)
+    assert len(copies.parts) == 4 and sorted(copies.parts) == list(range(2, 2 + len(copies.parts)))
+    assert s3.get_object(Bucket=DST, Key=result.key)["Body"].read() == expected_output(data)
+
+
+def test_a_failed_part_copy_aborts_the_upload(s3, monkeypatch):
+    monkeypatch.setattr(s3_deidentify, "COPY_PART_BYTES", 5 * 1024**2)
+    monkeypatch.setattr(s3_deidentify, "COPY_CONCURRENCY", 1)
+    client = _client_like(s3)
+    copies = PartCopies(client, fail_part=3)
+    data = dicom_bytes(frames=40, seed=11)
+    with pytest.raises(Exception):
+        rewrite(client, "partner/failed-copy.dcm", data)
+    assert 5 not in copies.parts, "copies not yet started are cancelled (one worker: at most part 4 had begun)"
+    assert s3.list_multipart_uploads(Bucket=DST).get("Uploads", []) == []

@@ -26,7 +26,7 @@ from dicomshare import index, shares  # noqa: E402
 from dicomshare.settings import ConfigError, from_document  # noqa: E402
 from dicomshare_aws import resources  # noqa: E402
 from stacks.dicomshare_app import build  # noqa: E402
-from stacks.pip_bundling import PROJECT_ROOT, function_code  # noqa: E402
+from stacks.pip_bundling import LAMBDA_PYTHON_VERSION, PROJECT_ROOT, function_code, lambda_python  # noqa: E402
 
 CDK_CONTEXT = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
 PARTNER_ACCOUNT = "111122223333"
@@ -389,7 +389,7 @@ def test_s3_events_reach_the_queues(ingest):
         {"Name": "prefix", "Value": resources.PREVIEW_FILTER["prefix"]}]
 
 
-def test_functions_run_on_arm64_python312_traced_with_reserved_concurrency(synthesized):
+def test_functions_run_on_arm64_python312_traced_without_reserved_concurrency_by_default(synthesized):
     expected_config = from_document(partner_document()).to_json()
     found = {}
     for name in ("dicomshare-dev-ingest", "dicomshare-dev-share-api"):
@@ -398,12 +398,12 @@ def test_functions_run_on_arm64_python312_traced_with_reserved_concurrency(synth
             found[p["Handler"]] = p
             assert p["Architectures"] == ["arm64"] and p["Runtime"] == "python3.12"
             assert p["TracingConfig"] == {"Mode": "Active"}
-            assert p["ReservedConcurrentExecutions"] >= 1
+            assert "ReservedConcurrentExecutions" not in p
             env = p["Environment"]["Variables"]
             assert env["DICOMSHARE_CONFIG"] == expected_config
             assert env["POWERTOOLS_METRICS_NAMESPACE"] == "dicomshare"
             assert "LogGroup" in p["LoggingConfig"]
-    assert sorted(found) == [f"lambdas.{f}.handler.handler" for f in ("api", "counts", "ingest", "preview")]
+    assert sorted(found) == [f"lambdas.{f}.handler.handler" for f in ("api", "counts", "ingest", "preview", "reconcile")]
     assert found["lambdas.ingest.handler.handler"]["Timeout"] == resources.INGEST_TIMEOUT_SECONDS
     assert "DEID_SECRET_ARN" in found["lambdas.ingest.handler.handler"]["Environment"]["Variables"]
     for other in ("api", "counts", "preview"):
@@ -437,13 +437,22 @@ def test_event_sources_report_batch_item_failures(ingest):
 
 def test_alarms_watch_dead_letters_and_backlogs(ingest):
     alarms = [a["Properties"] for a in ingest.find_resources("AWS::CloudWatch::Alarm").values()]
-    metrics = sorted((a["MetricName"], a["Dimensions"][0]["Value"]["Fn::GetAtt"][0][:-8]) for a in alarms)
+    def watched(dimension: dict) -> str:
+        """The logical id of the queue or function an alarm's dimension names, without its hash."""
+        value = dimension["Value"]
+        return (value["Fn::GetAtt"][0] if "Fn::GetAtt" in value else value["Ref"])[:-8]
+
+    metrics = sorted((a["MetricName"], watched(a["Dimensions"][0])) for a in alarms)
     assert metrics == [
         ("ApproximateAgeOfOldestMessage", "IngestQueue"), ("ApproximateAgeOfOldestMessage", "PreviewQueue"),
         ("ApproximateNumberOfMessagesVisible", "CountsDeadLetterQueue"),
         ("ApproximateNumberOfMessagesVisible", "IngestDeadLetterQueue"),
         ("ApproximateNumberOfMessagesVisible", "PreviewDeadLetterQueue"),
+        ("Errors", "ReconcileFunction"), ("IteratorAge", "CountsFunction"),
     ]
+    (iterator_age,) = [a for a in alarms if a["MetricName"] == "IteratorAge"]
+    assert (iterator_age["Namespace"], iterator_age["Statistic"], iterator_age["Threshold"]) == (
+        "AWS/Lambda", "Maximum", resources.ITERATOR_AGE_ALARM_SECONDS * 1000)
     for alarm in alarms:
         assert alarm["AlarmActions"][0]["Ref"].startswith("AlarmTopic")
     ingest.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
@@ -485,20 +494,45 @@ def test_preview_reads_instances_and_writes_previews_only(ingest):
 
 def test_counts_updates_the_index_and_touches_no_object(ingest):
     statements = role_statements(ingest, "CountsFunctionRole")
-    assert granted(statements, "dynamodb:UpdateItem") == ["import:dicomshare-dev-storage-TableArn"]
+    for action in ("dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:BatchWriteItem"):
+        assert granted(statements, action) == ["import:dicomshare-dev-storage-TableArn"]
+    assert not granted(statements, "dynamodb:DeleteItem") and not granted(statements, "dynamodb:Scan")
     table_statements = [s for s in statements if any(a.startswith("dynamodb:") and a != "dynamodb:ListStreams"
                                                      and not a.startswith(("dynamodb:GetRecords", "dynamodb:GetShard",
                                                                            "dynamodb:DescribeStream"))
                                                      for a in s["Action"])]
     assert table_statements
     for statement in table_statements:
-        assert statement["Condition"]["ForAllValues:StringLike"] == {"dynamodb:LeadingKeys": ["STUDY#*"]}
+        assert statement["Condition"]["ForAllValues:StringLike"] == {
+            "dynamodb:LeadingKeys": ["STUDY#*", "COUNTED#*", "RECONCILE"]}
     (write,) = [s for s in statements if "dynamodb:UpdateItem" in s["Action"]]
-    assert not {"dynamodb:PutItem", "dynamodb:DeleteItem"} & {a for s in statements for a in s["Action"]}
     attributes = write["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"]
-    assert {"counted", "instance_count", "series_count", "gsi1pk"} <= set(attributes)
+    assert {"flagged_at", "instance_count", "series_count", "gsi1pk"} <= set(attributes)
     assert {"s3_key", "dicom_json", "share_id", "reason", "revoked_at", "ttl"}.isdisjoint(attributes)
     assert not [a for s in statements for a in s["Action"] if a.startswith(("s3:", "secretsmanager:"))]
+
+
+def test_reconcile_runs_on_a_schedule_and_only_recounts_the_index(ingest):
+    (reconcile,) = [f for f in functions(ingest).values() if f["Properties"]["Handler"].startswith("lambdas.reconcile.")]
+    assert reconcile["Properties"]["Timeout"] == resources.RECONCILE_TIMEOUT_SECONDS
+    assert set(reconcile["Properties"]["Environment"]["Variables"]) >= {"TABLE_NAME"}
+    assert "EVENT_BUS_NAME" not in reconcile["Properties"]["Environment"]["Variables"]
+    (rule,) = ingest.find_resources("AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == f"rate({resources.RECONCILE_SCHEDULE_MINUTES} minutes)"
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"]["Fn::GetAtt"][0].startswith("ReconcileFunction")
+    assert target["RetryPolicy"] == {"MaximumRetryAttempts": 0}
+    ingest.has_resource_properties("AWS::Lambda::Permission", {
+        "Principal": "events.amazonaws.com", "Action": "lambda:InvokeFunction"})
+    statements = role_statements(ingest, "ReconcileFunctionRole")
+    for action in ("dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem"):
+        assert granted(statements, action) == ["import:dicomshare-dev-storage-TableArn"]
+    assert not [a for s in statements for a in s["Action"]
+                if a.startswith(("s3:", "secretsmanager:", "events:")) or a in ("dynamodb:Scan", "dynamodb:DeleteItem")]
+    for statement in statements:
+        if any(a.startswith("dynamodb:") for a in statement["Action"]):
+            assert statement["Condition"]["ForAllValues:StringLike"] == {
+                "dynamodb:LeadingKeys": ["STUDY#*", "COUNTED#*", "RECONCILE"]}
 
 
 def test_api_reads_the_index_and_writes_only_share_items(share_api):
@@ -645,6 +679,23 @@ def test_cfn_lint_finds_no_error(synthesized):
     assert result.returncode & 2 == 0, result.stdout + result.stderr
 
 
+def test_reserved_concurrency_is_configuration():
+    document = {**partner_document(), "reserved_concurrency": {"ingest": 8, "counts": 2, "api": None}}
+    app = cdk.App(context=context(dicomshare=document))
+    stacks = build(app)
+    by_handler = {}
+    for stack in (stacks.ingest, stacks.share_api):
+        for fn in functions(Template.from_stack(stack)).values():
+            by_handler[fn["Properties"]["Handler"].split(".")[1]] = fn["Properties"].get("ReservedConcurrentExecutions")
+    assert by_handler == {"ingest": 8, "preview": None, "counts": 2, "reconcile": None, "api": None}
+    mappings = Template.from_stack(stacks.ingest).find_resources("AWS::Lambda::EventSourceMapping").values()
+    assert sorted(m["Properties"]["ScalingConfig"]["MaximumConcurrency"] for m in mappings
+                  if "ScalingConfig" in m["Properties"]) == [8, 10]
+    for bad in ({"ingest": 1}, {"lambda": 3}, {"counts": 0}, {"api": "5"}):
+        with pytest.raises(ConfigError, match="reserved_concurrency"):
+            from_document({**partner_document(), "reserved_concurrency": bad})
+
+
 # Bundling
 
 
@@ -663,3 +714,20 @@ def test_ingest_bundle_fits_lambda_limit(tmp_path):
     assert (asset / "dicomshare" / "data").is_dir()
     assert not (asset / "dicomshare_local").exists() and not (asset / "boto3").exists()
     assert list(asset.glob("pydicom-3.0.2.dist-info")), "the pinned version"
+    assert_bytecode_for_the_runtime(asset)
+
+
+def assert_bytecode_for_the_runtime(asset: Path) -> None:
+    """Every module imported at a cold start has bytecode of the runtime's version, marked
+    "unchecked hash" (CDK zips with a fixed mtime, so timestamp checks would fail in Lambda)."""
+    magic = bytes.fromhex(subprocess.run(
+        [lambda_python(), "-c", "import importlib.util; print(importlib.util.MAGIC_NUMBER.hex())"],
+        capture_output=True, text=True, check=True).stdout.strip())
+    for module in ("lambdas/ingest/handler.py", "dicomshare/deidentify.py", "pydicom/dataset.py",
+                   "aws_lambda_powertools/logging/logger.py"):
+        source = asset / module
+        cached = source.parent / "__pycache__" / f"{source.stem}.cpython-{LAMBDA_PYTHON_VERSION.replace('.', '')}.pyc"
+        header = cached.read_bytes()[:16]
+        assert header[:4] == magic, module
+        assert int.from_bytes(header[4:8], "little") == 0b01, f"{module}: hash-based, unchecked"
+    assert not [p for p in asset.rglob("*.pyc") if f"cpython-{LAMBDA_PYTHON_VERSION.replace('.', '')}" not in p.name]

@@ -1,11 +1,13 @@
 """Counts function: the table's stream (new images) -> exact study and series counts.
 
 The batch is aggregated per study (:mod:`dicomshare_aws.counts`, which explains why
-the counts stay exact under retries); Powertools batch processing then reports the
+the counts stay exact under retries, throttling and conflicts, backing off until 10 s
+before the timeout); Powertools batch processing then reports the
 records of any study that could not be updated, so the stream retries from there.
 """
 
 import os
+import time
 from functools import cache
 
 import boto3
@@ -20,6 +22,8 @@ from dicomshare_aws.counts import StudyNotCounted, count_new_instances
 
 logger = Logger(service="counts")
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+DEADLINE_MARGIN_SECONDS = 10
+"""Backoff stops this long before the timeout: enough to report the failed records."""
 
 
 @cache
@@ -37,8 +41,9 @@ def _new_instance(record: DynamoDBRecord) -> dict | None:
 @logger.inject_lambda_context(log_event=False)
 def handler(event, context):
     items = [i for i in map(_new_instance, DynamoDBStreamEvent(event).records) if i]
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
     failed = count_new_instances(*_clients(), items, table_name=os.environ[config.TABLE_NAME_ENV],
-                                 event_bus_name=os.environ[config.EVENT_BUS_NAME_ENV])
+                                 event_bus_name=os.environ[config.EVENT_BUS_NAME_ENV], deadline=deadline)
     for study_uid, error in failed.items():
         logger.error("study not counted", extra={"study_uid": study_uid, "error": error})
 
