@@ -279,7 +279,7 @@ def test_throttling_past_the_deadline_leaves_the_study_flagged_for_reconciliatio
     assert _totals(aws, study, _series(items)) == _expected(items)
     item = _get(aws, index.study_key(study))
     assert (item["gsi1pk"], item["gsi2pk"], item["modalities"], item["partner"]) == (
-        "PATIENT#DS-TESTPSEUDONYM", "STUDIES", {"CT"}, "hospital-a")
+        "PATIENT#hospital-a#DS-TESTPSEUDONYM", "STUDIES", {"CT"}, "hospital-a")
     assert item["first_received"] == min(i["received_at"] for i in items)
     assert _count(aws, items) == {}, "the stream's retry of the same records"
     assert _totals(aws, study, _series(items)) == _expected(items)
