@@ -13,6 +13,7 @@ study                ``STUDY#<StudyInstanceUID>``         ``STUDY``
 series               ``STUDY#<StudyInstanceUID>``         ``SERIES#<SeriesInstanceUID>``
 instance             ``STUDY#<StudyInstanceUID>``         ``INSTANCE#<SeriesUID>#<SOPUID>``
 quarantine record    ``QUARANTINE#<object_id>``           ``QUARANTINE``
+receipt              ``RECEIPT#<object_id>``              ``RECEIPT``
 share                ``SHARE#<share_id>``                 ``SHARE``
 token -> share       ``TOKEN#<sha256(token)>``            ``TOKEN``
 audit record         ``SHARE#<share_id>``                 ``AUDIT#<iso time>#<event id>``
@@ -25,7 +26,15 @@ Global secondary indexes:
 - ``patient-studies`` (``gsi1pk`` = :func:`patient_partition`, ``gsi1sk`` =
   ``<StudyDate>#<StudyInstanceUID>``): a patient's studies in date order (priors).
 - ``listing`` (``gsi2pk`` = :data:`STUDIES`, :data:`SHARES` or :data:`QUARANTINE`,
-  ``gsi2sk`` = ``<iso time>#<id>``): studies, shares and quarantine records newest first.
+  ``gsi2sk`` = ``<iso time>#<id>``): studies, shares and quarantine records newest first;
+  and one collection per partner, ``gsi2pk`` = :func:`receipts_collection`
+  (``RECEIPTS#<partner>``), ``gsi2sk`` = ``<recorded iso time>#<object_id>``: that
+  partner's receipts in the order they were recorded (``GET /receipts``). A partner's
+  receipts share no key with another partner's, so a query for one can never return the
+  other's.
+
+A receipt (:mod:`dicomshare.receipts`) is keyed by the uploaded object version
+(``object_id``), so a retried or redelivered object can never record a second outcome.
 
 ``ttl`` (epoch seconds) lets DynamoDB delete expired shares; expiry itself is enforced on
 every redemption, TTL only cleans up. The stream (new images) feeds the counts aggregator.
@@ -77,6 +86,15 @@ def instance_key(study_uid: str, series_uid: str, sop_uid: str) -> dict[str, str
 
 def quarantine_key(object_id: str) -> dict[str, str]:
     return {PK: f"QUARANTINE#{object_id}", SK: "QUARANTINE"}
+
+
+def receipt_key(object_id: str) -> dict[str, str]:
+    return {PK: f"RECEIPT#{object_id}", SK: "RECEIPT"}
+
+
+def receipts_collection(partner: str) -> str:
+    """``gsi2pk`` of a partner's receipts in the ``listing`` index."""
+    return f"RECEIPTS#{partner}"
 
 
 def share_key(share_id: str) -> dict[str, str]:

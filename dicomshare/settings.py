@@ -11,6 +11,7 @@ generates them and passes them in the environment variables named below.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -50,6 +51,12 @@ class Partner:
     @property
     def prefix(self) -> str:
         return f"{self.id}/"
+
+    def role_name(self, environment: str, region: str) -> str:
+        """Name of the partner's IAM role (uploads, ``GET /receipts``) in ``environment`` and
+        ``region``: derived, not configured, so the API recognises a partner caller by the
+        role in its signed identity. At most 61 characters (IAM allows 64)."""
+        return f"dicomshare-{environment}-p-{hashlib.sha256(self.id.encode()).hexdigest()[:16]}-{region}"
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ class LocalSystem:
         self.api_port = api_port
         self.region = region
         self.admin_token = secrets.token_urlsafe(24)
+        self.partner_tokens = {p.id: secrets.token_urlsafe(24) for p in settings.partners}
         self._pollers: list[pollers.Poller] = []
 
     def __enter__(self) -> "LocalSystem":
@@ -125,9 +126,15 @@ class LocalSystem:
     def _start_gateway(self) -> None:
         from lambdas.api.handler import handler as api
 
-        self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token)
+        self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token, {
+            token: self.partner_arn(partner) for partner, token in self.partner_tokens.items()})
         self.api_url = f"http://{self.host}:{self.http.server_address[1]}/{gateway.STAGE}"
         threading.Thread(target=self.http.serve_forever, name="gateway", daemon=True).start()
+
+    def partner_arn(self, partner_id: str) -> str:
+        """The identity a partner's token stands for: its role's assumed-role ARN."""
+        role = self.settings.partner(partner_id).role_name(self.settings.environment, self.region)
+        return f"arn:aws:sts::000000000000:assumed-role/{role}/local"
 
     def _write_connection_file(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +158,7 @@ class LocalSystem:
             "partner_prefix": partner.prefix if partner else "",
             "api_url": self.api_url,
             "admin_token": self.admin_token,
+            "partner_tokens": dict(self.partner_tokens),
         }
 
     def client(self, service: str):

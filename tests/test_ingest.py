@@ -348,7 +348,7 @@ def test_study_event_is_emitted_per_study(pipeline):
     while messages := sqs.receive_message(QueueUrl=pipeline.resources.events_queue_url,
                                           MaxNumberOfMessages=10).get("Messages"):
         mine += [e for e in map(lambda m: json.loads(m["Body"]), messages)
-                 if e["detail"].get("study_uid") == study["study_uid"]]
+                 if e["detail-type"] == "StudyInstancesReceived" and e["detail"].get("study_uid") == study["study_uid"]]
     assert sum(e["detail"]["new_instances"] for e in mine) == 4
     assert {(e["source"], e["detail-type"], e["detail"]["partner"]) for e in mine} == {
         (resources.EVENT_SOURCE, "StudyInstancesReceived", CLINICAL)}

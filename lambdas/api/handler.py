@@ -1,7 +1,9 @@
-"""API Lambda: admin routes (IAM), ``POST /redeem`` and ``GET /view`` (share token).
+"""API Lambda: admin routes (IAM), ``POST /redeem`` and ``GET /view`` (share token),
+``GET /receipts`` (a partner's role, or an admin).
 
 Admin routes are authenticated by API Gateway (IAM, SigV4) before this function runs;
-the handler also refuses any admin request whose event carries no caller identity.
+the handler also refuses any admin request whose event carries no caller identity, and
+any request of a partner's role outside the partner routes.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from dicomshare_aws.resources import PUBLIC_ROUTES
-from lambdas.api import admin, page, redeem
+from dicomshare_aws.resources import PARTNER_ROUTES, PUBLIC_ROUTES
+from lambdas.api import admin, page, receipts, redeem
 from lambdas.api.errors import ApiError, error_event_response, error_response
 
 logger = Logger(service="api")
@@ -22,6 +24,7 @@ app = APIGatewayRestResolver(enable_validation=True)
 app.include_router(admin.router)
 app.include_router(redeem.router)
 app.include_router(page.router)
+app.include_router(receipts.router)
 
 
 @app.get("/openapi.json", include_in_schema=False)
@@ -57,5 +60,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     route = (event.get("httpMethod", ""), (event.get("path") or "/").rstrip("/") or "/")
     identity = (event.get("requestContext") or {}).get("identity") or {}
     if route not in PUBLIC_ROUTES and not (identity.get("userArn") or identity.get("caller")):
+        return error_event_response(403, "admin_only", "This route needs administrator credentials.")
+    if route not in PARTNER_ROUTES | PUBLIC_ROUTES and receipts.caller_partner(identity.get("userArn")):
         return error_event_response(403, "admin_only", "This route needs administrator credentials.")
     return app.resolve(event, context)

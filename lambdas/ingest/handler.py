@@ -31,6 +31,11 @@ def _clients():
     return boto3.client("s3"), boto3.client("dynamodb")
 
 
+@cache
+def _events():
+    return boto3.client("events")
+
+
 def _secret() -> bytes:
     return parameters.get_secret(os.environ[config.DEID_SECRET_ARN_ENV], max_age=300).encode()
 
@@ -43,7 +48,7 @@ def record_handler(record: SQSRecord) -> None:
         fields = {"bucket": obj.bucket, "key_sha256": obj.key_sha256, "s3_request_id": obj.request_id}
         try:
             result = ingest_object(*_clients(), obj, destinations=destinations,
-                                   settings=config.from_environment(), secret=_secret)
+                                   settings=config.from_environment(), secret=_secret, events=_events())
         except Exception as error:
             failed = ObjectFailed.from_error(error, obj)
             logger.error("object failed", extra={**fields, "outcome": "failed", "error": failed.error})
