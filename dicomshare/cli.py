@@ -9,7 +9,8 @@ need it to find the file; nothing is logged or written elsewhere.
 
 Exit status: 0 all de-identified, 3 some refused, 2 usage error.
 
-``dicomshare local ...`` (the local system) is registered by :mod:`dicomshare_local.commands`.
+``dicomshare local ...`` (the local system) is registered by :mod:`dicomshare_local.commands`,
+``dicomshare gateway`` (the DICOM C-STORE gateway) by :mod:`dicomshare_gateway.commands`.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomshare", description="Share DICOM studies safely: de-identify, index, share."
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{deid,local}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{deid,local,gateway}")
     deid_parser = subparsers.add_parser(
         "deid",
         help="de-identify DICOM files on this machine (PS3.15 basic profile + options)",
@@ -123,11 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     deid_parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
     deid_parser.set_defaults(func=deid)
     _register_local(subparsers)
+    _register_gateway(subparsers)
     return parser
 
 
 def _register_local(subparsers: argparse._SubParsersAction) -> None:
     from dicomshare_local import commands
+
+    commands.register(subparsers)
+
+
+def _register_gateway(subparsers: argparse._SubParsersAction) -> None:
+    from dicomshare_gateway import commands
 
     commands.register(subparsers)
 
