@@ -162,8 +162,25 @@ class ShareApiStack(cdk.Stack):
             ],
         )
 
+        self.allow_partners_receipts(storage)
+
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url)
         cdk.CfnOutput(self, "SharePageUrl", value=f"{self.api.url}view")
+
+
+    def allow_partners_receipts(self, storage: StorageStack) -> None:
+        """Each partner's role may call ``GET /receipts`` (and nothing else of this API); the
+        function then shows it that partner's receipts only."""
+        for partner_id, role in sorted(storage.partner_roles.items()):
+            policy = iam.Policy(self, f"PartnerReceipts-{partner_id}", roles=[role], statements=[iam.PolicyStatement(
+                actions=["execute-api:Invoke"],
+                resources=[self.api.arn_for_execute_api(method, path, STAGE_NAME)
+                           for method, path in sorted(resources.PARTNER_ROUTES)],
+            )])
+            acknowledge(policy, {
+                "HIPAA.Security-IAMNoInlinePolicy": "One statement for one partner role (GET /receipts of this "
+                "API); a managed policy would be attached to nothing else.",
+            })
 
 
 def api_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:

@@ -187,7 +187,12 @@ class StorageStack(cdk.Stack):
         return bucket
 
     def partner_role(self, partner: Partner) -> iam.Role:
-        """The role ``partner`` assumes to upload: ``PutObject`` under its prefix, SSE-KMS with the ingest key."""
+        """The role ``partner`` assumes to upload: ``PutObject`` under its prefix, SSE-KMS with the ingest key.
+
+        Its name is derived (:meth:`dicomshare.settings.Partner.role_name`), not generated:
+        the API recognises the partner by it in the caller's signed identity and lets the
+        role read that partner's receipts only (its ``execute-api:Invoke`` on
+        ``GET /receipts`` is granted by the share API stack)."""
         principal = (
             iam.AccountPrincipal(partner.principal) if partner.principal.isdigit()
             else iam.ArnPrincipal(partner.principal)
@@ -195,6 +200,7 @@ class StorageStack(cdk.Stack):
         role = iam.Role(
             self, f"PartnerRole-{partner.id}",
             assumed_by=principal,
+            role_name=partner.role_name(self.settings.environment, self.region),
             description=f"dicomshare {self.settings.environment}: upload role of partner {partner.id}",
             max_session_duration=cdk.Duration.hours(12),
         )

@@ -103,7 +103,7 @@ def role_statements(t: Template, role_prefix: str) -> list[dict]:
     """Every statement of the policies attached to the role whose logical id starts with ``role_prefix``."""
     statements = []
     for policy in t.find_resources("AWS::IAM::Policy").values():
-        roles = [r["Ref"] for r in policy["Properties"].get("Roles", [])]
+        roles = [r["Ref"] for r in policy["Properties"].get("Roles", []) if "Ref" in r]
         if any(r.startswith(role_prefix) for r in roles):
             for s in policy["Properties"]["PolicyDocument"]["Statement"]:
                 actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
@@ -168,9 +168,10 @@ def test_dev_is_destroyed_with_its_stacks(synthesized):
     ("AWS::IAM::Role", "RoleName"), ("AWS::SecretsManager::Secret", "Name"),
 ])
 def test_physical_names_are_generated(synthesized, resource_type, name_property):
+    """Except the partners' roles, whose names the API recognises (tested below)."""
     for name in ("dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api"):
-        for resource in template(synthesized, name).find_resources(resource_type).values():
-            assert name_property not in resource["Properties"]
+        for logical_id, resource in template(synthesized, name).find_resources(resource_type).items():
+            assert name_property not in resource["Properties"] or logical_id.startswith("PartnerRole")
 
 
 def test_template_tests_skip_bundling(synthesized):
@@ -294,6 +295,27 @@ def test_partner_role_may_only_put_encrypted_objects_under_its_prefix(storage):
     assert put["Condition"]["StringEquals"]["s3:x-amz-server-side-encryption-aws-kms-key-id"]["Fn::GetAtt"][0].startswith("IngestKey")
     (kms,) = [s for s in statements if "kms:Encrypt" in s["Action"]]
     assert re.fullmatch(r"<IngestKey\w+\.Arn>", kms["Resource"][0])
+
+
+def test_partner_roles_have_derived_names_and_may_read_their_receipts_only(storage, share_api):
+    roles = {k: v["Properties"] for k, v in storage.find_resources("AWS::IAM::Role").items() if k.startswith("PartnerRole")}
+    names = {k[len("PartnerRole"):-8]: render(r["RoleName"]) for k, r in roles.items()}
+    settings = from_document(partner_document())
+    for partner in settings.partners:
+        assert names[partner.id.replace("-", "")] == partner.role_name("dev", "<AWS::Region>")
+    policies = [p["Properties"] for k, p in share_api.find_resources("AWS::IAM::Policy").items()
+                if k.startswith("PartnerReceipts")]
+    assert len(policies) == 2
+    for policy in policies:
+        (statement,) = policy["PolicyDocument"]["Statement"]
+        assert statement["Action"] == "execute-api:Invoke"
+        assert render(statement["Resource"]).endswith(f"/{share_api_stage()}/GET/receipts")
+
+
+def share_api_stage() -> str:
+    from stacks.share_api import STAGE_NAME
+
+    return STAGE_NAME
 
 
 # Ingest pipeline
