@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = Path("/etc/dicomshare-gateway/gateway.json")
+CONFIG_ENV = "DICOMSHARE_GATEWAY_CONFIG"
+"""The configuration document itself, as JSON (containers: the hosted gateway); wins over --config."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +37,9 @@ def gateway(args: argparse.Namespace) -> int:
     from dicomshare_gateway.spool import upload_id
 
     try:
-        config = gateway_config.load(args.config)
-    except gateway_config.GatewayConfigError as error:
+        config = gateway_config.from_document(json.loads(os.environ[CONFIG_ENV]), Path("/")) \
+            if os.environ.get(CONFIG_ENV) else gateway_config.load(args.config)
+    except (gateway_config.GatewayConfigError, ValueError) as error:
         raise UsageError(str(error)) from error
     if args.print_upload_id:
         print(upload_id(read_secret_file(config.upload_id_secret_file), args.print_upload_id))

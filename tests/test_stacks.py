@@ -559,3 +559,66 @@ def test_ingest_bundle_fits_lambda_limit(tmp_path):
     assert (asset / "dicomshare" / "data").is_dir()
     assert not (asset / "dicomshare_local").exists() and not (asset / "boto3").exists()
     assert list(asset.glob("pydicom-3.0.2.dist-info")), "the pinned version"
+
+
+# Hosted DICOM gateway (optional)
+
+GATEWAY_IMAGE = f"{PARTNER_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/dicomshare-gateway:0.1.0"
+
+
+def test_hosted_gateway_is_off_by_default(synthesized):
+    assert synthesized[1].gateway is None
+    assert not list(synthesized[0].glob("*gateway*.template.json"))
+
+
+@pytest.fixture(scope="module")
+def with_gateway(tmp_path_factory):
+    """A synthesis with the hosted gateway enabled, both nag packs on."""
+    outdir = tmp_path_factory.mktemp("cdk.out.gateway")
+    document = partner_document()
+    document["gateway"] = {"enabled": True, "image": GATEWAY_IMAGE, "allowed_cidrs": ["10.1.0.0/16"],
+                           "calling_ae_titles": {"demo-partner": ["DEMO_PACS"], "pacs-b": ["PACS_B", "CT_B"]}}
+    app = cdk.App(context=context(dicomshare=document), outdir=str(outdir))
+    build(app)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    try:
+        app.synth()
+        nag_error = None
+    except RuntimeError as error:
+        nag_error = str(error)
+    return outdir, nag_error
+
+
+def test_hosted_gateway_is_nag_and_cfn_lint_clean(with_gateway):
+    outdir, nag_error = with_gateway
+    assert nag_error is None, nag_error
+    templates = sorted(str(p) for p in outdir.glob("*.template.json"))
+    assert len(templates) == 4
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
+                            capture_output=True, text=True)
+    errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
+    assert not errors, "\n".join(errors)
+
+
+def test_hosted_gateway_writes_only_under_its_partners_prefixes_and_listens_only_to_the_vpn(with_gateway):
+    t = Template.from_json(json.loads((with_gateway[0] / "dicomshare-dev-gateway.template.json").read_text()))
+    statements = role_statements(t, "TaskTaskRole")
+    assert sorted(granted(statements, "s3:PutObject")) == [
+        "import:dicomshare-dev-storage-IngestBucketArn/demo-partner/gateway/*",
+        "import:dicomshare-dev-storage-IngestBucketArn/pacs-b/gateway/*"]
+    (put,) = [s for s in statements if "s3:PutObject" in s["Action"]]
+    assert put["Condition"]["StringEquals"]["s3:x-amz-server-side-encryption"] == "aws:kms"
+    assert not granted(statements, "s3:GetObject") and not granted(statements, "s3:DeleteObject")
+    ingress = [rule for group in t.find_resources("AWS::EC2::SecurityGroup").values()
+               for rule in group["Properties"].get("SecurityGroupIngress", [])]
+    ingress += [r["Properties"] for r in t.find_resources("AWS::EC2::SecurityGroupIngress").values()]
+    assert {r["CidrIp"] for r in ingress if "CidrIp" in r} == {"10.1.0.0/16", "10.80.0.0/16"}
+    assert {r["FromPort"] for r in ingress if "CidrIp" in r} == {11112}
+    t.has_resource_properties("AWS::ElasticLoadBalancingV2::LoadBalancer", {"Scheme": "internal", "Type": "network"})
+    t.has_resource_properties("AWS::EFS::FileSystem", {"Encrypted": True, "KmsKeyId": Match.any_value()})
+    assert not t.find_resources("AWS::EC2::InternetGateway") and not t.find_resources("AWS::EC2::NatGateway")
+    (task,) = t.find_resources("AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    document = json.loads(json.dumps(container["Environment"][0]["Value"]))
+    assert container["Environment"][0]["Name"] == "DICOMSHARE_GATEWAY_CONFIG" and document
+    assert container["ReadonlyRootFilesystem"] is True
