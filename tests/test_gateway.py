@@ -296,3 +296,45 @@ def test_spool_leftovers_of_a_crash_mid_write_are_removed(tmp_path):
     entry = spool.accept("demo-partner", "ab" * 32, b"DICM bytes")
     assert entry.object_key.startswith("demo-partner/gateway/") and entry.upload_id == "ab" * 32
     assert [e.path for e in spool.entries()] == [entry.path] and shutil.disk_usage(tmp_path)
+
+
+def certificates(folder: Path) -> Path:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    openssl = require_tool("openssl")
+    folder.mkdir()
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test-ca",
+        "-days", "1")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
+            f"/CN={name}")
+        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+    return folder
+
+
+def test_tls_with_client_certificates(local_system, tmp_path):
+    tls = certificates(tmp_path / "tls")
+    document = gateway_document(local_system, tmp_path, tls={
+        "certificate": str(tls / "server.pem"), "private_key": str(tls / "server.key"),
+        "ca_certificates": str(tls / "ca.pem")})
+    server = Gateway(gateway_config.from_document(document))
+    server.start()
+    echoscu = require_tool("echoscu")
+    base = [echoscu, "-aet", DEMO_AE, "-aec", GATEWAY_AE]
+    try:
+        with_certificate = subprocess.run(
+            [*base, "+tls", str(tls / "client.key"), str(tls / "client.pem"), "+cf", str(tls / "ca.pem"),
+             "127.0.0.1", str(server.port)], capture_output=True, text=True, timeout=60)
+        assert with_certificate.returncode == 0, with_certificate.stderr
+        anonymous = subprocess.run([*base, "+tla", "+cf", str(tls / "ca.pem"), "127.0.0.1", str(server.port)],
+                                   capture_output=True, text=True, timeout=60)
+        assert anonymous.returncode != 0, "mutual TLS: a caller without a certificate is refused"
+        plain = subprocess.run([*base, "127.0.0.1", str(server.port)], capture_output=True, text=True, timeout=60)
+        assert plain.returncode != 0
+    finally:
+        server.stop()

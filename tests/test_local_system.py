@@ -96,7 +96,7 @@ def test_port_in_use_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["--help"], ["local", "--help"], ["local", "up", "--help"],
-                                     ["local", "demo", "--help"], ["deid", "--help"]])
+                                     ["local", "demo", "--help"], ["deid", "--help"], ["gateway", "--help"]])
 def test_every_subcommand_has_help(command):
     result = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
