@@ -108,6 +108,6 @@ class Gateway:
         return self.server.server_address[1]
 
     def stop(self) -> None:
-        self.server.shutdown()
         self.uploader.stop()
+        self.server.shutdown()
         self.uploader.join(timeout=30)

@@ -22,7 +22,7 @@ from dicomshare_gateway import config as gateway_config
 from dicomshare_gateway.scp import Gateway
 from dicomshare_gateway.spool import upload_id
 from dicomshare_local import demo
-from conftest import require_tool
+from conftest import fresh_uids, require_tool
 
 PHI_NAME = "GATEWAY^PLANTED^PATIENT"
 PHI_ID = "MRN-GW-4242"
@@ -58,7 +58,7 @@ def mixed_folder(root: Path, slices: int = 6, size: int = 64) -> tuple[list[str]
     good, refused = [], []
     for n, ds in enumerate(demo.ct_series(slices, "20240301", "CT CHEST " + PHI_NAME, size=size)):
         good.append(write_planted(ds, root / f"{PHI_NAME}/ct/{n:03d}.dcm").SOPInstanceUID)
-    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    mr = fresh_uids(pydicom.dcmread(get_testdata_file("MR_small.dcm")))
     good.append(write_planted(mr, root / f"{PHI_NAME}/mr.dcm").SOPInstanceUID)
     (burned,) = demo.ct_series(1, "20240301", "CT SCOUT", size=size)
     burned.BurnedInAnnotation = "YES"

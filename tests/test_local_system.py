@@ -76,7 +76,7 @@ def test_local_up_serves_uploads_and_stops_cleanly(tmp_path):
         assert len(body["receipts"]) == 2
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=60) == 0
     assert not _port_open(api_url)
     assert not _port_open(connection["aws_endpoint_url"] + "/")
 

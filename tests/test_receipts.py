@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import pytest
+import pydicom
 from pydicom.data import get_testdata_file
 
 from dicomshare import index_items
+from conftest import fresh_uids
 from dicomshare_local import demo
 
 PHI = "RECEIPT^PLANTED^NAME"
@@ -55,7 +56,7 @@ def uploaded(local_system):
         f"demo-partner/{PHI}/a.dcm": (good, {"upload-id": upload_id}),
         f"demo-partner/{PHI}/again.dcm": (good, {"upload-id": "NOT A HASH " + PHI}),
         "demo-partner/notes.txt": (f"patient {PHI}".encode(), {}),
-        "basic-partner/mr.dcm": (Path(get_testdata_file("MR_small.dcm")).read_bytes(), {}),
+        "basic-partner/mr.dcm": (demo.part10_bytes(fresh_uids(pydicom.dcmread(get_testdata_file("MR_small.dcm")))), {}),
         "basic-partner/empty.dcm": (b"", {}),
     }
     for key, (body, metadata) in objects.items():
