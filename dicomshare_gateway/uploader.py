@@ -94,20 +94,30 @@ class Uploader(threading.Thread):
         self.spool.remove(entry)
 
     def drain(self) -> int:
-        """Upload every waiting entry once, oldest first; the number uploaded. Raises on the
-        first failure (the rest wait for the next round, in order)."""
-        uploaded = 0
+        """Upload every waiting entry once, oldest first per partner; the number uploaded.
+        A failure stops that partner's uploads for this round (its order is kept) but not
+        the other partners'; the first failure is raised at the end."""
+        uploaded, stopped, failure = 0, set(), None
         for entry in self.spool.entries():
             if self.stopping.is_set():
                 break
+            if entry.partner in stopped:
+                continue
             if entry.partner not in self.partners:
-                log.error("spool entry of a partner no longer configured is kept; partner=%s", entry.partner)
+                log.error("spool entries of a partner no longer configured are kept; partner=%s", entry.partner)
+                stopped.add(entry.partner)
                 continue
             try:
                 self.upload(entry)
             except FileNotFoundError:
                 continue
+            except (BotoCoreError, ClientError, OSError) as error:
+                stopped.add(entry.partner)
+                failure = failure or error
+                continue
             uploaded += 1
+        if failure is not None:
+            raise failure
         return uploaded
 
     def run(self) -> None:

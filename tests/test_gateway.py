@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pydicom
+from botocore.exceptions import EndpointConnectionError
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -342,3 +343,31 @@ def test_tls_with_client_certificates(local_system, tmp_path):
         assert plain.returncode != 0
     finally:
         server.stop()
+
+
+def test_one_partners_failing_uploads_do_not_hold_back_another(local_system, tmp_path):
+    """Upload order is kept per partner; a partner whose uploads fail (here its S3 endpoint
+    is unreachable) keeps its spool while the other partner's drains into the bucket."""
+    import boto3
+    from botocore.config import Config
+
+    from dicomshare_gateway.spool import Spool
+    from dicomshare_gateway.uploader import Uploader, partner_client
+
+    config = gateway_config.from_document(gateway_document(local_system, tmp_path))
+    spool = Spool(config.spool_dir, 0)
+    for n in range(3):
+        spool.accept("demo-partner", f"{n:064x}", f"unreachable {n}".encode())
+        spool.accept("basic-partner", f"{n:064x}", f"reachable {n} {tmp_path}".encode())
+
+    def client_for(partner, config):
+        if partner.id == "demo-partner":
+            return boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name=local_system.region,
+                                config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+        return partner_client(partner, config)
+
+    uploader = Uploader(spool, config, client_for=client_for)
+    with pytest.raises(EndpointConnectionError):
+        uploader.drain()
+    assert [e.partner for e in spool.entries()] == ["demo-partner"] * 3, "the other partner's spool drained"
+    local_system.wait_idle(timeout=120)
