@@ -11,8 +11,7 @@ COPY dicomshare_aws ./dicomshare_aws
 COPY dicomshare_local ./dicomshare_local
 COPY dicomshare_gateway ./dicomshare_gateway
 COPY lambdas ./lambdas
-RUN pip install --no-cache-dir pydicom==3.0.2 pynetdicom==3.0.4 boto3==1.44.5 botocore==1.44.5 \
- && pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir '.[gateway]' \
  && useradd --uid 1000 --no-create-home --shell /usr/sbin/nologin gateway
 USER 1000
 EXPOSE 11112

@@ -3,8 +3,9 @@
 Each entry is one ``PutObject`` to ``<partner>/gateway/<content hash>.dcm`` with SSE-KMS
 (when a key is configured) and the upload identifier as ``x-amz-meta-upload-id``; the
 entry is deleted from the spool only after S3 answered success. Any failure leaves it in
-place: the uploader waits (``retry_seconds``, doubling up to ``max_retry_seconds``) and
-tries again, oldest first, so a restart or an outage delays uploads and loses none.
+place, with the rest of that partner's entries (other partners go on): the uploader waits
+(``retry_seconds``, doubling up to ``max_retry_seconds``) and tries again, oldest first,
+so a restart or an outage delays uploads and loses none.
 
 While uploads fail, every attempt logs one line with the spool's size and the error's
 type and code (never a key or a value), and the metrics below say so too. Metrics are
