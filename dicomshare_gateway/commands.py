@@ -59,5 +59,9 @@ def gateway(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
         server.stop()
+        files, size = server.spool.size()
+        print(f"stopped; spool holds {files} files, {size} bytes", file=sys.stderr, flush=True)
     return 0
