@@ -5,8 +5,10 @@ one of the configured partners' (pynetdicom's ``require_calling_aet``; anything 
 rejected with A-ASSOCIATE-RJ, "calling AE title not recognized", before any data is sent).
 Presentation contexts: every storage SOP class pynetdicom knows, in every transfer syntax
 the de-identification engine rewrites (:data:`dicomshare.validation.SUPPORTED_TRANSFER_SYNTAXES`),
-plus Verification (C-ECHO). The gateway never decodes a data set: it spools the bytes as
-received (``Event.encoded_dataset``, with File Meta Information) and answers:
+plus Verification (C-ECHO). The gateway never decodes a data set and never holds one in
+memory: pynetdicom writes it as received, with File Meta Information, to a temporary file
+(``STORE_RECV_CHUNKED_DATASET``; ``TMPDIR``), which is copied in chunks into the spool.
+It answers:
 
 - ``0x0000`` Success, once the instance is durably in the spool (:mod:`dicomshare_gateway.spool`);
 - ``0xA700`` Refused: Out of Resources, when the spool is below its free-space minimum or
@@ -23,7 +25,7 @@ import logging
 import ssl
 import threading
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
@@ -64,12 +66,10 @@ class Gateway:
         self._lock = threading.Lock()
 
     def handle_store(self, event) -> int:
-        partner = self.config.partner_by_ae_title.get(event.assoc.requestor.ae_title)
-        if partner is None:
-            return OUT_OF_RESOURCES
+        partner = self.config.partner_by_ae_title[event.assoc.requestor.ae_title]
         try:
             self.spool.accept(partner, upload_id(self.secret, str(event.request.AffectedSOPInstanceUID)),
-                              event.encoded_dataset())
+                              event.dataset_path)
         except SpoolFull:
             log.error("C-STORE refused (0xA700): the spool is below its free-space minimum; partner=%s", partner)
             return OUT_OF_RESOURCES
@@ -98,6 +98,7 @@ class Gateway:
 
     def start(self) -> None:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        _config.STORE_RECV_CHUNKED_DATASET = True
         self.uploader.start()
         self.server = self.application_entity().start_server(
             (self.config.bind_address, self.config.port), block=False, ssl_context=tls_context(self.config),

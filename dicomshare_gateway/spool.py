@@ -66,6 +66,18 @@ class Entry:
         return f"{self.partner}/gateway/{self.content_sha256}.dcm"
 
 
+COPY_CHUNK_BYTES = 1024**2
+
+
+def _chunks(source: bytes | Path) -> Iterator[bytes]:
+    if isinstance(source, bytes):
+        yield source
+        return
+    with open(source, "rb") as data:
+        while chunk := data.read(COPY_CHUNK_BYTES):
+            yield chunk
+
+
 def _fsync_directory(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -85,22 +97,27 @@ class Spool:
         for leftover in self.incoming.glob("*.part"):
             leftover.unlink()
 
-    def accept(self, partner: str, upload_id_: str, data: bytes) -> Entry:
-        """Write ``data`` durably for ``partner``; raises :class:`SpoolFull` or ``OSError``."""
-        if shutil.disk_usage(self.root).free - len(data) < self.min_free_bytes:
+    def accept(self, partner: str, upload_id_: str, source: bytes | Path) -> Entry:
+        """Write ``source`` (the instance's bytes, or a file holding them, copied in chunks)
+        durably for ``partner``; raises :class:`SpoolFull` or ``OSError``."""
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        if shutil.disk_usage(self.root).free - size < self.min_free_bytes:
             raise SpoolFull("spool below its minimum free space")
         folder = self.ready / partner
         if not folder.is_dir():
             folder.mkdir(mode=0o700, exist_ok=True)
             _fsync_directory(self.ready)
-        name = f"{time.time_ns():020d}-{hashlib.sha256(data).hexdigest()[:32]}-{upload_id_}.dcm"
         part = self.incoming / f"{secrets.token_hex(8)}.part"
+        digest = hashlib.sha256()
         try:
             descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "wb") as out:
-                out.write(data)
+                for chunk in _chunks(source):
+                    digest.update(chunk)
+                    out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
+            name = f"{time.time_ns():020d}-{digest.hexdigest()[:32]}-{upload_id_}.dcm"
             os.replace(part, folder / name)
         except BaseException:
             part.unlink(missing_ok=True)

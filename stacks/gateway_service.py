@@ -90,7 +90,8 @@ class GatewayServiceStack(cdk.Stack):
             authorization_config=ecs.AuthorizationConfig(access_point_id=access_point.access_point_id, iam="ENABLED")))
         container = task.add_container(
             "Gateway", image=container_image(self, service.image),
-            environment={"DICOMSHARE_GATEWAY_CONFIG": self.to_json_string(gateway_document(service, storage))},
+            environment={"DICOMSHARE_GATEWAY_CONFIG": self.to_json_string(gateway_document(service, storage)),
+                         "TMPDIR": SPOOL_PATH},
             logging=ecs.LogDrivers.aws_logs(stream_prefix="gateway", log_group=encrypted_log_group(
                 self, "Logs", key=self.key, settings=settings, removal=removal)),
             port_mappings=[ecs.PortMapping(container_port=service.port)],
@@ -140,8 +141,9 @@ class GatewayServiceStack(cdk.Stack):
                 "image pulls themselves are granted on the gateway's repository only.",
             })
         acknowledge(task, {
-            "AwsSolutions-ECS2": "One environment variable, the gateway's configuration document: bucket, key ARN, "
-            "AE titles; no secret (credentials come from the task role).",
+            "AwsSolutions-ECS2": "The gateway's configuration document (bucket, key ARN, AE titles) and TMPDIR "
+            "(received instances are written to the EFS volume, the root file system is read-only); no secret: "
+            "credentials come from the task role.",
             "HIPAA.Security-IAMNoInlinePolicy": "The task and execution roles' policies belong to this one task "
             "definition; managed policies would be attached to nothing else.",
         })
