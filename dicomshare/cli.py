@@ -12,8 +12,9 @@ Exit status: 0 all de-identified, 3 some refused, 2 usage error.
 Other packages add subcommands through the ``dicomshare.commands`` entry point group
 (``pyproject.toml``): ``dicomshare local ...`` (the local system) is registered by
 :mod:`dicomshare_local.commands`, ``dicomshare reconcile ...`` (recount studies, repair
-drift) by :mod:`dicomshare_aws.reconcile_command`. The domain package never imports the
-local runtime or boto3.
+drift) by :mod:`dicomshare_aws.reconcile_command`, ``dicomshare gateway`` (the DICOM
+C-STORE gateway) by :mod:`dicomshare_gateway.commands`. The domain package never imports
+the local runtime, the gateway or boto3.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ instance             ``STUDY#<StudyInstanceUID>``         ``INSTANCE#<SeriesUID>
 counted mark         ``COUNTED#<StudyInstanceUID>#<n>``   ``MARK#<SeriesUID>#<SOPUID>``
 reconcile flag       ``RECONCILE``                        ``<StudyInstanceUID>#<flag id>``
 quarantine record    ``QUARANTINE#<object_id>``           ``QUARANTINE``
+receipt              ``RECEIPT#<object_id>``              ``RECEIPT``
 share                ``SHARE#<share_id>``                 ``SHARE``
 token -> share       ``TOKEN#<sha256(token)>``            ``TOKEN``
 audit record         ``SHARE#<share_id>``                 ``AUDIT#<iso time>#<event id>``
@@ -42,7 +43,15 @@ Global secondary indexes:
   ``gsi1sk`` = ``<StudyDate>#<StudyInstanceUID>``): a patient's studies at one partner in
   date order (priors never cross partners).
 - ``listing`` (``gsi2pk`` = :data:`STUDIES`, :data:`SHARES` or :data:`QUARANTINE`,
-  ``gsi2sk`` = ``<iso time>#<id>``): studies, shares and quarantine records newest first.
+  ``gsi2sk`` = ``<iso time>#<id>``): studies, shares and quarantine records newest first;
+  and one collection per partner, ``gsi2pk`` = :func:`receipts_collection`
+  (``RECEIPTS#<partner>``), ``gsi2sk`` = ``<recorded iso time>#<object_id>``: that
+  partner's receipts in the order they were recorded (``GET /receipts``). A partner's
+  receipts share no key with another partner's, so a query for one can never return the
+  other's.
+
+A receipt (:mod:`dicomshare.receipts`) is keyed by the uploaded object version
+(``object_id``), so a retried or redelivered object can never record a second outcome.
 
 ``ttl`` (epoch seconds) lets DynamoDB delete expired shares; expiry itself is enforced on
 every redemption, TTL only cleans up. The stream (new images) feeds the counts aggregator.
@@ -92,13 +101,16 @@ INSTANCE_ATTRIBUTES = (
 QUARANTINE_ATTRIBUTES = (PK, SK, "reason", "partner", "size", "quarantine_key", "original_key_hmac",
                          "received_at", "gsi2pk", "gsi2sk")
 OWNER_ATTRIBUTES = (PK, SK, "study_uid", "partner", "patient_pseudonym", "claimed_at")
+RECEIPT_ATTRIBUTES = (PK, SK, "partner", "object_fingerprint", "key_hmac", "upload_id", "outcome", "reason",
+                      "study_uid", "series_uid", "sop_instance_uid", "size", "recorded_at", "gsi2pk", "gsi2sk")
+"""Attributes of a receipt (:func:`dicomshare.receipts.receipt_item`)."""
 
 INGEST_WRITES = {
-    "leading_keys": ("STUDY#*", "QUARANTINE#*"),
-    "attributes": tuple(sorted({*INSTANCE_ATTRIBUTES, *QUARANTINE_ATTRIBUTES, *OWNER_ATTRIBUTES})),
+    "leading_keys": ("STUDY#*", "QUARANTINE#*", "RECEIPT#*"),
+    "attributes": tuple(sorted({*INSTANCE_ATTRIBUTES, *QUARANTINE_ATTRIBUTES, *OWNER_ATTRIBUTES, *RECEIPT_ATTRIBUTES})),
 }
 """What the ingest function may write (its IAM policy): instance items, study ownership
-items and quarantine records, never a study's listing or priors keys (``gsi1*``), counts,
+items, quarantine records and receipts, never a study's listing or priors keys (``gsi1*``), counts,
 shares or tokens."""
 
 COUNTS_WRITES = {
@@ -160,6 +172,15 @@ def reconcile_flag_key(study_uid: str, flag_id: str) -> dict[str, str]:
 
 def quarantine_key(object_id: str) -> dict[str, str]:
     return {PK: f"QUARANTINE#{object_id}", SK: "QUARANTINE"}
+
+
+def receipt_key(object_id: str) -> dict[str, str]:
+    return {PK: f"RECEIPT#{object_id}", SK: "RECEIPT"}
+
+
+def receipts_collection(partner: str) -> str:
+    """``gsi2pk`` of a partner's receipts in the ``listing`` index."""
+    return f"RECEIPTS#{partner}"
 
 
 def share_key(share_id: str) -> dict[str, str]:

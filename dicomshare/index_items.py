@@ -36,9 +36,6 @@ DICOM_JSON_KEYWORDS = (
 )
 """Attributes copied into an instance item's ``dicom_json`` (PS3.18 F.2), when present."""
 
-UNKNOWN_PARTNER = "unknown"
-"""Partner recorded for objects outside every configured ``<partner-id>/`` prefix: the
-prefix itself is untrusted text and is never stored."""
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -11,6 +11,7 @@ generates them and passes them in the environment variables named below.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -68,6 +69,28 @@ class Partner:
     def prefix(self) -> str:
         return f"{self.id}/"
 
+    def role_name(self, environment: str, region: str) -> str:
+        """Name of the partner's IAM role (uploads, ``GET /receipts``) in ``environment`` and
+        ``region``: derived, not configured, so the API recognises a partner caller by the
+        role in its signed identity. At most 61 characters (IAM allows 64)."""
+        return f"dicomshare-{environment}-p-{hashlib.sha256(self.id.encode()).hexdigest()[:16]}-{region}"
+
+
+@dataclass(frozen=True)
+class GatewayService:
+    """The optional hosted DICOM gateway (``stacks/gateway_service.py``) for partners that
+    reach AWS over a VPN: off unless the document has ``"gateway": {"enabled": true, ...}``."""
+
+    image: str
+    """Container image URI of the gateway (built from ``gateway.Dockerfile``, pushed to ECR)."""
+    calling_ae_titles: Mapping[str, tuple[str, ...]]
+    """Partner id -> the calling AE titles its systems use."""
+    allowed_cidrs: tuple[str, ...]
+    """Networks (the partners' VPN ranges) allowed to reach the DICOM port."""
+    vpc_cidr: str = "10.80.0.0/16"
+    port: int = 11112
+    ae_title: str = "DICOMSHARE"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -97,6 +120,7 @@ class Settings:
     reserved_concurrency: Mapping[str, int] = field(default_factory=dict)
     """Reserved concurrent executions per function (:data:`FUNCTIONS`); a function left out
     reserves none and draws on the account's unreserved pool (docs/deployment.md)."""
+    gateway: GatewayService | None = None
 
     def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners if p.id == partner_id), None)
@@ -133,6 +157,11 @@ def to_document(settings: Settings) -> dict[str, Any]:
         "high_risk_sop_classes": list(settings.high_risk_sop_classes),
         "retention": dict(settings.retention),
         "reserved_concurrency": dict(settings.reserved_concurrency),
+        **({"gateway": {"enabled": True, "image": settings.gateway.image,
+                        "calling_ae_titles": {k: list(v) for k, v in settings.gateway.calling_ae_titles.items()},
+                        "allowed_cidrs": list(settings.gateway.allowed_cidrs), "vpc_cidr": settings.gateway.vpc_cidr,
+                        "port": settings.gateway.port, "ae_title": settings.gateway.ae_title}}
+           if settings.gateway else {}),
     }
 
 
@@ -175,6 +204,7 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         high_risk_sop_classes=tuple(doc.get("high_risk_sop_classes", defaults.high_risk_sop_classes)),
         retention={**defaults.retention, **doc.get("retention", {})},
         reserved_concurrency=_reserved_concurrency(doc.get("reserved_concurrency") or {}),
+        gateway=_gateway_service(doc.get("gateway") or {}, {p.id for p in partners}),
     )
     if not re.match(r"^[a-z][a-z0-9]{1,15}$", settings.environment):
         raise ConfigError("environment: 2-16 lower-case letters and digits, starting with a letter")
@@ -196,6 +226,22 @@ def _reserved_concurrency(doc: Mapping[str, Any]) -> dict[str, int]:
                               f"{2 if name in SQS_CONSUMERS else 1} (SQS event sources run at least 2 at once)")
         reserved[name] = value
     return reserved
+
+
+def _gateway_service(doc: Mapping[str, Any], partner_ids: set[str]) -> GatewayService | None:
+    if not doc.get("enabled"):
+        return None
+    if not doc.get("image"):
+        raise ConfigError("gateway.image: the gateway's container image URI is required when enabled")
+    titles = {k: tuple(v) for k, v in (doc.get("calling_ae_titles") or {}).items()}
+    if not titles or not set(titles) <= partner_ids or not all(titles.values()):
+        raise ConfigError("gateway.calling_ae_titles: {partner id: [AE titles]} of configured partners")
+    if not doc.get("allowed_cidrs"):
+        raise ConfigError("gateway.allowed_cidrs: the networks (VPN ranges) that may reach the gateway")
+    defaults = GatewayService(image="", calling_ae_titles={}, allowed_cidrs=())
+    return GatewayService(image=doc["image"], calling_ae_titles=titles, allowed_cidrs=tuple(doc["allowed_cidrs"]),
+                          vpc_cidr=doc.get("vpc_cidr", defaults.vpc_cidr), port=int(doc.get("port", defaults.port)),
+                          ae_title=doc.get("ae_title", defaults.ae_title))
 
 
 def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:

@@ -10,9 +10,11 @@ the study's ownership item): an instance whose study belongs to another partner 
 pseudonym is quarantined as ``study_conflict``, so one partner can never add images to
 another's study, nor to the shares already sent for it. A refused object is **moved** to the quarantine bucket
 (server-side copy, the reason as object tag and metadata, a quarantine record), then
-deleted. The original is deleted only after its de-identified copy or its quarantine copy
-and record are written, so a crash at any step leaves the original in place and the
-event to be retried.
+deleted. Every outcome is also a **receipt** for the partner (:mod:`dicomshare.receipts`,
+written by :func:`dicomshare_aws.receipt_store.record`, and an ``ObjectReceipt`` event).
+The original is deleted only after its de-identified copy or its quarantine copy and
+record, and its receipt, are written, so a crash at any step leaves the original in place
+and the event to be retried.
 
 Idempotency: conditional writes, not Powertools idempotency
 -----------------------------------------------------------
@@ -49,11 +51,12 @@ from typing import Callable, Mapping
 
 from botocore.exceptions import ClientError
 
-from dicomshare import index, index_items, validation
+from dicomshare import index, index_items, receipts, validation
 from dicomshare.profile import Profile, for_partner
-from dicomshare.settings import DEID_BUCKET_ENV, QUARANTINE_BUCKET_ENV, TABLE_NAME_ENV, Partner, Settings
+from dicomshare.settings import (DEID_BUCKET_ENV, EVENT_BUS_NAME_ENV, QUARANTINE_BUCKET_ENV, TABLE_NAME_ENV, Partner,
+                                 Settings)
 from dicomshare.validation import DeidentificationRefused
-from dicomshare_aws import index_store
+from dicomshare_aws import index_store, receipt_store
 from dicomshare_aws.s3_events import S3Object
 from dicomshare_aws.s3_deidentify import deidentify_object
 
@@ -110,10 +113,12 @@ class Destinations:
     deid_bucket: str
     quarantine_bucket: str
     table_name: str
+    event_bus: str
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> "Destinations":
-        return cls(environ[DEID_BUCKET_ENV], environ[QUARANTINE_BUCKET_ENV], environ[TABLE_NAME_ENV])
+        return cls(environ[DEID_BUCKET_ENV], environ[QUARANTINE_BUCKET_ENV], environ[TABLE_NAME_ENV],
+                   environ[EVENT_BUS_NAME_ENV])
 
 
 @cache
@@ -140,6 +145,7 @@ def ingest_object(
     destinations: Destinations,
     settings: Settings,
     secret: Callable[[], bytes],
+    events,
 ) -> Outcome:
     """Process one uploaded object; returns where it ended. Raises only for failures that
     a retry can fix (AWS errors), leaving the original in the ingest bucket."""
@@ -152,7 +158,9 @@ def ingest_object(
     size = head["ContentLength"]
     version = head.get("VersionId") or head["ETag"].strip('"')
     partner = _partner(obj.key, settings)
-    partner_id = partner.id if partner else index_items.UNKNOWN_PARTNER
+    partner_id = partner.id if partner else receipts.UNKNOWN_PARTNER
+    key_hmac = obj.fingerprint(secret())
+    receipt = _Receipt(dynamodb, events, destinations, obj, head, version, partner_id, key_hmac)
     try:
         if partner is None:
             raise DeidentificationRefused(UNKNOWN_PARTNER_REASON)
@@ -176,8 +184,8 @@ def ingest_object(
             size=size,
         )
     except DeidentificationRefused as refused:
-        _quarantine(s3, dynamodb, obj, head, version, refused.reason, partner_id, destinations,
-                    obj.fingerprint(secret()))
+        _quarantine(s3, dynamodb, obj, head, version, refused.reason, partner_id, destinations, key_hmac)
+        receipt.record(QUARANTINED, reason=refused.reason)
         _delete_original(s3, obj, head)
         return Outcome(QUARANTINED, partner=partner_id, size=size, reason=refused.reason)
     item = index_items.instance_item(
@@ -191,9 +199,34 @@ def ingest_object(
         patient_pseudonym=result.plan.patient_pseudonym,
     )
     created = index_store.put_new(dynamodb, destinations.table_name, item)
+    receipt.record(INGESTED if created else DUPLICATE, study_uid=item["study_uid"], series_uid=item["series_uid"],
+                   sop_instance_uid=item["sop_instance_uid"])
     _delete_original(s3, obj, head)
     return Outcome(INGESTED if created else DUPLICATE, partner=partner_id, size=size,
                    study_uid=item["study_uid"], stored_bytes=result.size, bytes_read=result.bytes_read)
+
+
+@dataclass(frozen=True)
+class _Receipt:
+    """Records the receipt of the object being processed (no value from the file: the
+    UIDs passed in are the de-identified ones)."""
+
+    dynamodb: object
+    events: object
+    destinations: Destinations
+    obj: S3Object
+    head: dict
+    version: str
+    partner: str
+    key_hmac: str
+
+    def record(self, outcome: str, **fields: str) -> None:
+        item = receipts.receipt_item(
+            partner=self.partner, object_id=index_items.object_id(self.obj.bucket, self.obj.key, self.version),
+            key_hmac=self.key_hmac, outcome=outcome, recorded_at=_now(), size=self.head["ContentLength"],
+            upload_id_=receipts.upload_id(self.head.get("Metadata") or {}), **fields)
+        receipt_store.record(self.dynamodb, self.events, self.destinations.table_name, self.destinations.event_bus,
+                             item)
 
 
 def _quarantine(s3, dynamodb, obj: S3Object, head: dict, version: str, reason: str, partner: str,

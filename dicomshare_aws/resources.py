@@ -50,6 +50,9 @@ EVENT_SOURCE = "dicomshare"
 PUBLIC_ROUTES = frozenset({("POST", "/redeem"), ("GET", "/view")})
 """Routes a clinician reaches with a share token; every other route is admin (IAM)."""
 
+PARTNER_ROUTES = frozenset({("GET", "/receipts")})
+"""Routes a partner's role may call (IAM on AWS, a partner token locally); admins may too."""
+
 
 def page_cors(origin: str) -> dict:
     """``CORSConfiguration`` of the de-identified bucket: ``GET``/``HEAD`` from the share

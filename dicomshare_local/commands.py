@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help="cdk.json whose 'dicomshare' context configures the system (default: ./cdk.json)")
         parser.add_argument("--aws-port", type=int, default=4566, help="port of the moto server (default: 4566)")
         parser.add_argument("--api-port", type=int, default=8080, help="port of the share API (default: 8080)")
+        parser.add_argument("--dicom-port", type=int, default=None,
+                            help="also run the first partner's DICOM C-STORE gateway on this port (default: off)")
         parser.set_defaults(func=run)
 
 
@@ -46,7 +48,7 @@ def _start(args: argparse.Namespace):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     args.terminal = _handler_output_to_log_file(args.state_dir)
     system = LocalSystem(args.state_dir, settings=load_settings(args.config),
-                         aws_port=args.aws_port, api_port=args.api_port)
+                         aws_port=args.aws_port, api_port=args.api_port, dicom_port=args.dicom_port)
     try:
         system.start()
     except PortInUse as error:
@@ -77,6 +79,10 @@ def _serve_until_stopped(system) -> int:
 def up(args: argparse.Namespace) -> int:
     system = _start(args)
     _say(args, f"connection file: {args.state_dir / 'local.json'}; handler logs: {args.state_dir / LOG_FILE}")
+    if system.dicom_gateway:
+        connection = system.connection()
+        _say(args, f"DICOM: storescu -aet {connection['partner_ae_title']} -aec {connection['dicom_ae_title']} "
+                   f"{system.host} {connection['dicom_port']} FILES")
     _say(args, f"ready {system.api_url}")
     return _serve_until_stopped(system)
 

@@ -6,7 +6,10 @@ authenticated *before* the handler runs. On AWS that is IAM (SigV4); here it is
 ``Authorization: Bearer <admin_token>`` from ``local.json``. On success the gateway fills
 ``requestContext.identity.userArn`` as IAM authorisation does, with a session of
 :data:`LOCAL_ADMIN_ROLE` (which the local system adds to the configured ``admins``, so the
-handler checks it like any admin), and drops the header.
+handler checks it like any admin), and drops the header. A partner's token
+(``partner_tokens`` in ``local.json``) stands for the partner's role: it reaches the
+partner routes only (``GET /receipts``), as the role's IAM policy allows on AWS, and the
+identity is the role's assumed-role ARN.
 The deployed API declares every media type binary (``*/*``), so request bodies arrive
 base64-encoded; they do here too.
 
@@ -54,7 +57,12 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admin_token: str,
+                partner_identities: dict[str, str] | None = None,
                 timeout_seconds: float = resources.API_TIMEOUT_SECONDS) -> ThreadingHTTPServer:
+    """``partner_identities``: partner token -> the assumed-role ARN it stands for."""
+    credentials = {f"Bearer {admin_token}": (LOCAL_ADMIN_ARN, None), **{
+        f"Bearer {token}": (arn, resources.PARTNER_ROUTES) for token, arn in (partner_identities or {}).items()}}
+
     class Gateway(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -72,12 +80,15 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
             identity = {"sourceIp": self.client_address[0], "userAgent": self.headers.get("User-Agent")}
             if (self.command, path) not in resources.PUBLIC_ROUTES:
                 supplied = headers.pop("Authorization", headers.pop("authorization", ""))
-                if not hmac.compare_digest(supplied.encode(), f"Bearer {admin_token}".encode()):
+                arn, routes = next((found for expected, found in credentials.items()
+                                    if hmac.compare_digest(supplied.encode(), expected.encode())), (None, None))
+                if arn is None or (routes is not None and (self.command, path) not in routes):
                     return self._reply(403, {"Content-Type": "application/json"}, json.dumps({
                         "error": "forbidden",
-                        "message": "admin routes need 'Authorization: Bearer <admin_token>' from local.json",
+                        "message": "admin routes need 'Authorization: Bearer <admin_token>' from local.json"
+                                   " (a partner token reaches GET /receipts only)",
                     }).encode())
-                identity["userArn"] = identity["caller"] = LOCAL_ADMIN_ARN
+                identity["userArn"] = identity["caller"] = arn
             headers["X-Forwarded-Proto"] = "http"
             event = _event(self.command, path, url.query, headers, body, identity, self.headers.get("Host", ""))
             started = time.monotonic()

@@ -5,7 +5,9 @@ Secrets Manager and EventBridge; the resources are created from the definitions 
 stacks use (:mod:`dicomshare_local.provision`); the real handlers are called by local
 event source mappings (:mod:`dicomshare_local.pollers`) and a local API Gateway
 (:mod:`dicomshare_local.gateway`). Partners and tests talk to it exactly as to AWS: boto3
-or the AWS CLI pointed at ``aws_endpoint_url``, and the API over HTTP.
+or the AWS CLI pointed at ``aws_endpoint_url``, and the API over HTTP. With a DICOM port,
+the first partner's C-STORE gateway (:mod:`dicomshare_gateway`) runs too, uploading to the
+local ingest bucket as a partner's gateway uploads to AWS.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ CONNECTION_FILE = "local.json"
 SECRET_FILE = DEFAULT_SECRET_FILE.name
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 
+LOCAL_DICOM_AE_TITLE = "DICOMSHARE"
+
 log = logging.getLogger("dicomshare.local")
+
+
+def partner_ae_title(partner_id: str) -> str:
+    """The calling AE title the local gateway accepts from a partner: its id, upper case."""
+    return partner_id.upper()[:16].rstrip("-")
 
 
 class PortInUse(RuntimeError):
@@ -66,14 +75,17 @@ class LocalSystem:
     """Context manager: ``with LocalSystem(state_dir) as system: ...``."""
 
     def __init__(self, state_dir: Path, *, settings: Settings, host: str = "127.0.0.1",
-                 aws_port: int = 0, api_port: int = 0, region: str = "us-east-1"):
+                 aws_port: int = 0, api_port: int = 0, region: str = "us-east-1", dicom_port: int | None = None):
         self.state_dir = Path(state_dir)
         self.settings = settings
         self.host = host
         self.aws_port = aws_port
         self.api_port = api_port
         self.region = region
+        self.dicom_port = dicom_port
+        self.dicom_gateway = None
         self.admin_token = secrets.token_urlsafe(24)
+        self.partner_tokens = {p.id: secrets.token_urlsafe(24) for p in settings.partners}
         self._pollers: list[pollers.Poller] = []
 
     def __enter__(self) -> "LocalSystem":
@@ -86,6 +98,8 @@ class LocalSystem:
     def start(self) -> None:
         _check_port(self.host, self.aws_port, "--aws-port")
         _check_port(self.host, self.api_port, "--api-port")
+        if self.dicom_port is not None:
+            _check_port(self.host, self.dicom_port, "--dicom-port")
         # moto's access log prints object keys, and partners' keys can carry patient names.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.moto = SerialMotoServer(ip_address=self.host, port=self.aws_port, verbose=False)
@@ -108,6 +122,8 @@ class LocalSystem:
         os.environ.update(self.environment)
         self._start_pollers()
         self._start_gateway()
+        if self.dicom_port is not None and self.settings.partners:
+            self._start_dicom_gateway()
         self._write_connection_file()
 
     def _start_pollers(self) -> None:
@@ -133,11 +149,31 @@ class LocalSystem:
     def _start_gateway(self) -> None:
         from lambdas.api.handler import handler as api
 
-        self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token)
+        self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token, {
+            token: self.partner_arn(partner) for partner, token in self.partner_tokens.items()})
         origin = f"http://{self.host}:{self.http.server_address[1]}"
         self.api_url = f"{origin}/{gateway.STAGE}"
         self.client("s3").put_bucket_cors(Bucket=self.resources.deid_bucket, CORSConfiguration=resources.page_cors(origin))
         threading.Thread(target=self.http.serve_forever, name="gateway", daemon=True).start()
+
+    def _start_dicom_gateway(self) -> None:
+        from dicomshare_gateway import config
+        from dicomshare_gateway.scp import Gateway
+
+        partner = self.settings.partners[0]
+        self.dicom_gateway = Gateway(config.from_document({
+            "version": config.GATEWAY_CONFIG_VERSION, "ae_title": LOCAL_DICOM_AE_TITLE, "bind_address": self.host,
+            "port": self.dicom_port, "spool_dir": "gateway-spool", "min_free_bytes": 64 * 1024**2,
+            "upload_id_secret_file": "gateway-upload-id-secret",
+            "upload": {"bucket": self.resources.ingest_bucket, "region": self.region, "endpoint_url": self.endpoint_url},
+            "partners": [{"id": partner.id, "calling_ae_titles": [partner_ae_title(partner.id)]}],
+        }, base=self.state_dir))
+        self.dicom_gateway.start()
+
+    def partner_arn(self, partner_id: str) -> str:
+        """The identity a partner's token stands for: its role's assumed-role ARN."""
+        role = self.settings.partner(partner_id).role_name(self.settings.environment, self.region)
+        return f"arn:aws:sts::000000000000:assumed-role/{role}/local"
 
     def _write_connection_file(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +197,9 @@ class LocalSystem:
             "partner_prefix": partner.prefix if partner else "",
             "api_url": self.api_url,
             "admin_token": self.admin_token,
+            "partner_tokens": dict(self.partner_tokens),
+            **({"dicom_port": self.dicom_gateway.port, "dicom_ae_title": LOCAL_DICOM_AE_TITLE,
+                "partner_ae_title": partner_ae_title(partner.id)} if self.dicom_gateway else {}),
         }
 
     def client(self, service: str):
@@ -187,6 +226,8 @@ class LocalSystem:
             poller.join(timeout=resources.INGEST_TIMEOUT_SECONDS)
 
     def stop(self) -> None:
+        if self.dicom_gateway is not None:
+            self.dicom_gateway.stop()
         self.disable_event_sources()
         if getattr(self, "http", None):
             self.http.shutdown()

@@ -1,5 +1,6 @@
 """The dicomshare CDK app: which configuration document, which removal policies, the three
-stacks and how they reference each other (storage <- ingest <- share API, no cycles).
+stacks and how they reference each other (storage <- ingest <- share API, no cycles), and
+the optional hosted DICOM gateway (storage <- gateway), when the configuration enables it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 
 from dicomshare.settings import ConfigError, Settings, from_document
+from stacks.gateway_service import GatewayServiceStack
 from stacks.ingest import IngestStack
 from stacks.share_api import ShareApiStack
 from stacks.storage import StorageStack
@@ -31,6 +33,7 @@ class DicomshareStacks:
     storage: StorageStack
     ingest: IngestStack
     share_api: ShareApiStack
+    gateway: GatewayServiceStack | None = None
 
 
 def configuration(app: cdk.App) -> Settings:
@@ -63,7 +66,12 @@ def build(app: cdk.App) -> DicomshareStacks:
                          description=f"dicomshare {settings.environment}: ingest, preview and counts pipeline")
     share_api = ShareApiStack(app, f"{prefix}-share-api", storage=storage, bus=ingest.bus, removal=removal,
                               description=f"dicomshare {settings.environment}: share API and clinician page")
-    for stack in (storage, ingest, share_api):
-        cdk.Tags.of(stack).add("application", "dicomshare")
-        cdk.Tags.of(stack).add("environment", settings.environment)
-    return DicomshareStacks(storage, ingest, share_api)
+    gateway = GatewayServiceStack(
+        app, f"{prefix}-gateway", storage=storage, service=settings.gateway, removal=removal,
+        description=f"dicomshare {settings.environment}: hosted DICOM gateway for partners over VPN",
+    ) if settings.gateway else None
+    for stack in (storage, ingest, share_api, gateway):
+        if stack is not None:
+            cdk.Tags.of(stack).add("application", "dicomshare")
+            cdk.Tags.of(stack).add("environment", settings.environment)
+    return DicomshareStacks(storage, ingest, share_api, gateway)

@@ -294,7 +294,8 @@ def item_conditions(writes: dict) -> dict:
 
 def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
     """Read and remove uploads; write de-identified instances and quarantined files; index them
-    (instance items, study ownership items, quarantine records: ``index.INGEST_WRITES``).
+    (instance items, study ownership items, quarantine records, receipts:
+    ``index.INGEST_WRITES``); read back a receipt already stored (a redelivered object's).
 
     An upload is removed by deleting exactly the version that was processed
     (``DeleteObjectVersion``), so a newer upload to the same key stays in place. A stored
@@ -329,10 +330,16 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             resources=[storage.deid_key.key_arn, storage.quarantine_key.key_arn],
         ),
         iam.PolicyStatement(
-            sid="IndexInstancesOwnersAndQuarantine",
+            sid="IndexInstancesOwnersQuarantineAndReceipts",
             actions=["dynamodb:PutItem", "dynamodb:UpdateItem"],
             resources=[storage.imported_arns["TableArn"]],
             conditions=item_conditions(index.INGEST_WRITES),
+        ),
+        iam.PolicyStatement(
+            sid="ReadStoredReceipts",
+            actions=["dynamodb:GetItem"],
+            resources=[storage.imported_arns["TableArn"]],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RECEIPT#*"]}},
         ),
         iam.PolicyStatement(
             sid="UseTableKey",

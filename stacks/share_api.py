@@ -95,7 +95,7 @@ class ShareApiStack(cdk.Stack):
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             default_integration=integration,
-            policy=resource_policy(settings),
+            policy=resource_policy(settings, [role.role_arn for _, role in sorted(storage.partner_roles.items())]),
             default_method_options=apigateway.MethodOptions(authorization_type=apigateway.AuthorizationType.IAM),
             deploy_options=apigateway.StageOptions(
                 stage_name=STAGE_NAME,
@@ -167,9 +167,24 @@ class ShareApiStack(cdk.Stack):
         )
 
         page_origin_cors(self, storage, f"https://{self.api.rest_api_id}.execute-api.{self.region}.{self.url_suffix}")
+        self.allow_partners_receipts(storage)
 
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url)
         cdk.CfnOutput(self, "SharePageUrl", value=f"{self.api.url}view")
+
+    def allow_partners_receipts(self, storage: StorageStack) -> None:
+        """Each partner's role may call ``GET /receipts`` (and nothing else of this API); the
+        function then shows it that partner's receipts only."""
+        for partner_id, role in sorted(storage.partner_roles.items()):
+            policy = iam.Policy(self, f"PartnerReceipts-{partner_id}", roles=[role], statements=[iam.PolicyStatement(
+                actions=["execute-api:Invoke"],
+                resources=[self.api.arn_for_execute_api(method, path, STAGE_NAME)
+                           for method, path in sorted(resources.PARTNER_ROUTES)],
+            )])
+            acknowledge(policy, {
+                "HIPAA.Security-IAMNoInlinePolicy": "One statement for one partner role (GET /receipts of this "
+                "API); a managed policy would be attached to nothing else.",
+            })
 
 
 AWS_CUSTOM_RESOURCE_FUNCTION = "AWS679f53fac002430cb0da5b7982bd2287"
@@ -209,9 +224,12 @@ def page_origin_cors(stack: cdk.Stack, storage: StorageStack, origin: str) -> cr
     return cors
 
 
-def resource_policy(settings: config.Settings) -> iam.PolicyDocument:
+def resource_policy(settings: config.Settings, partner_roles: list[str]) -> iam.PolicyDocument:
     """Who may invoke what: anyone the public routes; only sessions of the configured admin
-    roles (``Settings.admins``) anything else.
+    roles (``Settings.admins``) anything else, but for the partners' upload roles
+    (``partner_roles``, ARNs), which are not denied here: their own IAM policy allows them
+    ``GET /receipts`` only (:meth:`ShareApiStack.allow_partners_receipts`), and the function
+    shows them their own receipts only.
 
     For callers of the API's own account, API Gateway allows a request when *either* the
     caller's IAM policy or this resource policy allows it, so an allow for the admins is
@@ -228,7 +246,8 @@ def resource_policy(settings: config.Settings) -> iam.PolicyDocument:
         statements.append(iam.PolicyStatement(
             sid="NamedAdmins", principals=[iam.ArnPrincipal(arn) for arn in settings.admins],
             actions=["execute-api:Invoke"], resources=["execute-api:/*"]))
-        not_admin["ArnNotEquals"] = {"aws:PrincipalArn": list(settings.admins)}
+    if settings.admins or partner_roles:
+        not_admin["ArnNotEquals"] = {"aws:PrincipalArn": [*settings.admins, *partner_roles]}
     statements.append(iam.PolicyStatement(
         sid="NoOtherSignedCallers", effect=iam.Effect.DENY, principals=[iam.AnyPrincipal()],
         actions=["execute-api:Invoke"], resources=["execute-api:/*"], conditions=not_admin))

@@ -180,7 +180,12 @@ class StorageStack(cdk.Stack):
 
     def partner_role(self, partner: Partner) -> iam.Role:
         """The role ``partner`` assumes to upload under its prefix (:func:`partner_upload_statements`);
-        trusted with the partner's ``sts:ExternalId`` when one is configured (always for an account)."""
+        trusted with the partner's ``sts:ExternalId`` when one is configured (always for an account).
+
+        Its name is derived (:meth:`dicomshare.settings.Partner.role_name`), not generated:
+        the API recognises the partner by it in the caller's signed identity and lets the
+        role read that partner's receipts only (its ``execute-api:Invoke`` on
+        ``GET /receipts`` is granted by the share API stack)."""
         principal = (
             iam.AccountPrincipal(partner.principal) if partner.principal.isdigit()
             else iam.ArnPrincipal(partner.principal)
@@ -189,11 +194,12 @@ class StorageStack(cdk.Stack):
             self, f"PartnerRole-{partner.id}",
             assumed_by=principal,
             external_ids=[partner.external_id] if partner.external_id else None,
+            role_name=partner.role_name(self.settings.environment, self.region),
             description=f"dicomshare {self.settings.environment}: upload role of partner {partner.id}",
             max_session_duration=cdk.Duration.hours(12),
         )
         for statement in partner_upload_statements(
-                self.ingest_bucket.arn_for_objects(f"{partner.prefix}*"), self.ingest_key.key_arn, self.region):
+                [self.ingest_bucket.arn_for_objects(f"{partner.prefix}*")], self.ingest_key.key_arn, self.region):
             role.add_to_policy(statement)
         bucket_id = self.get_logical_id(self.ingest_bucket.node.default_child)
         acknowledge(role.node.find_child("DefaultPolicy"), {
@@ -207,9 +213,9 @@ class StorageStack(cdk.Stack):
         return role
 
 
-def partner_upload_statements(objects_arn: str, key_arn: str, region: str) -> list[iam.PolicyStatement]:
-    """``PutObject`` (single and multipart) under the partner's prefix, encrypted with the
-    ingest key.
+def partner_upload_statements(objects: list[str], key_arn: str, region: str) -> list[iam.PolicyStatement]:
+    """``PutObject`` (single and multipart) under ``objects`` (a partner's prefix, or the
+    hosted gateway's partners' prefixes), encrypted with the ingest key.
 
     Encryption is enforced by the bucket's default (SSE-KMS with the ingest key), not by
     requiring the encryption headers: ``UploadPart`` requests carry no such header (the
@@ -222,13 +228,13 @@ def partner_upload_statements(objects_arn: str, key_arn: str, region: str) -> li
         iam.PolicyStatement(
             sid="UploadUnderOwnPrefix",
             actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-            resources=[objects_arn],
+            resources=objects,
         ),
         iam.PolicyStatement(
             sid="DenyOtherEncryption",
             effect=iam.Effect.DENY,
             actions=["s3:PutObject"],
-            resources=[objects_arn],
+            resources=objects,
             conditions={"Null": {"s3:x-amz-server-side-encryption": "false"},
                         "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
         ),
@@ -236,7 +242,7 @@ def partner_upload_statements(objects_arn: str, key_arn: str, region: str) -> li
             sid="DenyOtherKeys",
             effect=iam.Effect.DENY,
             actions=["s3:PutObject"],
-            resources=[objects_arn],
+            resources=objects,
             conditions={"Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
                         "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}},
         ),

@@ -13,6 +13,16 @@ import pytest
 from dicomshare.settings import Partner, Settings
 
 
+def fresh_uids(ds):
+    """A shipped test file with new UIDs: other test modules upload the same file to the
+    session's system, and the first stored instance of a SOP Instance UID wins."""
+    from pydicom.uid import generate_uid
+
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
 def require_tool(name: str) -> str:
     """Path of a system tool the test needs; missing fails under CI=true, else skips."""
     path = shutil.which(name)

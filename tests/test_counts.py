@@ -99,8 +99,7 @@ def _new_instances_announced(aws, study_uid: str) -> int:
     while messages := sqs.receive_message(QueueUrl=res.events_queue_url, MaxNumberOfMessages=10).get("Messages"):
         for message in messages:
             event = json.loads(message["Body"])
-            if event["detail"]["study_uid"] == study_uid:
-                assert event["detail-type"] == counts.STUDY_INSTANCES_RECEIVED
+            if event["detail-type"] == counts.STUDY_INSTANCES_RECEIVED and event["detail"]["study_uid"] == study_uid:
                 total += event["detail"]["new_instances"]
             sqs.delete_message(QueueUrl=res.events_queue_url, ReceiptHandle=message["ReceiptHandle"])
     return total

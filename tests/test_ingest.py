@@ -351,7 +351,7 @@ def test_study_event_is_emitted_per_study(pipeline):
     while messages := sqs.receive_message(QueueUrl=pipeline.resources.events_queue_url,
                                           MaxNumberOfMessages=10).get("Messages"):
         mine += [e for e in map(lambda m: json.loads(m["Body"]), messages)
-                 if e["detail"].get("study_uid") == study["study_uid"]]
+                 if e["detail-type"] == "StudyInstancesReceived" and e["detail"].get("study_uid") == study["study_uid"]]
     assert sum(e["detail"]["new_instances"] for e in mine) == 4
     assert {(e["source"], e["detail-type"], e["detail"]["partner"]) for e in mine} == {
         (resources.EVENT_SOURCE, "StudyInstancesReceived", CLINICAL)}
@@ -381,11 +381,11 @@ def test_items_hold_only_the_attributes_their_writers_may_write(pipeline):
     for item in pipeline.items():
         kind = item[index.SK].split("#")[0]
         kinds.add(kind)
-        if kind in ("INSTANCE", "OWNER", "QUARANTINE"):
+        if kind in ("INSTANCE", "OWNER", "QUARANTINE", "RECEIPT"):
             assert set(item) <= ingest, item[index.SK]
         elif kind in ("STUDY", "SERIES", "MARK") or item[index.PK] == index.RECONCILE:
             assert set(item) <= counts, item[index.SK]
-    assert {"INSTANCE", "OWNER", "QUARANTINE", "STUDY", "SERIES"} <= kinds
+    assert {"INSTANCE", "OWNER", "QUARANTINE", "RECEIPT", "STUDY", "SERIES"} <= kinds
 
 
 def test_code_and_integer_strings_are_validated_before_indexing():

@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 from dicomshare import settings
+from conftest import require_tool
 from dicomshare_aws import index_store
 from dicomshare_local import demo, gateway
 
@@ -28,7 +29,7 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     with out.open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
         process = subprocess.Popen(
             [*CLI, "local", "up", "--state-dir", str(tmp_path / "state"), "--config", str(tmp_path / "none.json"),
-             "--aws-port", "0", "--api-port", "0"], stdout=stdout, stderr=stderr, text=True)
+             "--aws-port", "0", "--api-port", "0", "--dicom-port", "0"], stdout=stdout, stderr=stderr, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
         ready = [line for line in out.read_text().splitlines() if line.startswith("ready ")]
@@ -59,13 +60,26 @@ def test_local_up_serves_uploads_and_stops_cleanly(tmp_path):
         ds = next(demo.ct_series(1, "20240101", "CT HEAD", size=64))
         s3.put_object(Bucket=connection["ingest_bucket"], Key=connection["partner_prefix"] + "a.dcm",
                       Body=demo.part10_bytes(ds))
+        folder = tmp_path / "outbox"
+        folder.mkdir()
+        next(demo.ct_series(1, "20240101", "CT CHEST", size=64)).save_as(folder / "b.dcm", enforce_file_format=True)
+        sent = subprocess.run([require_tool("storescu"), "-aet", connection["partner_ae_title"], "-aec",
+                               connection["dicom_ae_title"], "+sd", "127.0.0.1", str(connection["dicom_port"]),
+                               str(folder)], capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr
         deadline = time.monotonic() + 180
-        while not s3.list_objects_v2(Bucket=connection["deid_bucket"], Prefix="studies/").get("KeyCount"):
-            assert time.monotonic() < deadline, "the uploaded file was never de-identified"
+        while s3.list_objects_v2(Bucket=connection["deid_bucket"], Prefix="studies/").get("KeyCount", 0) < 2:
+            assert time.monotonic() < deadline, "the uploaded and the sent file were never both de-identified"
             time.sleep(0.2)
+        partner_token = connection["partner_tokens"][connection["partner_prefix"].rstrip("/")]
+        request = urllib.request.Request(api_url + "/receipts", headers={"Authorization": f"Bearer {partner_token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+        assert {r["outcome"] for r in body["receipts"]} == {"ingested"}
+        assert len(body["receipts"]) == 2
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=60) == 0
     assert not _port_open(api_url)
     assert not _port_open(connection["aws_endpoint_url"] + "/")
 
@@ -85,7 +99,7 @@ def test_port_in_use_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["--help"], ["local", "--help"], ["local", "up", "--help"],
-                                     ["local", "demo", "--help"], ["deid", "--help"]])
+                                     ["local", "demo", "--help"], ["deid", "--help"], ["gateway", "--help"]])
 def test_every_subcommand_has_help(command):
     result = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0

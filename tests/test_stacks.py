@@ -106,7 +106,7 @@ def role_statements(t: Template, role_prefix: str) -> list[dict]:
     """Every statement of the policies attached to the role whose logical id starts with ``role_prefix``."""
     statements = []
     for policy in t.find_resources("AWS::IAM::Policy").values():
-        roles = [r["Ref"] for r in policy["Properties"].get("Roles", [])]
+        roles = [r["Ref"] for r in policy["Properties"].get("Roles", []) if "Ref" in r]
         if any(r.startswith(role_prefix) for r in roles):
             for s in policy["Properties"]["PolicyDocument"]["Statement"]:
                 actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
@@ -171,9 +171,10 @@ def test_dev_is_destroyed_with_its_stacks(synthesized):
     ("AWS::IAM::Role", "RoleName"), ("AWS::SecretsManager::Secret", "Name"),
 ])
 def test_physical_names_are_generated(synthesized, resource_type, name_property):
+    """Except the partners' roles, whose names the API recognises (tested below)."""
     for name in ("dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api"):
-        for resource in template(synthesized, name).find_resources(resource_type).values():
-            assert name_property not in resource["Properties"]
+        for logical_id, resource in template(synthesized, name).find_resources(resource_type).items():
+            assert name_property not in resource["Properties"] or logical_id.startswith("PartnerRole")
 
 
 def test_template_tests_skip_bundling(synthesized):
@@ -361,6 +362,27 @@ def test_ingest_bucket_encrypts_uploads_by_default_with_the_ingest_key(storage):
     assert default["SSEAlgorithm"] == "aws:kms" and default["KMSMasterKeyID"]["Fn::GetAtt"][0].startswith("IngestKey")
 
 
+def test_partner_roles_have_derived_names_and_may_read_their_receipts_only(storage, share_api):
+    roles = {k: v["Properties"] for k, v in storage.find_resources("AWS::IAM::Role").items() if k.startswith("PartnerRole")}
+    names = {k[len("PartnerRole"):-8]: render(r["RoleName"]) for k, r in roles.items()}
+    settings = from_document(partner_document())
+    for partner in settings.partners:
+        assert names[partner.id.replace("-", "")] == partner.role_name("dev", "<AWS::Region>")
+    policies = [p["Properties"] for k, p in share_api.find_resources("AWS::IAM::Policy").items()
+                if k.startswith("PartnerReceipts")]
+    assert len(policies) == 2
+    for policy in policies:
+        (statement,) = policy["PolicyDocument"]["Statement"]
+        assert statement["Action"] == "execute-api:Invoke"
+        assert render(statement["Resource"]).endswith(f"/{share_api_stage()}/GET/receipts")
+
+
+def share_api_stage() -> str:
+    from stacks.share_api import STAGE_NAME
+
+    return STAGE_NAME
+
+
 # Ingest pipeline
 
 
@@ -474,13 +496,17 @@ def test_ingest_reads_uploads_and_writes_outputs_only(ingest):
     assert granted(statements, "dynamodb:PutItem") == ["import:dicomshare-dev-storage-TableArn"]
     (write,) = [s for s in statements if "dynamodb:PutItem" in s["Action"]]
     assert sorted(write["Action"]) == ["dynamodb:PutItem", "dynamodb:UpdateItem"]
-    assert write["Condition"]["ForAllValues:StringLike"] == {"dynamodb:LeadingKeys": ["STUDY#*", "QUARANTINE#*"]}
+    assert write["Condition"]["ForAllValues:StringLike"] == {
+        "dynamodb:LeadingKeys": ["STUDY#*", "QUARANTINE#*", "RECEIPT#*"]}
     attributes = write["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"]
     assert {"counted", "instance_count", "gsi1pk", "share_id", "ttl"}.isdisjoint(attributes)
     assert {"sop_instance_uid", "reason", "claimed_at"} <= set(attributes)
     assert write["Condition"]["StringEqualsIfExists"] == {"dynamodb:ReturnValues": "NONE"}
+    (read,) = [s for s in statements if "dynamodb:GetItem" in s["Action"]]
+    assert (read["Action"], read["Condition"]) == (
+        "dynamodb:GetItem", {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RECEIPT#*"]}})
     assert not [a for s in statements for a in s["Action"]
-                if a.startswith("dynamodb:") and a not in ("dynamodb:PutItem", "dynamodb:UpdateItem")]
+                if a.startswith("dynamodb:") and a not in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem")]
     assert len(granted(statements, "secretsmanager:GetSecretValue")) == 1
     assert not [a for s in statements for a in s["Action"] if a.endswith("*")]
 
@@ -731,3 +757,67 @@ def assert_bytecode_for_the_runtime(asset: Path) -> None:
         assert header[:4] == magic, module
         assert int.from_bytes(header[4:8], "little") == 0b01, f"{module}: hash-based, unchecked"
     assert not [p for p in asset.rglob("*.pyc") if f"cpython-{LAMBDA_PYTHON_VERSION.replace('.', '')}" not in p.name]
+
+
+# Hosted DICOM gateway (optional)
+
+GATEWAY_IMAGE = f"{PARTNER_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/dicomshare-gateway:0.1.0"
+
+
+def test_hosted_gateway_is_off_by_default(synthesized):
+    assert synthesized[1].gateway is None
+    assert not list(synthesized[0].glob("*gateway*.template.json"))
+
+
+@pytest.fixture(scope="module")
+def with_gateway(tmp_path_factory):
+    """A synthesis with the hosted gateway enabled, both nag packs on."""
+    outdir = tmp_path_factory.mktemp("cdk.out.gateway")
+    document = partner_document()
+    document["gateway"] = {"enabled": True, "image": GATEWAY_IMAGE, "allowed_cidrs": ["10.1.0.0/16"],
+                           "calling_ae_titles": {"demo-partner": ["DEMO_PACS"], "pacs-b": ["PACS_B", "CT_B"]}}
+    app = cdk.App(context=context(dicomshare=document), outdir=str(outdir))
+    build(app)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    try:
+        app.synth()
+        nag_error = None
+    except RuntimeError as error:
+        nag_error = str(error)
+    return outdir, nag_error
+
+
+def test_hosted_gateway_is_nag_and_cfn_lint_clean(with_gateway):
+    outdir, nag_error = with_gateway
+    assert nag_error is None, nag_error
+    templates = sorted(str(p) for p in outdir.glob("*.template.json"))
+    assert len(templates) == 4
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
+                            capture_output=True, text=True)
+    errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
+    assert not errors, "\n".join(errors)
+
+
+def test_hosted_gateway_writes_only_under_its_partners_prefixes_and_listens_only_to_the_vpn(with_gateway):
+    t = Template.from_json(json.loads((with_gateway[0] / "dicomshare-dev-gateway.template.json").read_text()))
+    statements = role_statements(t, "TaskTaskRole")
+    assert sorted(granted(statements, "s3:PutObject")) == [
+        "import:dicomshare-dev-storage-IngestBucketArn/demo-partner/gateway/*",
+        "import:dicomshare-dev-storage-IngestBucketArn/pacs-b/gateway/*"]
+    denies = [s for s in statements if s["Effect"] == "Deny"]
+    assert {d["Condition"]["StringNotEquals"].get("s3:x-amz-server-side-encryption") for d in denies} >= {"aws:kms"}, \
+        "wrong encryption headers denied; none required, so multipart parts (no header) are allowed"
+    assert not granted(statements, "s3:GetObject") and not granted(statements, "s3:DeleteObject")
+    ingress = [rule for group in t.find_resources("AWS::EC2::SecurityGroup").values()
+               for rule in group["Properties"].get("SecurityGroupIngress", [])]
+    ingress += [r["Properties"] for r in t.find_resources("AWS::EC2::SecurityGroupIngress").values()]
+    assert {r["CidrIp"] for r in ingress if "CidrIp" in r} == {"10.1.0.0/16", "10.80.0.0/16"}
+    assert {r["FromPort"] for r in ingress if "CidrIp" in r} == {11112}
+    t.has_resource_properties("AWS::ElasticLoadBalancingV2::LoadBalancer", {"Scheme": "internal", "Type": "network"})
+    t.has_resource_properties("AWS::EFS::FileSystem", {"Encrypted": True, "KmsKeyId": Match.any_value()})
+    assert not t.find_resources("AWS::EC2::InternetGateway") and not t.find_resources("AWS::EC2::NatGateway")
+    (task,) = t.find_resources("AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    document = json.loads(json.dumps(container["Environment"][0]["Value"]))
+    assert container["Environment"][0]["Name"] == "DICOMSHARE_GATEWAY_CONFIG" and document
+    assert container["ReadonlyRootFilesystem"] is True

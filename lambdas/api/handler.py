@@ -1,8 +1,10 @@
-"""API Lambda: admin routes (IAM), ``POST /redeem`` and ``GET /view`` (share token).
+"""API Lambda: admin routes (IAM), ``POST /redeem`` and ``GET /view`` (share token),
+``GET /receipts`` (a partner's role, or an admin).
 
 Admin routes are authenticated by API Gateway (IAM, SigV4, and a resource policy that
 lets only the configured admin roles in) before this function runs; the handler checks
-the caller against the same list (``Settings.admins``) and refuses anyone else.
+the caller against the same list (``Settings.admins``) and refuses anyone else, and lets a
+partner's role reach the partner routes (``GET /receipts``) only.
 Every response carries ``Cache-Control: no-store``: shares, studies, manifests and errors
 are per caller and must never sit in a browser's or a proxy's cache.
 """
@@ -17,8 +19,8 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from dicomshare_aws.resources import PUBLIC_ROUTES
-from lambdas.api import admin, dependencies, page, redeem
+from dicomshare_aws.resources import PARTNER_ROUTES, PUBLIC_ROUTES
+from lambdas.api import admin, dependencies, page, receipts, redeem
 from lambdas.api.errors import ApiError, error_event_response, error_response
 
 logger = Logger(service="api")
@@ -26,6 +28,7 @@ app = APIGatewayRestResolver(enable_validation=True, debug=False)
 app.include_router(admin.router)
 app.include_router(redeem.router)
 app.include_router(page.router)
+app.include_router(receipts.router)
 
 
 @app.get("/openapi.json", include_in_schema=False)
@@ -66,7 +69,10 @@ def unexpected(error: Exception):
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     route = (event.get("httpMethod", ""), (event.get("path") or "/").rstrip("/") or "/")
     identity = (event.get("requestContext") or {}).get("identity") or {}
-    if route not in PUBLIC_ROUTES and not dependencies.settings().is_admin(identity.get("userArn")):
+    caller = identity.get("userArn")
+    allowed = (route in PUBLIC_ROUTES or dependencies.settings().is_admin(caller)
+               or (route in PARTNER_ROUTES and receipts.caller_partner(caller) is not None))
+    if not allowed:
         return error_event_response(403, "admin_only", "This route needs administrator credentials.")
     response = app.resolve(event, context)
     response.setdefault("multiValueHeaders", {})["Cache-Control"] = ["no-store"]

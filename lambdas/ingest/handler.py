@@ -41,6 +41,11 @@ def _sqs():
     return boto3.client("sqs")
 
 
+@cache
+def _events():
+    return boto3.client("events")
+
+
 def _secret() -> bytes:
     return parameters.get_secret(os.environ[config.DEID_SECRET_ARN_ENV], max_age=300).encode()
 
@@ -59,7 +64,7 @@ def record_handler(record: SQSRecord, lambda_context) -> None:
             raise
         try:
             result = ingest_object(*_clients(), obj, destinations=destinations,
-                                   settings=config.from_environment(), secret=_secret)
+                                   settings=config.from_environment(), secret=_secret, events=_events())
         except Exception as error:
             failed = ObjectFailed.from_error(error, fields["key_hmac"])
             logger.error("object failed", extra={**fields, "outcome": "failed", "error": failed.error})
