@@ -52,8 +52,8 @@ def _table(system):
 def _quarantined(system, reason: str, partner: str) -> int:
     items, kwargs = [], {}
     while True:
-        page = _table(system).scan(ConsistentRead=True, FilterExpression=Attr("reason").eq(reason)
-                                   & Attr("partner").eq(partner), **kwargs)
+        page = _table(system).scan(ConsistentRead=True, FilterExpression=Attr("pk").begins_with("QUARANTINE#")
+                                   & Attr("reason").eq(reason) & Attr("partner").eq(partner), **kwargs)
         items += page["Items"]
         if "LastEvaluatedKey" not in page:
             return len(items)
