@@ -44,6 +44,7 @@ REFUSALS = {
     "expired": (410, "This share has expired."),
     "exhausted": (410, "This share has been opened the maximum number of times."),
     "locked": (410, "This share is locked after too many wrong PINs; ask the sender to unlock it."),
+    "not_redeemed": (403, "Open the share link first: this share has not been redeemed."),
 }
 """Machine reason -> (HTTP status, human message) for a refused redemption."""
 
@@ -160,6 +161,19 @@ def refusal(share: Share, now: int) -> str | None:
     if share.max_redemptions is not None and share.redemptions >= share.max_redemptions:
         return "exhausted"
     return None
+
+
+def access_refusal(share: Share, now: int) -> str | None:
+    """Why the pages of a share (instance URLs, the viewer document, the Key Object
+    Selection pages) cannot be read at ``now``. As :func:`refusal`, except that
+    ``max_redemptions`` limits openings, not reads of an opened share: a share becomes
+    readable with its first redemption and stays so until it expires, is revoked or locks."""
+    reason = refusal(share, now)
+    if reason == "exhausted":
+        return None
+    if reason is None and share.redemptions < 1:
+        return "not_redeemed"
+    return reason
 
 
 def presign_seconds(share: Share, now: int, settings: Settings) -> int:

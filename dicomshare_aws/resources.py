@@ -40,7 +40,10 @@ PREVIEW_FILTER = {"prefix": "studies/", "suffix": ".dcm"}
 EVENT_SOURCE = "dicomshare"
 """``Source`` of the EventBridge events this system emits."""
 
-PUBLIC_ROUTES = frozenset({("POST", "/redeem"), ("GET", "/view")})
+PUBLIC_ROUTES = frozenset({
+    ("POST", "/redeem"), ("GET", "/view"), ("GET", "/client-zip.js"),
+    ("GET", "/share/instances"), ("GET", "/share/dicomjson"), ("GET", "/share/manifest"),
+})
 """Routes a clinician reaches with a share token; every other route is admin (IAM)."""
 
 

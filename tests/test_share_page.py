@@ -104,7 +104,7 @@ def test_page_headers_keep_the_token_private(local_system):
     assert headers["Content-Type"].startswith("text/html")
     assert headers["Referrer-Policy"] == "no-referrer"
     policy = headers["Content-Security-Policy"]
-    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    assert "default-src 'none'" in policy and "script-src 'self' 'sha256-" in policy and "unsafe-inline" not in policy
     assert '<meta name="viewport"' in body
     assert not re.search(r'(src|href)="(https?:)?//', body)  # no external resource
 
@@ -190,7 +190,7 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
         browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
         assert browser.evaluate("location.hash") == ""  # the token left the address bar
         card = "document.querySelectorAll('article.series')[0]"
-        assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "1 / 4"
+        browser.wait_for(f"{card}.querySelector('.position').textContent === '1 / 4'")  # its first page came
         first = browser.evaluate(f"{card}.querySelector('img').src")
         browser.evaluate(f"{card}.querySelector('[aria-label=\"next image\"]').click()")
         assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "2 / 4"
@@ -202,10 +202,15 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
         assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "4 / 4"
         assert browser.evaluate(f"{card}.querySelector('img').src") != first
 
-        browser.evaluate("URL.createObjectURL = ((create) => (blob) => { window.savedZip = blob; return create(blob); })"
-                         "(URL.createObjectURL.bind(URL))")
+        # The File System Access API, as a user picking a file would give it: the archive
+        # arrives as a stream of chunks, written as they come.
+        browser.evaluate("""window.showSaveFilePicker = async (options) => ({ createWritable: async () => {
+            const chunks = []; window.chunkCount = 0;
+            return new WritableStream({ write(chunk) { chunks.push(chunk); window.chunkCount++; },
+                                        close() { window.savedZip = new Blob(chunks); } }); } })""")
         browser.evaluate("document.getElementById('download-all').click()")
         browser.wait_for("window.savedZip !== undefined")
+        assert browser.evaluate("window.chunkCount") > len(study.files)  # streamed, not one buffer
         encoded = browser.evaluate("""new Promise(resolve => { const r = new FileReader();
             r.onload = () => resolve(r.result.split(',')[1]); r.readAsDataURL(window.savedZip); })""")
     finally:
