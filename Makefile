@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 
 WEB_STAMP := web/node_modules/.installed
 CLIENT_ZIP := lambdas/api/static/client-zip.js
+VIEWER := web/build/viewer/index.html
 
-.PHONY: demo test bench synth clean web
+.PHONY: demo test bench synth clean web viewer
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,14 @@ $(CLIENT_ZIP): $(WEB_STAMP)
 	mkdir -p $(@D)
 	cp web/node_modules/client-zip/index.js $@
 
-web: $(CLIENT_ZIP)
+# OHIF's prebuilt npm package (tarball pinned by version and integrity in web/viewer.json)
+# with our configuration and data-source shim.
+$(VIEWER): web/viewer.json web/app-config.js web/dicomshare-viewer.js web/build_viewer.py
+	$(PYTHON) web/build_viewer.py
+
+viewer: $(VIEWER)
+
+web: $(CLIENT_ZIP) $(VIEWER)
 
 demo: $(STAMP) web
 	$(BIN)/dicomshare local demo
@@ -41,4 +49,4 @@ synth: $(STAMP) web
 	$(BIN)/python app.py
 
 clean:
-	rm -rf $(VENV) cdk.out .dicomshare test-artifacts web/node_modules lambdas/api/static
+	rm -rf $(VENV) cdk.out .dicomshare test-artifacts web/node_modules web/build web/.cache lambdas/api/static

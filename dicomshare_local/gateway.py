@@ -7,6 +7,11 @@ authenticated *before* the handler runs. On AWS that is IAM (SigV4); here it is
 ``requestContext.identity.userArn`` as IAM authorisation does, and drops the header.
 The deployed API declares every media type binary (``*/*``), so request bodies arrive
 base64-encoded; they do here too.
+
+Every other path is the share viewer (OHIF, built by ``make viewer`` into
+``web/build/viewer``), on the API's origin as CloudFront serves it on AWS: its files, and
+``index.html`` for any other path (a single-page app's routes), with the viewer's
+Content-Security-Policy, ``Referrer-Policy: no-referrer`` and ``nosniff``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import base64
 import hmac
 import json
 import logging
+import mimetypes
 import time
 import uuid
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -30,15 +37,21 @@ LOCAL_ADMIN_ARN = "arn:aws:iam::000000000000:user/local-admin"
 log = logging.getLogger("dicomshare.local")
 
 
-def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admin_token: str) -> ThreadingHTTPServer:
+VIEWER_DIR = Path(__file__).resolve().parent.parent / "web" / "build" / "viewer"
+
+mimetypes.add_type("application/wasm", ".wasm")
+mimetypes.add_type("text/javascript", ".js")
+
+
+def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admin_token: str,
+                object_origin: str = "", viewer_dir: Path = VIEWER_DIR) -> ThreadingHTTPServer:
     class Gateway(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_request(self) -> None:
             url = urlsplit(self.path)
             if not (url.path == f"/{STAGE}" or url.path.startswith(f"/{STAGE}/")):
-                return self._reply(404, {"Content-Type": "application/json"},
-                                   json.dumps({"message": f"Not found: the API is under /{STAGE}/"}).encode())
+                return self._viewer(url.path)
             path = url.path[len(STAGE) + 1:] or "/"
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
@@ -66,6 +79,26 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
                      (time.monotonic() - started) * 1000)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_request
+
+        def _viewer(self, path: str) -> None:
+            if self.command not in ("GET", "HEAD") or not (viewer_dir / "index.html").is_file():
+                return self._reply(404, {"Content-Type": "application/json"}, json.dumps(
+                    {"message": f"Not found: the API is under /{STAGE}/; the viewer needs make viewer"}).encode())
+            root = viewer_dir.resolve()
+            file = (root / path.lstrip("/")).resolve()
+            if not (file.is_relative_to(root) and file.is_file()) or file.name == "csp.json":
+                file = root / "index.html"
+            headers = {
+                "Content-Type": mimetypes.guess_type(file.name)[0] or "application/octet-stream",
+                "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-cache" if file.suffix == ".html" or file.name == "app-config.js"
+                else "public, max-age=86400",
+            }
+            if file.suffix == ".html":
+                hashes = json.loads((root / "csp.json").read_text())["script_sha256"]
+                headers["Content-Security-Policy"] = resources.viewer_content_security_policy(hashes, object_origin)
+            self._reply(200, headers, file.read_bytes())
 
         def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
             self.send_response(status)

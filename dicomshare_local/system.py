@@ -125,7 +125,8 @@ class LocalSystem:
     def _start_gateway(self) -> None:
         from lambdas.api.handler import handler as api
 
-        self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token)
+        self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token,
+                                        object_origin=self.endpoint_url)
         self.api_url = f"http://{self.host}:{self.http.server_address[1]}/{gateway.STAGE}"
         threading.Thread(target=self.http.serve_forever, name="gateway", daemon=True).start()
 

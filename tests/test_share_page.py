@@ -113,12 +113,14 @@ class DevTools:
     """The smallest Chrome DevTools Protocol client: one page, ``Runtime.evaluate`` over a
     WebSocket (RFC 6455 framing, text frames only), standard library only."""
 
-    def __init__(self, chromium: str, profile: Path, url: str):
+    def __init__(self, chromium: str, profile: Path, url: str, arguments: tuple[str, ...] = ("--disable-gpu",)):
         self.process = subprocess.Popen([
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            chromium, "--headless", "--no-sandbox", *arguments, "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1200,900", url,
         ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.events: list[dict] = []
+        """DevTools events received so far (console messages, exceptions, …)."""
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
@@ -149,6 +151,8 @@ class DevTools:
         self.socket.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(message)))
         while True:
             reply = json.loads(self._frame())
+            if "method" in reply:
+                self.events.append(reply)
             if reply.get("id") == self.next_id:
                 assert "error" not in reply, reply["error"]
                 return reply["result"]

@@ -105,9 +105,11 @@ def dicomjson(study_uid: StudyUid, series_uid: SeriesUid, authorization: Token =
     items, more = deps.store().instance_page(study_uid, prefix, after, manifest.INSTANCES_PER_PAGE,
                                              series["instance_count"])
     lifetime = shares.presign_seconds(share, now, deps.settings())
-    study = manifest.study_summary(study_uid, deps.store().study(study_uid), [], prior=False)
-    document, finished, resume = manifest.ohif_page(
-        {**study, "modalities": [series["modality"]] if series["modality"] else []}, series, items,
+    item = deps.store().study(study_uid) or {}
+    study = {**manifest.study_summary(study_uid, item, [], prior=False),
+             "instance_count": int(item.get("instance_count", 0)),
+             "modalities": [series["modality"]] if series["modality"] else []}
+    document, finished, resume = manifest.ohif_page(study, series, items,
         instance_url=deps.presigner(lifetime).url, first_frame=frame, budget=manifest.PAGE_BYTES)
     if finished < len(items):  # the page ended inside the series: resume at the first unfinished item
         following = encode_cursor(items[finished - 1][index.SK] if finished else (after or prefix), resume)
