@@ -89,7 +89,7 @@ def test_view_only_share_offers_no_download(api, chromium, study, tmp_path):
     dom = browse(chromium, tmp_path, share["url"])
     assert state(dom) == "ready" and "view only" in dom
     assert "Download series" not in dom
-    assert re.search(r'id="study-actions" class="hidden"', dom)
+    assert re.search(r'id="study-actions" class="actions hidden"', dom)  # no download, no viewer
 
 
 def test_unknown_and_missing_links(local_system, chromium, tmp_path):
