@@ -22,39 +22,8 @@ from typing import Any, Callable, Sequence
 
 from dicomshare.shares import Share, iso
 
-KEYWORDS = {
-    "0020000D": "StudyInstanceUID",
-    "0020000E": "SeriesInstanceUID",
-    "00080018": "SOPInstanceUID",
-    "00080016": "SOPClassUID",
-    "00080060": "Modality",
-    "00200011": "SeriesNumber",
-    "00200013": "InstanceNumber",
-    "00280010": "Rows",
-    "00280011": "Columns",
-    "00280100": "BitsAllocated",
-    "00280101": "BitsStored",
-    "00280102": "HighBit",
-    "00280103": "PixelRepresentation",
-    "00280002": "SamplesPerPixel",
-    "00280004": "PhotometricInterpretation",
-    "00280006": "PlanarConfiguration",
-    "00280008": "NumberOfFrames",
-    "00280030": "PixelSpacing",
-    "00180050": "SliceThickness",
-    "00201041": "SliceLocation",
-    "00200032": "ImagePositionPatient",
-    "00200037": "ImageOrientationPatient",
-    "00200052": "FrameOfReferenceUID",
-    "00281050": "WindowCenter",
-    "00281051": "WindowWidth",
-    "00281052": "RescaleIntercept",
-    "00281053": "RescaleSlope",
-    "00080008": "ImageType",
-}
-"""Tag -> keyword for the attributes an index item's ``dicom_json`` may hold (PS3.6)."""
-
 ALWAYS_LISTS = frozenset({"PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "ImageType"})
+"""Attributes OHIF reads as arrays even when they hold one value."""
 
 INSTANCE_FIELDS = (
     "sop_instance_uid",
@@ -201,18 +170,39 @@ def _ohif_document(study: dict[str, Any], series: dict[str, Any], entries: list[
 
 
 def naturalized(item: dict[str, Any]) -> dict[str, Any]:
-    """An instance item's ``dicom_json`` (PS3.18 F.2) as keyword -> value, OHIF's form."""
-    metadata: dict[str, Any] = {
+    """An instance item's ``dicom_json`` (PS3.18 F.2) as keyword -> value, OHIF's form:
+    single values as scalars, IS/DS as numbers, person names as their alphabetic form,
+    sequences as lists of naturalized items, binary values as ``{"InlineBinary": …}``
+    (palette lookup tables). Private and unknown attributes are left out."""
+    metadata = naturalized_dataset(json.loads(item.get("dicom_json") or "{}"))
+    metadata.update({
         "StudyInstanceUID": item["study_uid"],
         "SeriesInstanceUID": item["series_uid"],
         "SOPInstanceUID": item["sop_instance_uid"],
-        "SOPClassUID": item.get("sop_class_uid", ""),
-    }
-    for tag, element in json.loads(item.get("dicom_json") or "{}").items():
-        keyword = KEYWORDS.get(tag.upper())
-        values = element.get("Value") if isinstance(element, dict) else None
-        if keyword is None or not values:
+        "SOPClassUID": item.get("sop_class_uid", metadata.get("SOPClassUID", "")),
+    })
+    return metadata
+
+
+def naturalized_dataset(dataset: dict[str, Any]) -> dict[str, Any]:
+    from pydicom.datadict import keyword_for_tag  # only here: the API's cold start imports no pydicom
+
+    metadata: dict[str, Any] = {}
+    for tag, element in dataset.items():
+        keyword = keyword_for_tag(int(tag, 16)) if isinstance(element, dict) else ""
+        if not keyword:
             continue
+        if "InlineBinary" in element:
+            metadata[keyword] = {"InlineBinary": element["InlineBinary"]}
+            continue
+        values = element.get("Value")
+        if not values:
+            continue
+        if element.get("vr") == "SQ":
+            metadata[keyword] = [naturalized_dataset(v or {}) for v in values]
+            continue
+        if element.get("vr") == "PN":
+            values = [v.get("Alphabetic", "") if isinstance(v, dict) else v for v in values]
         metadata[keyword] = values if keyword in ALWAYS_LISTS or len(values) > 1 else values[0]
     return metadata
 

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from indexed_study import put_study
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from indexed_study import put_datasets, put_study
 from test_share_page import ARTIFACTS, DevTools
 
 pytestmark = pytest.mark.browser
@@ -46,6 +52,13 @@ def chromium():
     return path
 
 
+VIEWPORT_TEXT = """[...document.querySelectorAll('canvas.cornerstone-canvas')].map((canvas) => {
+  let element = canvas;
+  for (let i = 0; i < 6 && element.parentElement; i++) element = element.parentElement;
+  return element.innerText;
+})"""
+
+
 def console_errors(browser: DevTools) -> list[str]:
     errors = []
     for event in browser.events:
@@ -54,7 +67,8 @@ def console_errors(browser: DevTools) -> list[str]:
         elif event["method"] == "Runtime.consoleAPICalled" and event["params"]["type"] == "error":
             errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in event["params"]["args"]))
         elif event["method"] == "Log.entryAdded" and event["params"]["entry"]["level"] == "error":
-            errors.append(event["params"]["entry"]["text"])
+            entry = event["params"]["entry"]
+            errors.append(f"{entry['text']} {entry.get('url', '')[:120]}")
     return errors
 
 
@@ -106,6 +120,87 @@ def test_ct_series_opens_in_the_viewer_on_the_same_origin(api, local_system, chr
         assert share["token"] not in address and "#" not in address
         assert urllib.parse.urlsplit(address).path == "/viewer/dicomjson"
         screenshot(browser, "ct")
+        assert console_errors(browser) == []
+    finally:
+        browser.close()
+
+
+def shipped(name: str) -> Dataset:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesNumber = 1
+    return ds
+
+
+def gradient_multiframe(frames: int = 8, size: int = 96) -> Dataset:
+    """An MR multi-frame object: frame ``k`` a diagonal gradient shifted by ``k``."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), "MR", 3, 1
+    ds.Rows = ds.Columns = size
+    ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing, ds.SliceThickness = [1, 1], 1
+    yy, xx = np.mgrid[0:size, 0:size]
+    ds.PixelData = np.stack([(xx + yy + 10 * k) * 20 for k in range(frames)]).astype(np.uint16).tobytes()
+    ds.WindowCenter, ds.WindowWidth = 2000, 4000
+    return ds
+
+
+@pytest.mark.parametrize("name, datasets", [
+    ("multiframe", lambda: [gradient_multiframe()]),
+    ("palette", lambda: [shipped("examples_palette.dcm")]),
+    ("jpeg2000", lambda: [shipped("MR_small_jp2klossless.dcm")]),
+])
+def test_objects_of_every_kind_render(api, local_system, chromium, tmp_path, name, datasets):
+    study = put_datasets(local_system, datasets(), pseudonym=f"DS-VIEWER-{name.upper()}", study_date="20240303")
+    local_system.wait_idle()
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
+    browser = open_in_viewer(chromium, tmp_path, share, name)
+    try:
+        wait_painted(browser)
+        screenshot(browser, name)
+        assert console_errors(browser) == []
+    finally:
+        browser.close()
+
+
+def test_pin_protected_share_opens_in_the_viewer(api, local_system, chromium, tmp_path):
+    study = put_study(local_system, pseudonym="DS-VIEWER-PIN", study_date="20240304", slices=3, size=96)
+    local_system.wait_idle()
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid, "pin": "3141"})[1]
+    browser = open_in_viewer(chromium, tmp_path, share, "pin", pin="3141")
+    try:
+        wait_painted(browser)
+        screenshot(browser, "pin")
+        assert console_errors(browser) == []
+        assert "3141" not in browser.evaluate("location.href")
+    finally:
+        browser.close()
+    assert api.call("GET", f"/shares/{share['share_id']}")[1]["redemptions"] == 1  # the viewer redeemed nothing
+
+
+def test_share_with_priors_shows_the_shared_study_first(api, local_system, chromium, tmp_path):
+    prior = put_study(local_system, pseudonym="DS-VIEWER-PRIORS", study_date="20190101", slices=2, size=96,
+                      description="CT PRIOR")
+    current = put_study(local_system, pseudonym="DS-VIEWER-PRIORS", study_date="20240305", slices=3, size=96,
+                        description="CT CURRENT")
+    local_system.wait_idle()
+    share = api.call("POST", "/shares", {"study_uid": current.study_uid, "include_priors": True})[1]
+    assert share["study_uids"] == [current.study_uid, prior.study_uid]
+    browser = open_in_viewer(chromium, tmp_path, share, "priors")
+    try:
+        wait_painted(browser)
+        screenshot(browser, "priors")
+        text = browser.evaluate("document.body.innerText")
+        [viewport] = browser.evaluate(VIEWPORT_TEXT)
+        assert "05-Mar-2024" in viewport and "01-Jan-2019" not in viewport  # the shared study is shown
+        assert "05-Mar-2024" in text and "01-Jan-2019" in text  # the prior is listed beside it
         assert console_errors(browser) == []
     finally:
         browser.close()
