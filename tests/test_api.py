@@ -441,3 +441,29 @@ def test_key_object_selection_pages(api, studies, monkeypatch):
     assert sorted(referenced) == sorted(current.files) and len(referenced) == 6
     assert [ds.InstanceNumber for ds in documents] == [1, 2]
     assert documents[0].SOPInstanceUID != documents[1].SOPInstanceUID
+
+
+def test_viewer_metadata_is_the_whole_header_without_bulk_data():
+    from pydicom.data import get_testdata_file
+
+    from dicomshare import manifest as manifest_module
+    from dicomshare.index_items import MAX_DICOM_JSON, dicom_json
+
+    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    ds.IconImageSequence = [pydicom.Dataset()]
+    ds.IconImageSequence[0].PixelData = b"\0" * 64
+    ds.SeriesNumber, ds.ReferencedImageSequence = "10", [pydicom.Dataset()]
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    stored = json.loads(dicom_json(ds))
+    assert "7FE00010" not in stored and "00880200" not in stored  # pixel data, icon image
+    metadata = manifest_module.naturalized({"study_uid": "1", "series_uid": "2", "sop_instance_uid": "3",
+                                            "dicom_json": json.dumps(stored)})
+    assert metadata["PhotometricInterpretation"] == "PALETTE COLOR"
+    assert base64.b64decode(metadata["RedPaletteColorLookupTableData"]["InlineBinary"]) == \
+        ds.RedPaletteColorLookupTableData
+    assert metadata["RedPaletteColorLookupTableDescriptor"] == [256, 0, 16]
+    assert metadata["SeriesNumber"] == 10 and metadata["Rows"] == ds.Rows  # IS as numbers
+    assert metadata["ReferencedImageSequence"] == [{"ReferencedSOPInstanceUID": "1.2.3"}]
+    ds.ImageComments = "x" * (MAX_DICOM_JSON + 1000)  # too large for an item: left out, the rest kept
+    bounded = dicom_json(ds)
+    assert len(bounded) <= MAX_DICOM_JSON and "00204000" not in json.loads(bounded) and "00280004" in bounded

@@ -72,8 +72,12 @@ def console_errors(browser: DevTools) -> list[str]:
     return errors
 
 
-def open_in_viewer(chromium: str, tmp_path: Path, share: dict, name: str, *, pin: str | None = None) -> DevTools:
+def open_in_viewer(chromium: str, tmp_path: Path, share: dict, name: str, *, pin: str | None = None,
+                   phone: bool = False) -> DevTools:
     browser = DevTools(chromium, tmp_path / "devtools", "about:blank", arguments=GPU)
+    if phone:
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True})
     browser.send("Runtime.enable", {})
     browser.send("Log.enable", {})
     browser.send("Page.navigate", {"url": share["url"]})
@@ -180,6 +184,7 @@ def test_pin_protected_share_opens_in_the_viewer(api, local_system, chromium, tm
         screenshot(browser, "pin")
         assert console_errors(browser) == []
         assert "3141" not in browser.evaluate("location.href")
+        assert browser.evaluate("sessionStorage.getItem('dicomshare-viewer')")  # this tab only
     finally:
         browser.close()
     assert api.call("GET", f"/shares/{share['share_id']}")[1]["redemptions"] == 1  # the viewer redeemed nothing
@@ -201,6 +206,22 @@ def test_share_with_priors_shows_the_shared_study_first(api, local_system, chrom
         [viewport] = browser.evaluate(VIEWPORT_TEXT)
         assert "05-Mar-2024" in viewport and "01-Jan-2019" not in viewport  # the shared study is shown
         assert "05-Mar-2024" in text and "01-Jan-2019" in text  # the prior is listed beside it
+        assert console_errors(browser) == []
+    finally:
+        browser.close()
+
+
+def test_viewer_is_usable_on_a_phone(api, local_system, chromium, tmp_path):
+    study = put_study(local_system, pseudonym="DS-VIEWER-PHONE", study_date="20240306", slices=3, size=96)
+    local_system.wait_idle()
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
+    browser = open_in_viewer(chromium, tmp_path, share, "phone", phone=True)
+    try:
+        assert browser.evaluate("window.innerWidth") == 390
+        [lit] = wait_painted(browser)[:1]
+        screenshot(browser, "phone")
+        width = browser.evaluate("document.querySelector('canvas.cornerstone-canvas').getBoundingClientRect().width")
+        assert lit > 0 and width >= 200  # the image takes most of the screen
         assert console_errors(browser) == []
     finally:
         browser.close()

@@ -90,6 +90,16 @@
     return nativeFetch(typeof input === "string" ? current(input) : input, init);
   };
 
+  // On a phone the study list would take the whole width: it starts closed (the button
+  // beside "Studies" opens it again).
+  if (matchMedia("(max-width: 700px)").matches) {
+    const observer = new MutationObserver(() => {
+      const close = document.querySelector('[data-cy="side-panel-header-left"]');
+      if (close) { observer.disconnect(); close.click(); }
+    });
+    observer.observe(document.documentElement, { childList: true, subtree: true });
+  }
+
   const open = XMLHttpRequest.prototype.open;
   XMLHttpRequest.prototype.open = function (method, url, ...rest) {
     return open.call(this, method, current(String(url)), ...rest);
