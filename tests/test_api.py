@@ -289,7 +289,8 @@ def test_study_listing_pages_and_openapi(api, studies):
     status, listing = api.call("GET", "/shares?limit=2")
     assert status == 200 and all("token" not in s for s in listing["shares"])
     status, schema = api.call("GET", "/openapi.json")
-    assert status == 200 and {"/shares", "/redeem", "/studies/{study_uid}"} <= set(schema["paths"])
+    assert status == 200 and {"/shares", "/redeem", "/studies/{study_uid}", "/share/instances", "/share/dicomjson",
+                              "/share/manifest"} <= set(schema["paths"])
 
 
 def test_token_never_reaches_logs_or_the_index(api, local_system, studies, caplog):
