@@ -87,6 +87,7 @@ def open_in_viewer(chromium: str, tmp_path: Path, share: dict, name: str, *, pin
         browser.evaluate("document.getElementById('pin-form').requestSubmit()")
     browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
     page_origin = browser.evaluate("location.origin")
+    browser.events.clear()  # from here on, the viewer's (the page's PIN prompt answers 403 by design)
     browser.evaluate("document.querySelector('[data-testid=open-viewer]').click()")
     browser.wait_for("location.pathname.startsWith('/viewer')", timeout=30)
     assert browser.evaluate("location.origin") == page_origin
