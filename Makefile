@@ -5,7 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench synth clean
+WEB_STAMP := web/node_modules/.installed
+CLIENT_ZIP := lambdas/api/static/client-zip.js
+VIEWER := web/build/viewer/index.html
+
+.PHONY: demo test bench synth clean web viewer
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,17 +18,35 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-demo: $(STAMP)
+# Browser code from npm, pinned by version and integrity (web/package-lock.json).
+$(WEB_STAMP): web/package.json web/package-lock.json
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund
+	touch $@
+
+$(CLIENT_ZIP): $(WEB_STAMP)
+	mkdir -p $(@D)
+	cp web/node_modules/client-zip/index.js $@
+
+# OHIF's prebuilt npm package (tarball pinned by version and integrity in web/viewer.json)
+# with our configuration and data-source shim.
+$(VIEWER): web/viewer.json web/app-config.js web/dicomshare-viewer.js web/build_viewer.py
+	$(PYTHON) web/build_viewer.py
+
+viewer: $(VIEWER)
+
+web: $(CLIENT_ZIP) $(VIEWER)
+
+demo: $(STAMP) web
 	$(BIN)/dicomshare local demo
 
-test: $(STAMP)
+test: $(STAMP) web
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-synth: $(STAMP)
+synth: $(STAMP) web
 	$(BIN)/python app.py
 
 clean:
-	rm -rf $(VENV) cdk.out .dicomshare test-artifacts
+	rm -rf $(VENV) cdk.out .dicomshare test-artifacts web/node_modules web/build web/.cache lambdas/api/static

@@ -9,9 +9,10 @@ Values that name things in paths or in the page are checked against their value
 representation (PS3.5 6.2) before they are indexed: a Modality that is not a code string,
 a Series or Instance Number that is not an integer string, is indexed as empty.
 
-``dicom_json`` is the DICOM JSON Model (PS3.18 Annex F.2) of a fixed list of header
-attributes (:data:`DICOM_JSON_KEYWORDS`): what a viewer needs to lay out a series, nothing
-that describes the patient.
+``dicom_json`` is the DICOM JSON Model (PS3.18 Annex F.2) of the de-identified header,
+every attribute but bulk data (:func:`dicom_json`): what a viewer needs to display any
+object we accept (palette lookup tables, segmentation and functional-group sequences
+included), and nothing the de-identification removed.
 """
 
 from __future__ import annotations
@@ -22,19 +23,28 @@ import json
 import re
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomshare import index
 
-DICOM_JSON_KEYWORDS = (
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
-    "SeriesNumber", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "BitsStored",
-    "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation",
-    "PlanarConfiguration", "NumberOfFrames", "PixelSpacing", "SliceThickness", "SliceLocation",
-    "ImagePositionPatient", "ImageOrientationPatient", "FrameOfReferenceUID", "WindowCenter",
-    "WindowWidth", "RescaleIntercept", "RescaleSlope", "ImageType",
-)
-"""Attributes copied into an instance item's ``dicom_json`` (PS3.18 F.2), when present."""
+BULK_DATA_TAGS = frozenset({
+    0x7FE00008, 0x7FE00009, 0x7FE00010,  # Float, Double Float and Pixel Data
+    0x00880200,  # Icon Image Sequence (a thumbnail's pixels)
+    0x00420011,  # Encapsulated Document
+    0x54000100,  # Waveform Sequence
+    0x56000020,  # Spectroscopy Data
+})
+"""Attributes left out of ``dicom_json``: pixel and other bulk data (PS3.18 F.2.7)."""
+
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+MAX_INLINE_BINARY = 128 * 1024
+"""Binary values up to this size are kept inline (a 65,536-entry 16-bit palette lookup
+table is exactly this); larger ones are bulk data and left out."""
+
+MAX_DICOM_JSON = 300 * 1024
+"""Bound of ``dicom_json`` in bytes, so an instance item stays under DynamoDB's 400 KB: past
+it, the largest attributes are left out, one by one, until it fits."""
 
 
 
@@ -64,6 +74,7 @@ def _integer_text(ds: Dataset, keyword: str) -> str:
 
 CHECKED = {"Modality": _code_string, "SeriesNumber": _integer_text, "InstanceNumber": _integer_text}
 """Attributes left out of ``dicom_json`` when their value is not valid for its VR."""
+_CHECKED_TAGS = {tag_for_keyword(keyword): (keyword, check) for keyword, check in CHECKED.items()}
 
 
 def _integer(ds: Dataset, keyword: str) -> int | None:
@@ -72,14 +83,32 @@ def _integer(ds: Dataset, keyword: str) -> int | None:
 
 
 def dicom_json(ds: Dataset) -> str:
-    """PS3.18 F.2 JSON of the :data:`DICOM_JSON_KEYWORDS` present in ``ds``."""
-    selected = Dataset()
-    for keyword in DICOM_JSON_KEYWORDS:
-        if keyword in CHECKED and not CHECKED[keyword](ds, keyword):
+    """PS3.18 F.2 JSON of the header without bulk data: every attribute except
+    :data:`BULK_DATA_TAGS`, overlay data (60xx,3000) and binary values over
+    :data:`MAX_INLINE_BINARY`; attributes pydicom cannot encode (a messy archive's invalid
+    values) are left out, and so are the :data:`CHECKED` attributes whose value is not valid
+    for its VR. At most :data:`MAX_DICOM_JSON` bytes."""
+    elements: dict[str, Any] = {}
+    for element in ds:
+        tag = int(element.tag)
+        if tag in BULK_DATA_TAGS or (tag >> 24 == 0x60 and tag & 0xFFFF == 0x3000):
             continue
-        if keyword in ds and not ds.data_element(keyword).is_empty:
-            selected.add(ds.data_element(keyword))
-    return json.dumps(selected.to_json_dict(), sort_keys=True, separators=(",", ":"))
+        if tag in _CHECKED_TAGS and not _CHECKED_TAGS[tag][1](ds, _CHECKED_TAGS[tag][0]):
+            continue
+        if element.VR in BINARY_VRS and element.value is not None and len(element.value) > MAX_INLINE_BINARY:
+            continue
+        try:
+            elements[f"{tag:08X}"] = element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=0)
+        except (ValueError, TypeError, OverflowError):
+            continue
+    sizes = {tag: len(json.dumps(value, separators=(",", ":"))) for tag, value in elements.items()}
+    total = sum(sizes.values()) + 8 * len(sizes)
+    for tag in sorted(sizes, key=sizes.get, reverse=True):
+        if total <= MAX_DICOM_JSON:
+            break
+        total -= sizes[tag] + 8
+        del elements[tag]
+    return json.dumps(elements, sort_keys=True, separators=(",", ":"))
 
 
 def instance_item(

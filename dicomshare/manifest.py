@@ -1,13 +1,15 @@
 """What a redeemed share returns, built from index items (no file is read).
 
-Three views of the same shared instances:
+Every response has a size bounded whatever the study's size (Lambda answers at most
+6 MB; studies reach 100,000 instances):
 
-- the redemption manifest (JSON): studies, series and instances with de-identified
-  attributes, a presigned URL per instance and per preview;
-- the same studies as an OHIF Viewer "dicomjson" document (OHIF's ``dicomjson`` data
-  source: naturalized metadata, one ``dicomweb:<url>`` per instance), so any OHIF
-  deployment can open the share;
-- a DICOM Key Object Selection document titled "Manifest" (DCM 113030), as an IHE XDS-I.b
+- the redemption (JSON): the share, its studies and their series with counts;
+- one page of a series' instances: de-identified attributes, a presigned URL per
+  instance and per preview;
+- one page of a series as an OHIF Viewer "dicomjson" document (OHIF's ``dicomjson`` data
+  source: naturalized metadata, one ``dicomweb:<url>`` per instance or frame);
+- one page of a study as a DICOM Key Object Selection document titled "Manifest"
+  (DCM 113030), as an IHE XDS-I.b
   imaging manifest is, so a receiving PACS can import the reference list (PS3.3 A.59,
   template TID 2010). highdicom (and with it pydicom and numpy) is imported only when this
   document is asked for, so the API's cold start stays small.
@@ -20,39 +22,8 @@ from typing import Any, Callable, Sequence
 
 from dicomshare.shares import Share, iso
 
-KEYWORDS = {
-    "0020000D": "StudyInstanceUID",
-    "0020000E": "SeriesInstanceUID",
-    "00080018": "SOPInstanceUID",
-    "00080016": "SOPClassUID",
-    "00080060": "Modality",
-    "00200011": "SeriesNumber",
-    "00200013": "InstanceNumber",
-    "00280010": "Rows",
-    "00280011": "Columns",
-    "00280100": "BitsAllocated",
-    "00280101": "BitsStored",
-    "00280102": "HighBit",
-    "00280103": "PixelRepresentation",
-    "00280002": "SamplesPerPixel",
-    "00280004": "PhotometricInterpretation",
-    "00280006": "PlanarConfiguration",
-    "00280008": "NumberOfFrames",
-    "00280030": "PixelSpacing",
-    "00180050": "SliceThickness",
-    "00201041": "SliceLocation",
-    "00200032": "ImagePositionPatient",
-    "00200037": "ImageOrientationPatient",
-    "00200052": "FrameOfReferenceUID",
-    "00281050": "WindowCenter",
-    "00281051": "WindowWidth",
-    "00281052": "RescaleIntercept",
-    "00281053": "RescaleSlope",
-    "00080008": "ImageType",
-}
-"""Tag -> keyword for the attributes an index item's ``dicom_json`` may hold (PS3.6)."""
-
 ALWAYS_LISTS = frozenset({"PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "ImageType"})
+"""Attributes OHIF reads as arrays even when they hold one value."""
 
 INSTANCE_FIELDS = (
     "sop_instance_uid",
@@ -66,30 +37,31 @@ INSTANCE_FIELDS = (
     "sha256",
 )
 
+INSTANCES_PER_PAGE = 100
+"""Instances per page of ``GET /share/instances``: about 3.4 kB each on AWS (two presigned
+URLs carrying the function's session token, and the instance's attributes), so a page is
+about 340 kB, 450 kB once base64-encoded as Lambda counts it."""
+
+PAGE_BYTES = 512 * 1024
+"""Budget of one page of the OHIF document (``GET /share/dicomjson``) in JSON bytes before
+compression: a page ends before the entry that would cross it (at least one entry)."""
+
+KOS_INSTANCES_PER_PAGE = 1000
+"""Instances referenced by one Key Object Selection document (one page of the study):
+about 150 bytes each in the document, and highdicom builds 1,000 references in well
+under API Gateway's 29 s."""
+
 Presigner = Callable[[str], str]
 """S3 key -> presigned GET URL."""
 
 
-def redemption_manifest(
-    share: Share,
-    studies: Sequence[tuple[dict[str, Any] | None, list[dict[str, Any]]]],
-    *,
-    instance_url: Presigner | None,
-    preview_url: Presigner,
-    preview_key: Callable[[str, str, str], str],
-    urls_expire_at: int,
-) -> dict[str, Any]:
-    """The manifest of a redeemed share.
+def redemption(share: Share, studies: Sequence[tuple[str, dict[str, Any] | None, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """What ``POST /redeem`` returns: the share, its studies and their series with counts.
 
-    ``studies`` holds, shared study first, (study item or None, instance items) pairs.
-    ``instance_url`` is None for a view-only share: no instance URL, no dicomjson document.
+    ``studies`` holds, shared study first, (StudyInstanceUID, study item or None, series
+    items). The size depends on the number of series, not of instances: instances and
+    their URLs come per series in pages (:func:`instance_entries`, :func:`ohif_page`).
     """
-    manifest_studies = []
-    for position, (study, instances) in enumerate(studies):
-        manifest_studies.append(
-            study_manifest(study, instances, prior=position > 0, instance_url=instance_url,
-                           preview_url=preview_url, preview_key=preview_key)
-        )
     return {
         "share": {
             "share_id": share.share_id,
@@ -97,135 +69,154 @@ def redemption_manifest(
             "allow_download": share.allow_download,
             "recipient": share.recipient,
         },
-        "urls_expire_at": iso(urls_expire_at),
-        "studies": manifest_studies,
-        "dicomjson": ohif_dicomjson(manifest_studies, studies) if instance_url else None,
+        "studies": [
+            study_summary(uid, study, series, prior=position > 0)
+            for position, (uid, study, series) in enumerate(studies)
+        ],
     }
 
 
-def study_manifest(
-    study: dict[str, Any] | None,
-    instances: list[dict[str, Any]],
-    *,
-    prior: bool,
-    instance_url: Presigner | None,
-    preview_url: Presigner,
-    preview_key: Callable[[str, str, str], str],
-) -> dict[str, Any]:
-    """One study of the manifest; series and counts come from the instance items, so a
-    study is complete even before the counts aggregator has caught up."""
-    first = instances[0] if instances else (study or {})
-    series: dict[str, dict[str, Any]] = {}
-    for item in sorted(instances, key=_instance_order):
-        entry = series.get(item["series_uid"])
-        if entry is None:
-            entry = series[item["series_uid"]] = {
-                "series_uid": item["series_uid"],
-                "modality": item.get("modality", ""),
-                "series_description": item.get("series_description", ""),
-                "series_number": item.get("series_number"),
-                "instance_count": 0,
-                "total_bytes": 0,
-                "instances": [],
-            }
-        instance = {k: item[k] for k in INSTANCE_FIELDS if k in item}
-        if instance_url:
-            instance["url"] = instance_url(item["s3_key"])
-        instance["preview_url"] = preview_url(
-            preview_key(item["study_uid"], item["series_uid"], item["sop_instance_uid"])
-        )
-        entry["instances"].append(instance)
-        entry["instance_count"] += 1
-        entry["total_bytes"] += int(item.get("size", 0))
-    ordered = sorted(series.values(), key=lambda s: (_number(s["series_number"]), s["series_uid"]))
+def study_summary(study_uid: str, study: dict[str, Any] | None, series_items: list[dict[str, Any]], *,
+                  prior: bool) -> dict[str, Any]:
+    """One study with its series in series-number order, counts from the series items."""
+    study = study or {}
+    series = sorted((series_summary(s) for s in series_items), key=_series_order)
     return {
-        "study_uid": first.get("study_uid", (study or {}).get("study_uid", "")),
+        "study_uid": study_uid,
         "prior": prior,
-        "patient_pseudonym": first.get("patient_pseudonym", ""),
-        "study_date": first.get("study_date", ""),
-        "study_time": first.get("study_time", ""),
-        "study_description": first.get("study_description", ""),
-        "modalities": sorted({s["modality"] for s in ordered if s["modality"]}),
-        "series_count": len(ordered),
-        "instance_count": sum(s["instance_count"] for s in ordered),
-        "total_bytes": sum(s["total_bytes"] for s in ordered),
-        "series": ordered,
+        "patient_pseudonym": study.get("patient_pseudonym", ""),
+        "study_date": study.get("study_date", ""),
+        "study_time": study.get("study_time", ""),
+        "study_description": study.get("study_description", ""),
+        "modalities": sorted({s["modality"] for s in series if s["modality"]}),
+        "series_count": len(series),
+        "instance_count": sum(s["instance_count"] for s in series),
+        "total_bytes": sum(s["total_bytes"] for s in series),
+        "series": series,
     }
 
 
-def ohif_dicomjson(
-    manifest_studies: list[dict[str, Any]],
-    studies: Sequence[tuple[dict[str, Any] | None, list[dict[str, Any]]]],
-) -> dict[str, Any]:
-    """The studies as an OHIF ``dicomjson`` document (one ``dicomweb:`` URL per instance)."""
-    urls = {
-        i["sop_instance_uid"]: i["url"]
-        for s in manifest_studies
-        for series in s["series"]
-        for i in series["instances"]
+def series_summary(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "series_uid": item["series_uid"],
+        "modality": item.get("modality", ""),
+        "series_description": item.get("series_description", ""),
+        "series_number": integer_string(item.get("series_number")),
+        "instance_count": int(item.get("instance_count", 0)),
+        "total_bytes": int(item.get("total_bytes", 0)),
     }
-    document = []
-    for study, (_, instances) in zip(manifest_studies, studies):
-        by_series: dict[str, list[dict[str, Any]]] = {}
-        for item in sorted(instances, key=_instance_order):
-            by_series.setdefault(item["series_uid"], []).append(item)
-        document.append(
-            {
-                "StudyInstanceUID": study["study_uid"],
-                "StudyDate": study["study_date"],
-                "StudyTime": study["study_time"],
-                "StudyDescription": study["study_description"],
-                "PatientName": study["patient_pseudonym"],
-                "PatientID": study["patient_pseudonym"],
-                "AccessionNumber": "",
-                "Modalities": "\\".join(study["modalities"]),
-                "NumInstances": study["instance_count"],
-                "series": [
-                    {
-                        "SeriesInstanceUID": series["series_uid"],
-                        "SeriesDescription": series["series_description"],
-                        "SeriesNumber": series["series_number"],
-                        "Modality": series["modality"],
-                        "instances": [
-                            {
-                                "metadata": naturalized(item),
-                                "url": f"dicomweb:{urls[item['sop_instance_uid']]}",
-                            }
-                            for item in by_series[series["series_uid"]]
-                        ],
-                    }
-                    for series in study["series"]
-                ],
-            }
-        )
-    return {"studies": document}
+
+
+def instance_entries(items: list[dict[str, Any]], *, instance_url: Presigner | None, preview_url: Presigner,
+                     preview_key: Callable[[str, str, str], str]) -> list[dict[str, Any]]:
+    """One page of a series' instances: attributes, a presigned URL of the object (none
+    for a view-only share) and of its preview."""
+    entries = []
+    for item in items:
+        entry = {k: item[k] for k in INSTANCE_FIELDS if k in item}
+        if instance_url:
+            entry["url"] = instance_url(item["s3_key"])
+        entry["preview_url"] = preview_url(preview_key(item["study_uid"], item["series_uid"], item["sop_instance_uid"]))
+        entries.append(entry)
+    return entries
+
+
+def ohif_page(study: dict[str, Any], series: dict[str, Any], items: list[dict[str, Any]], *,
+              instance_url: Presigner, first_frame: int = 1,
+              budget: int = PAGE_BYTES) -> tuple[dict[str, Any], int, int]:
+    """One page of a series as an OHIF ``dicomjson`` document (a complete document with
+    one study and one series; a client appends the pages' instances).
+
+    ``study`` and ``series`` are summaries (:func:`study_summary`, :func:`series_summary`).
+    A multi-frame instance is one entry per frame, its URL ending ``&frame=<k>`` (OHIF
+    reads the frame number there). Entries are added from frame ``first_frame`` of the
+    first item until the next would cross ``budget`` JSON bytes. Returns the document,
+    how many items were finished, and the frame to resume the next unfinished item at.
+    """
+    entries: list[dict[str, Any]] = []
+    used = 0
+    for position, item in enumerate(items):
+        metadata = naturalized(item)
+        url = f"dicomweb:{instance_url(item['s3_key'])}"
+        size = len(json.dumps(metadata, separators=(",", ":"))) + len(url) + 40
+        frames = int(item.get("number_of_frames") or 1)
+        for frame in range(first_frame if position == 0 else 1, frames + 1):
+            if entries and used + size > budget:
+                return _ohif_document(study, series, entries), position, frame
+            entries.append({"metadata": metadata, "url": f"{url}&frame={frame}" if frames > 1 else url})
+            used += size
+    return _ohif_document(study, series, entries), len(items), 1
+
+
+def _ohif_document(study: dict[str, Any], series: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"studies": [{
+        "StudyInstanceUID": study["study_uid"],
+        "StudyDate": study["study_date"],
+        "StudyTime": study["study_time"],
+        "StudyDescription": study["study_description"],
+        "PatientName": study["patient_pseudonym"],
+        "PatientID": study["patient_pseudonym"],
+        "AccessionNumber": "",
+        "Modalities": "\\".join(study["modalities"]),
+        "NumInstances": study["instance_count"],
+        "series": [{
+            "SeriesInstanceUID": series["series_uid"],
+            "SeriesDescription": series["series_description"],
+            "SeriesNumber": series["series_number"],
+            "Modality": series["modality"],
+            "instances": entries,
+        }],
+    }]}
 
 
 def naturalized(item: dict[str, Any]) -> dict[str, Any]:
-    """An instance item's ``dicom_json`` (PS3.18 F.2) as keyword -> value, OHIF's form."""
-    metadata: dict[str, Any] = {
+    """An instance item's ``dicom_json`` (PS3.18 F.2) as keyword -> value, OHIF's form:
+    single values as scalars, IS/DS as numbers, person names as their alphabetic form,
+    sequences as lists of naturalized items, binary values as ``{"InlineBinary": …}``
+    (palette lookup tables). Private and unknown attributes are left out."""
+    metadata = naturalized_dataset(json.loads(item.get("dicom_json") or "{}"))
+    metadata.update({
         "StudyInstanceUID": item["study_uid"],
         "SeriesInstanceUID": item["series_uid"],
         "SOPInstanceUID": item["sop_instance_uid"],
-        "SOPClassUID": item.get("sop_class_uid", ""),
-    }
-    for tag, element in json.loads(item.get("dicom_json") or "{}").items():
-        keyword = KEYWORDS.get(tag.upper())
-        values = element.get("Value") if isinstance(element, dict) else None
-        if keyword is None or not values:
+        "SOPClassUID": item.get("sop_class_uid", metadata.get("SOPClassUID", "")),
+    })
+    return metadata
+
+
+def naturalized_dataset(dataset: dict[str, Any]) -> dict[str, Any]:
+    from pydicom.datadict import keyword_for_tag  # only here: the API's cold start imports no pydicom
+
+    metadata: dict[str, Any] = {}
+    for tag, element in dataset.items():
+        keyword = keyword_for_tag(int(tag, 16)) if isinstance(element, dict) else ""
+        if not keyword:
             continue
+        if "InlineBinary" in element:
+            metadata[keyword] = {"InlineBinary": element["InlineBinary"]}
+            continue
+        values = element.get("Value")
+        if not values:
+            continue
+        if element.get("vr") == "SQ":
+            metadata[keyword] = [naturalized_dataset(v or {}) for v in values]
+            continue
+        if element.get("vr") == "PN":
+            values = [v.get("Alphabetic", "") if isinstance(v, dict) else v for v in values]
         metadata[keyword] = values if keyword in ALWAYS_LISTS or len(values) > 1 else values[0]
     return metadata
 
 
 def key_object_selection(
-    share_id: str, study: dict[str, Any], instances: list[dict[str, Any]]
+    share_id: str, study: dict[str, Any], instances: list[dict[str, Any]], page: int = 1
 ) -> bytes:
-    """A Key Object Selection document titled Manifest (DCM 113030) referencing every
-    shared instance of one study (PS3.3 A.59; highdicom supports one study per document).
+    """A Key Object Selection document titled Manifest (DCM 113030) referencing one page
+    of a shared study's instances (PS3.3 A.59; highdicom supports one study per document).
 
-    The patient is named by pseudonym only; the document's UIDs derive from the share and
-    study, so the same share always yields the same document identity.
+    A study larger than :data:`KOS_INSTANCES_PER_PAGE` instances is referenced by several
+    documents, one per page, numbered by ``InstanceNumber``. The patient is named by
+    pseudonym only; the documents' UIDs derive from the share, study and page, so the same
+    share always yields the same documents.
     """
     from io import BytesIO
 
@@ -262,8 +253,8 @@ def key_object_selection(
         content=content,
         series_instance_uid=generate_uid(entropy_srcs=["dicomshare-kos-series", share_id, study["study_uid"]]),
         series_number=9901,
-        sop_instance_uid=generate_uid(entropy_srcs=["dicomshare-kos", share_id, study["study_uid"]]),
-        instance_number=1,
+        sop_instance_uid=generate_uid(entropy_srcs=["dicomshare-kos", share_id, study["study_uid"], str(page)]),
+        instance_number=page,
         manufacturer="dicomshare",
     )
     buffer = BytesIO()
@@ -271,12 +262,19 @@ def key_object_selection(
     return buffer.getvalue()
 
 
-def _number(value: Any) -> float:
+def integer_string(value: Any) -> int | None:
+    """An IS value (PS3.5 6.2) as a number, None when absent or not a number."""
     try:
-        return float(value)
+        return int(str(value).strip())
     except (TypeError, ValueError):
-        return float("inf")
+        return None
 
 
-def _instance_order(item: dict[str, Any]) -> tuple[str, float, str]:
-    return (item["series_uid"], _number(item.get("instance_number")), item["sop_instance_uid"])
+def _series_order(series: dict[str, Any]) -> tuple[bool, int, str]:
+    number = series["series_number"]
+    return (number is None, number or 0, series["series_uid"])
+
+
+def _instance_order(item: dict[str, Any]) -> tuple[float, str]:
+    number = item.get("instance_number")
+    return (number if isinstance(number, (int, float)) else float("inf"), item["sop_instance_uid"])

@@ -47,6 +47,7 @@ REFUSALS = {
     "expired": (410, "This share has expired."),
     "exhausted": (410, "This share has been opened the maximum number of times."),
     "locked": (410, "This share is locked after too many wrong PINs; ask the sender to unlock it."),
+    "not_redeemed": (403, "Open the share link first: this share has not been redeemed."),
 }
 """Machine reason -> (HTTP status, human message) for a refused redemption."""
 
@@ -193,18 +194,27 @@ def refusal(share: Share, now: int) -> str | None:
     return None
 
 
-def shared_part(share: Share, study: dict | None, instances: list[dict]) -> tuple[dict | None, list[dict]]:
-    """What of a study's index items a share may serve: only items of one of its studies
-    that carry the partner and patient pseudonym frozen in the share. Everything else
-    (an item added later under another partner or pseudonym, whatever the cause) is left
-    out; a share created without a frozen owner serves nothing."""
+def owns(share: Share, item: dict) -> bool:
+    """Whether the share may serve an index item (a study or an instance): one of its
+    studies, carrying the partner and patient pseudonym frozen in the share when it was
+    created. Anything else (an item added later under another partner or pseudonym,
+    whatever the cause) is left out; a share created without a frozen owner serves nothing."""
+    return (bool(share.partner) and item.get("partner") == share.partner
+            and item.get("patient_pseudonym") == share.patient_pseudonym
+            and item.get("study_uid") in share.study_uids)
 
-    def owned(item: dict) -> bool:
-        return (bool(share.partner) and item.get("partner") == share.partner
-                and item.get("patient_pseudonym") == share.patient_pseudonym
-                and item.get("study_uid") in share.study_uids)
 
-    return (study if study is not None and owned(study) else None), [i for i in instances if owned(i)]
+def access_refusal(share: Share, now: int) -> str | None:
+    """Why the pages of a share (instance URLs, the viewer document, the Key Object
+    Selection pages) cannot be read at ``now``. As :func:`refusal`, except that
+    ``max_redemptions`` limits openings, not reads of an opened share: a share becomes
+    readable with its first redemption and stays so until it expires, is revoked or locks."""
+    reason = refusal(share, now)
+    if reason == "exhausted":
+        return None
+    if reason is None and share.redemptions < 1:
+        return "not_redeemed"
+    return reason
 
 
 def presign_seconds(share: Share, now: int, settings: Settings) -> int:

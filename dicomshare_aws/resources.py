@@ -47,7 +47,10 @@ PREVIEW_FILTER = {"prefix": "studies/", "suffix": ".dcm"}
 EVENT_SOURCE = "dicomshare"
 """``Source`` of the EventBridge events this system emits."""
 
-PUBLIC_ROUTES = frozenset({("POST", "/redeem"), ("GET", "/view")})
+PUBLIC_ROUTES = frozenset({
+    ("POST", "/redeem"), ("GET", "/view"), ("GET", "/client-zip.js"),
+    ("GET", "/share/instances"), ("GET", "/share/dicomjson"), ("GET", "/share/manifest"),
+})
 """Routes a clinician reaches with a share token; every other route is admin (IAM)."""
 
 PARTNER_ROUTES = frozenset({("GET", "/receipts")})
@@ -64,6 +67,26 @@ def page_cors(origin: str) -> dict:
         "ExposeHeaders": ["Content-Length", "Content-Range", "ETag"],
         "MaxAgeSeconds": 3000,
     }]}
+
+
+VIEWER_PATH = "/viewer"
+"""OHIF's route on the share origin (its npm build works only at the root path ``/``)."""
+
+VIEWER_DOCUMENT_PATH = "/dicomshare/share.json"
+"""The address OHIF's dicomjson source fetches; answered in the browser by the shim."""
+
+
+def viewer_content_security_policy(script_sha256: list[str], object_origin: str) -> str:
+    """The viewer's Content-Security-Policy: its own files, its inline scripts by hash
+    (computed when the viewer is built), WebAssembly codecs, and GETs of the presigned
+    objects at ``object_origin``. Styles are inline in OHIF's build (CSS-in-JS)."""
+    hashes = " ".join(f"'sha256-{h}'" for h in script_sha256)
+    return (
+        f"default-src 'self'; script-src 'self' 'wasm-unsafe-eval' {hashes}; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+        f"connect-src 'self' {object_origin}; worker-src 'self' blob:; object-src 'none'; "
+        "base-uri 'self'; form-action 'none'; frame-ancestors 'none'"
+    )
 
 
 def visibility_timeout(function_timeout_seconds: int) -> int:

@@ -24,7 +24,8 @@ from botocore.exceptions import ClientError
 from dicomshare import index
 from dicomshare.shares import MAX_PIN_FAILURES, Share, token_matches
 
-CACHED_STUDIES = 8
+CACHE_BYTES = 64 * 1024 * 1024
+"""Bound of the container's cache of instance pages (JSON bytes of the items held)."""
 RETAIN_EXPIRED_SHARE_SECONDS = 90 * 24 * 3600
 """An expired share item stays listable this long before DynamoDB TTL deletes it."""
 
@@ -36,7 +37,7 @@ class InvalidPageToken(ValueError):
 class ShareStore:
     def __init__(self, table_name: str, dynamodb: Any = None):
         self.table = (dynamodb or boto3.resource("dynamodb")).Table(table_name)
-        self._instances: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._pages = PageCache(CACHE_BYTES)
 
     # shares -----------------------------------------------------------------
 
@@ -162,32 +163,34 @@ class ShareStore:
             )
         ]
 
-    def study_instances(self, study_uid: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """The study item and every instance item of the study.
+    def instance_page(self, study_uid: str, prefix: str, after: str | None, limit: int,
+                      version: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` instance items of the study whose sort key starts with
+        ``prefix`` (``INSTANCE#<series>#`` for a series, ``INSTANCE#`` for the study) and
+        follows ``after``, in sort-key order; and whether more may follow.
 
-        Instance items are written once and never change, so this container keeps the
-        instance lists of the last :data:`CACHED_STUDIES` studies and reuses one while the
-        study item's ``instance_count`` (kept by the counts aggregator) still equals its
-        length. Instances the aggregator has not counted yet appear once it has.
+        Instance items are written once and never change, so pages are cached in this
+        container, bounded in bytes, under the series' or study's ``instance_count``
+        (``version``, kept by the counts aggregator): a new instance starts new pages.
         """
-        study = self.study(study_uid)
-        cached = self._instances.get(study_uid)
-        if cached is not None and study is not None and study.get("instance_count") == len(cached):
-            self._instances.move_to_end(study_uid)
-            return study, cached
-        items = self.instances(study_uid)
-        self._instances[study_uid] = items
-        while len(self._instances) > CACHED_STUDIES:
-            self._instances.popitem(last=False)
-        return study, items
+        key = (study_uid, prefix, after, limit, version)
+        cached = self._pages.get(key)
+        if cached is not None:
+            return cached
+        arguments: dict[str, Any] = {
+            "KeyConditionExpression": Key(index.PK).eq(f"STUDY#{study_uid}") & Key(index.SK).begins_with(prefix),
+            "Limit": limit,
+        }
+        if after:
+            arguments["ExclusiveStartKey"] = {index.PK: f"STUDY#{study_uid}", index.SK: after}
+        response = self.table.query(**arguments)
+        page = ([plain(i) for i in response["Items"]], "LastEvaluatedKey" in response)
+        self._pages.put(key, page, len(json.dumps(page[0])))
+        return page
 
-    def instances(self, study_uid: str) -> list[dict[str, Any]]:
-        return [
-            plain(i)
-            for i in self._query_all(
-                KeyConditionExpression=Key(index.PK).eq(f"STUDY#{study_uid}") & Key(index.SK).begins_with("INSTANCE#")
-            )
-        ]
+    def series_item(self, study_uid: str, series_uid: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key=index.series_key(study_uid, series_uid)).get("Item")
+        return plain(item) if item else None
 
     def patient_studies(self, partner: str, patient_pseudonym: str) -> list[dict[str, Any]]:
         """The patient's studies at ``partner``, newest first (patient-studies index; the
@@ -225,6 +228,31 @@ class ShareStore:
             if "LastEvaluatedKey" not in response:
                 return
             arguments["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+class PageCache:
+    """Least-recently-used cache bounded by the byte sizes its callers give."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used = max_bytes, 0
+        self.entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        previous = self.entries.pop(key, None)
+        self.used += size - (previous[1] if previous else 0)
+        self.entries[key] = (value, size)
+        while self.used > self.max_bytes:
+            _, (_, evicted) = self.entries.popitem(last=False)
+            self.used -= evicted
 
 
 def share_item(share: Share) -> dict[str, Any]:
@@ -313,3 +341,23 @@ def decode_page(page: str, collection: str) -> dict[str, Any]:
 
 def _condition_failed(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def encode_cursor(after: str, frame: int = 1) -> str:
+    """The continuation token of an instance page: the sort key after which the next page
+    starts (the prefix itself for the start), and the frame to resume the next item at
+    (OHIF pages may split a multi-frame instance) or, for Key Object Selection pages,
+    the next page's number."""
+    return base64.urlsafe_b64encode(json.dumps([after, frame]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str, prefix: str) -> tuple[str, int]:
+    """(sort key, frame) of a continuation token issued for ``prefix``'s pages."""
+    try:
+        after, frame = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError, TypeError) as error:
+        raise InvalidPageToken("next: not a page token from this API") from error
+    if not (isinstance(after, str) and after.startswith(prefix) and len(after) < 300
+            and isinstance(frame, int) and 1 <= frame <= 1_000_000):
+        raise InvalidPageToken("next: not a page token from this API")
+    return after, frame

@@ -13,6 +13,11 @@ identity is the role's assumed-role ARN.
 The deployed API declares every media type binary (``*/*``), so request bodies arrive
 base64-encoded; they do here too.
 
+Every other path is the share viewer (OHIF, built by ``make viewer`` into
+``web/build/viewer``), on the API's origin as CloudFront serves it on AWS: its files, and
+``index.html`` for any other path (a single-page app's routes), with the viewer's
+Content-Security-Policy, ``Referrer-Policy: no-referrer`` and ``nosniff``.
+
 Every request gets a response, as from API Gateway: a handler that raises gives
 ``502 {"message": "Internal server error"}``, one still running after the integration's
 29 s gives ``504 {"message": "Endpoint request timed out"}`` (the handler finishes in the
@@ -26,11 +31,13 @@ import base64
 import hmac
 import json
 import logging
+import mimetypes
 import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as HandlerTimedOut
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -51,15 +58,23 @@ INTERNAL_ERROR = (502, {"message": "Internal server error"})
 TIMED_OUT = (504, {"message": "Endpoint request timed out"})
 
 
+VIEWER_DIR = Path(__file__).resolve().parent.parent / "web" / "build" / "viewer"
+
+mimetypes.add_type("application/wasm", ".wasm")
+mimetypes.add_type("text/javascript", ".js")
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     daemon_threads = True
 
 
 def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admin_token: str,
-                partner_identities: dict[str, str] | None = None,
+                partner_identities: dict[str, str] | None = None, object_origin: str = "",
+                viewer_dir: Path = VIEWER_DIR,
                 timeout_seconds: float = resources.API_TIMEOUT_SECONDS) -> ThreadingHTTPServer:
-    """``partner_identities``: partner token -> the assumed-role ARN it stands for."""
+    """``partner_identities``: partner token -> the assumed-role ARN it stands for;
+    ``object_origin``: where presigned URLs point (the viewer's CSP names it)."""
     credentials = {f"Bearer {admin_token}": (LOCAL_ADMIN_ARN, None), **{
         f"Bearer {token}": (arn, resources.PARTNER_ROUTES) for token, arn in (partner_identities or {}).items()}}
 
@@ -69,8 +84,7 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
         def do_request(self) -> None:
             url = urlsplit(self.path)
             if not (url.path == f"/{STAGE}" or url.path.startswith(f"/{STAGE}/")):
-                return self._reply(404, {"Content-Type": "application/json"},
-                                   json.dumps({"message": f"Not found: the API is under /{STAGE}/"}).encode())
+                return self._viewer(url.path)
             path = url.path[len(STAGE) + 1:] or "/"
             length = self._content_length()
             if length is None:
@@ -122,6 +136,26 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
             self.close_connection = True
             self._reply(status, {"Content-Type": "application/json", "Connection": "close"},
                         json.dumps({"error": reason, "message": message}).encode())
+
+        def _viewer(self, path: str) -> None:
+            if self.command not in ("GET", "HEAD") or not (viewer_dir / "index.html").is_file():
+                return self._reply(404, {"Content-Type": "application/json"}, json.dumps(
+                    {"message": f"Not found: the API is under /{STAGE}/; the viewer needs make viewer"}).encode())
+            root = viewer_dir.resolve()
+            file = (root / path.lstrip("/")).resolve()
+            if not (file.is_relative_to(root) and file.is_file()) or file.name == "csp.json":
+                file = root / "index.html"
+            headers = {
+                "Content-Type": mimetypes.guess_type(file.name)[0] or "application/octet-stream",
+                "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-cache" if file.suffix == ".html" or file.name == "app-config.js"
+                else "public, max-age=86400",
+            }
+            if file.suffix == ".html":
+                hashes = json.loads((root / "csp.json").read_text())["script_sha256"]
+                headers["Content-Security-Policy"] = resources.viewer_content_security_policy(hashes, object_origin)
+            self._reply(200, headers, file.read_bytes())
 
         def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
             self.send_response(status)

@@ -150,7 +150,8 @@ class LocalSystem:
         from lambdas.api.handler import handler as api
 
         self.http = gateway.make_server(self.host, self.api_port, api, self.admin_token, {
-            token: self.partner_arn(partner) for partner, token in self.partner_tokens.items()})
+            token: self.partner_arn(partner) for partner, token in self.partner_tokens.items()},
+            object_origin=self.endpoint_url)
         origin = f"http://{self.host}:{self.http.server_address[1]}"
         self.api_url = f"{origin}/{gateway.STAGE}"
         self.client("s3").put_bucket_cors(Bucket=self.resources.deid_bucket, CORSConfiguration=resources.page_cors(origin))

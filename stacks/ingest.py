@@ -361,7 +361,8 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
 
 
 def preview_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
-    """Read de-identified instances (ranged GETs), write their previews."""
+    """Read de-identified instances (ranged GETs), write their previews once (HEAD first:
+    s3:GetObject on previews/, and s3:ListBucket so that a missing preview is a 404)."""
     return [
         iam.PolicyStatement(
             sid="ReadDeidentifiedInstances",
@@ -369,8 +370,13 @@ def preview_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
             resources=[objects(storage, "DeidentifiedBucketArn", "studies/*")],
         ),
         iam.PolicyStatement(
+            sid="ListForMissingPreviews",
+            actions=["s3:ListBucket"],
+            resources=[storage.imported_arns["DeidentifiedBucketArn"]],
+        ),
+        iam.PolicyStatement(
             sid="WritePreviews",
-            actions=["s3:PutObject"],
+            actions=["s3:GetObject", "s3:PutObject"],
             resources=[objects(storage, "DeidentifiedBucketArn", "previews/*")],
         ),
         iam.PolicyStatement(

@@ -38,7 +38,11 @@ PUBLIC_THROTTLE_BURST = 20
 REDEEM_LIMIT_PER_5_MINUTES = 100
 """WAF: redemptions one client IP may attempt in 5 minutes before it is blocked."""
 PUBLIC_LIMIT_PER_5_MINUTES = 300
-"""WAF: requests to the public paths (page and redemption) one client IP may make in 5 minutes."""
+"""WAF: requests to the page, its script and redemption one client IP may make in 5 minutes."""
+SHARE_PAGES_LIMIT_PER_5_MINUTES = 3000
+"""WAF: requests to the share pages (``/share/*``: instance URLs, viewer document, Key Object
+Selection) one client IP may make in 5 minutes: 10 a second, as a download or the viewer
+walks a 100,000-instance study's 1,000 pages of 100."""
 
 SHARE_ITEM_KEYS = ("SHARE#*", "TOKEN#*")
 """Partition keys of the items the API may write: shares, their tokens and audit records."""
@@ -300,7 +304,8 @@ MANAGED_RULE_GROUPS = (
 """AWS managed rule groups, evaluated first: addresses known for bots and attacks, request
 patterns of known exploits (Log4j, ...), and the core OWASP-style protections."""
 
-PUBLIC_PATHS_REGEX = r"/(redeem|view)/?$"
+PUBLIC_PATHS_REGEX = r"/(redeem|view|client-zip\.js)/?$"
+SHARE_PAGES_REGEX = r"/share/(instances|dicomjson|manifest)/?$"
 REDEEM_PATH_REGEX = r"/redeem/?$"
 
 
@@ -326,6 +331,7 @@ def web_acl(scope: Construct, id: str, *, environment: str) -> wafv2.CfnWebACL:
     ) for priority, group in enumerate(MANAGED_RULE_GROUPS)]
     limits = [
         ("public-rate-limit", PUBLIC_PATHS_REGEX, PUBLIC_LIMIT_PER_5_MINUTES),
+        ("share-pages-rate-limit", SHARE_PAGES_REGEX, SHARE_PAGES_LIMIT_PER_5_MINUTES),
         ("redeem-rate-limit", REDEEM_PATH_REGEX, REDEEM_LIMIT_PER_5_MINUTES),
     ]
     rate_rules = [wafv2.CfnWebACL.RuleProperty(

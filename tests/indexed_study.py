@@ -53,3 +53,23 @@ def put_study(system, *, pseudonym: str, study_date: str, slices: int = 3, size:
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def put_datasets(system, datasets, *, pseudonym: str, study_date: str) -> IndexedStudy:
+    """Put arbitrary de-identified datasets (each keeps its own series) into one study."""
+    s3, dynamodb = system.client("s3"), system.client("dynamodb")
+    study = IndexedStudy(generate_uid(), pseudonym)
+    for ds in datasets:
+        ds.StudyInstanceUID, ds.PatientName, ds.PatientID = study.study_uid, pseudonym, pseudonym
+        ds.StudyDate = study_date
+        if ds.SeriesInstanceUID not in study.series_uids:
+            study.series_uids.append(ds.SeriesInstanceUID)
+        data = demo.part10_bytes(ds)
+        key = index.deidentified_object_key(study.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        s3.put_object(Bucket=system.resources.deid_bucket, Key=key, Body=data, ContentType="application/dicom")
+        study.files[ds.SOPInstanceUID] = data
+        put_new(dynamodb, system.resources.table_name, instance_item(
+            ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(), received_at=now(), partner="demo-partner",
+            patient_pseudonym=pseudonym))
+    return study

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pydicom
@@ -45,6 +47,32 @@ def redeem(api, token: str | None, pin: str | None = None, accept: str | None = 
     return api.call("POST", "/redeem", headers=headers, admin=False)
 
 
+def read(api, route: str, token: str, pin: str | None = None, **query):
+    """One ``GET /share/<route>`` page (token and PIN as on /redeem)."""
+    headers = {"Authorization": f"Share {token}"}
+    if pin is not None:
+        headers["X-Share-Pin"] = pin
+    return api.call("GET", f"/share/{route}?{urllib.parse.urlencode(query)}", headers=headers, admin=False)
+
+
+def all_pages(api, route: str, token: str, study_uid: str, series_uid: str, pin: str | None = None) -> list[dict]:
+    pages, following = [], None
+    while True:
+        query = {"study_uid": study_uid, "series_uid": series_uid, **({"next": following} if following else {})}
+        status, page = read(api, route, token, pin, **query)
+        assert status == 200, page
+        pages.append(page)
+        following = page["next"]
+        if following is None:
+            return pages
+
+
+def share_instances(api, token: str, manifest: dict, pin: str | None = None) -> list[dict]:
+    return [instance for study in manifest["studies"] for series in study["series"]
+            for page in all_pages(api, "instances", token, study["study_uid"], series["series_uid"], pin)
+            for instance in page["instances"]]
+
+
 def audit_outcomes(api, share_id: str) -> list[tuple[str, str]]:
     status, body = api.call("GET", f"/shares/{share_id}/audit")
     assert status == 200
@@ -68,17 +96,20 @@ def test_lifecycle_create_redeem_download_revoke(api, local_system, studies):
     assert study["study_uid"] == current.study_uid
     assert study["patient_pseudonym"] == "PSEUDO-API-1"
     assert study["instance_count"] == 6 and study["series_count"] == 2
-    instances = [i for s in study["series"] for i in s["instances"]]
+    assert [(s["series_number"], s["instance_count"]) for s in study["series"]] == [(1, 3), (2, 3)]
+    assert all("instances" not in s for s in study["series"])  # constant size: instances come in pages
+    instances = share_instances(api, share["token"], manifest)
     assert {i["sop_instance_uid"] for i in instances} == set(current.files)
     for instance in instances[:2]:
         data = download(instance["url"])
         assert data == current.files[instance["sop_instance_uid"]]
         assert hashlib.sha256(data).hexdigest() == instance["sha256"]
         assert download(instance["preview_url"]).startswith(b"\x89PNG")
-    ohif = manifest["dicomjson"]["studies"][0]
-    assert ohif["StudyInstanceUID"] == current.study_uid
+    [page] = all_pages(api, "dicomjson", share["token"], current.study_uid, study["series"][0]["series_uid"])
+    ohif = page["studies"][0]
+    assert ohif["StudyInstanceUID"] == current.study_uid and ohif["series"][0]["SeriesNumber"] == 1
     first = ohif["series"][0]["instances"][0]
-    assert first["url"].startswith("dicomweb:http")
+    assert first["url"].startswith("dicomweb:http") and len(ohif["series"][0]["instances"]) == 3
     assert first["metadata"]["Rows"] == 64 and len(first["metadata"]["ImageOrientationPatient"]) == 6
 
     status, inspected = api.call("GET", f"/shares/{share['share_id']}")
@@ -167,9 +198,11 @@ def test_view_only_share_has_no_dicom_urls(api, studies):
     share = create(api, studies["other"].study_uid, allow_download=False)
     status, manifest = redeem(api, share["token"])
     assert status == 200 and manifest["share"]["allow_download"] is False
-    instances = [i for s in manifest["studies"][0]["series"] for i in s["instances"]]
+    instances = share_instances(api, share["token"], manifest)
     assert instances and all("url" not in i and i["preview_url"] for i in instances)
-    assert manifest["dicomjson"] is None
+    series = manifest["studies"][0]["series"][0]["series_uid"]
+    status, body = read(api, "dicomjson", share["token"], study_uid=studies["other"].study_uid, series_uid=series)
+    assert (status, body["error"]) == (403, "view_only")
 
 
 def test_include_priors_shares_the_earlier_study(api, studies):
@@ -178,7 +211,7 @@ def test_include_priors_shares_the_earlier_study(api, studies):
     status, manifest = redeem(api, share["token"])
     assert [(s["study_uid"], s["prior"]) for s in manifest["studies"]] == [
         (studies["current"].study_uid, False), (studies["prior"].study_uid, True)]
-    assert len(manifest["dicomjson"]["studies"]) == 2
+    assert len(share_instances(api, share["token"], manifest)) == 8
     status, detail = api.call("GET", f"/studies/{studies['current'].study_uid}")
     assert [p["study_uid"] for p in detail["priors"]] == [studies["prior"].study_uid]
     assert [s["instance_count"] for s in detail["series"]] == [3, 3]
@@ -289,7 +322,8 @@ def test_study_listing_pages_and_openapi(api, studies):
     status, listing = api.call("GET", "/shares?limit=2")
     assert status == 200 and all("token" not in s for s in listing["shares"])
     status, schema = api.call("GET", "/openapi.json")
-    assert status == 200 and {"/shares", "/redeem", "/studies/{study_uid}"} <= set(schema["paths"])
+    assert status == 200 and {"/shares", "/redeem", "/studies/{study_uid}", "/share/instances", "/share/dicomjson",
+                              "/share/manifest"} <= set(schema["paths"])
 
 
 def test_token_never_reaches_logs_or_the_index(api, local_system, studies, caplog):
@@ -377,3 +411,114 @@ def test_every_response_says_no_store(api, studies):
         except urllib.error.HTTPError as error:
             cache = error.headers.get_all("Cache-Control")
         assert cache == ["no-store"], (method, path, cache)
+
+
+def test_pages_follow_next_and_split_multi_frame_instances(api, studies, monkeypatch):
+    from dicomshare import manifest as manifest_module
+
+    current = studies["current"]
+    share = create(api, current.study_uid)
+    manifest = redeem(api, share["token"])[1]
+    series = manifest["studies"][0]["series"][1]["series_uid"]
+    monkeypatch.setattr(manifest_module, "INSTANCES_PER_PAGE", 2)
+    pages = all_pages(api, "instances", share["token"], current.study_uid, series)
+    assert [len(p["instances"]) for p in pages] == [2, 1]
+    assert len({i["sop_instance_uid"] for p in pages for i in p["instances"]}) == 3
+    monkeypatch.setattr(manifest_module, "PAGE_BYTES", 1)  # one entry per page
+    pages = all_pages(api, "dicomjson", share["token"], current.study_uid, series)
+    assert [len(p["studies"][0]["series"][0]["instances"]) for p in pages] == [1, 1, 1]
+
+
+def test_multi_frame_entries_end_with_the_frame_number():
+    from dicomshare import manifest as manifest_module
+
+    item = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uid": "1.2.3.4", "s3_key": "k.dcm",
+            "number_of_frames": 3, "dicom_json": "{}"}
+    study = {"study_uid": "1.2", "study_date": "", "study_time": "", "study_description": "",
+             "patient_pseudonym": "P", "modalities": [], "instance_count": 1}
+    series = {"series_uid": "1.2.3", "series_description": "", "series_number": 2, "modality": "MR"}
+    document, finished, resume = manifest_module.ohif_page(study, series, [item], instance_url=lambda k: f"https://s3/{k}?sig=1")
+    urls = [e["url"] for e in document["studies"][0]["series"][0]["instances"]]
+    assert urls == [f"dicomweb:https://s3/k.dcm?sig=1&frame={k}" for k in (1, 2, 3)] and (finished, resume) == (1, 1)
+    document, finished, resume = manifest_module.ohif_page(study, series, [item], instance_url=lambda k: f"https://s3/{k}?sig=1",
+                                                           first_frame=2, budget=1)
+    assert [e["url"][-7:] for e in document["studies"][0]["series"][0]["instances"]] == ["frame=2"]
+    assert (finished, resume) == (0, 3)
+
+
+def test_reads_check_token_and_pin_but_count_no_redemption(api, studies):
+    other = studies["other"]
+    share = create(api, other.study_uid, pin="864213", max_redemptions=1)
+    series = other.series_uids[0]
+    query = {"study_uid": other.study_uid, "series_uid": series}
+    assert read(api, "instances", share["token"], "864213", **query)[1]["error"] == "not_redeemed"
+    assert redeem(api, share["token"], pin="864213")[0] == 200
+    assert redeem(api, share["token"], pin="864213")[1]["error"] == "exhausted"
+    for _ in range(3):  # an opened share stays readable: fresh URLs until it expires
+        status, page = read(api, "instances", share["token"], "864213", **query)
+        assert status == 200 and page["instances"][0]["url"]
+    assert read(api, "instances", share["token"], **query)[1]["error"] == "pin_required"
+    status, body = read(api, "instances", share["token"], "0000", **query)
+    assert (status, body["error"], body["attempts_left"]) == (403, "wrong_pin", MAX_PIN_FAILURES - 1)
+    assert api.call("GET", f"/shares/{share['share_id']}")[1]["redemptions"] == 1
+    assert read(api, "instances", "x" * 43, **query)[1]["error"] == "unknown_link"
+    assert read(api, "instances", share["token"], "864213", study_uid=studies["prior"].study_uid,
+                series_uid=series)[1]["error"] == "unknown_study"
+    assert read(api, "instances", share["token"], "864213", study_uid=other.study_uid,
+                series_uid="1.2.3")[1]["error"] == "unknown_series"
+    foreign = base64.urlsafe_b64encode(json.dumps([f"INSTANCE#{studies['prior'].series_uids[0]}#1", 1]).encode()).decode()
+    for bad in ("!!", foreign):
+        assert read(api, "instances", share["token"], "864213", next=bad, **query)[1]["error"] == "invalid_next"
+    api.call("DELETE", f"/shares/{share['share_id']}")
+    assert read(api, "instances", share["token"], "864213", **query)[1]["error"] == "revoked"
+    assert ("read", "wrong_pin") in audit_outcomes(api, share["share_id"])
+
+
+def test_key_object_selection_pages(api, studies, monkeypatch):
+    from dicomshare import manifest as manifest_module
+
+    current = studies["current"]
+    share = create(api, current.study_uid)
+    monkeypatch.setattr(manifest_module, "KOS_INSTANCES_PER_PAGE", 4)
+    request = urllib.request.Request(f"{api.base_url}/redeem", method="POST", headers={
+        "Authorization": f"Share {share['token']}", "Accept": "application/dicom"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        documents = [pydicom.dcmread(io.BytesIO(response.read()))]
+        following = response.headers["X-Next-Page"]
+    request = urllib.request.Request(f"{api.base_url}/share/manifest?study_uid={current.study_uid}&next={following}",
+                                     headers={"Authorization": f"Share {share['token']}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        documents.append(pydicom.dcmread(io.BytesIO(response.read())))
+        assert response.headers["X-Next-Page"] is None
+    referenced = [item.ReferencedSOPInstanceUID for ds in documents
+                  for study in ds.CurrentRequestedProcedureEvidenceSequence
+                  for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence]
+    assert sorted(referenced) == sorted(current.files) and len(referenced) == 6
+    assert [ds.InstanceNumber for ds in documents] == [1, 2]
+    assert documents[0].SOPInstanceUID != documents[1].SOPInstanceUID
+
+
+def test_viewer_metadata_is_the_whole_header_without_bulk_data():
+    from pydicom.data import get_testdata_file
+
+    from dicomshare import manifest as manifest_module
+    from dicomshare.index_items import MAX_DICOM_JSON, dicom_json
+
+    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    ds.IconImageSequence = [pydicom.Dataset()]
+    ds.IconImageSequence[0].PixelData = b"\0" * 64
+    ds.SeriesNumber, ds.ReferencedImageSequence = "10", [pydicom.Dataset()]
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    stored = json.loads(dicom_json(ds))
+    assert "7FE00010" not in stored and "00880200" not in stored  # pixel data, icon image
+    metadata = manifest_module.naturalized({"study_uid": "1", "series_uid": "2", "sop_instance_uid": "3",
+                                            "dicom_json": json.dumps(stored)})
+    assert metadata["PhotometricInterpretation"] == "PALETTE COLOR"
+    assert base64.b64decode(metadata["RedPaletteColorLookupTableData"]["InlineBinary"]) == \
+        ds.RedPaletteColorLookupTableData
+    assert metadata["RedPaletteColorLookupTableDescriptor"] == [256, 0, 16]
+    assert metadata["SeriesNumber"] == 10 and metadata["Rows"] == ds.Rows  # IS as numbers
+    assert metadata["ReferencedImageSequence"] == [{"ReferencedSOPInstanceUID": "1.2.3"}]
+    ds.ImageComments = "x" * (MAX_DICOM_JSON + 1000)  # too large for an item: left out, the rest kept
+    bounded = dicom_json(ds)
+    assert len(bounded) <= MAX_DICOM_JSON and "00204000" not in json.loads(bounded) and "00280004" in bounded

@@ -40,7 +40,13 @@ def test_upload_share_redeem_download(local_system, api):
 
     status, manifest = api.call("POST", "/redeem", admin=False, headers={"Authorization": f"Share {share['token']}"})
     assert status == 200, manifest
-    instances = [i for s in manifest["studies"][0]["series"] for i in s["instances"]]
+    series = manifest["studies"][0]["series"]
+    instances = []
+    for entry in series:
+        status, page = api.call("GET", f"/share/instances?study_uid={study['study_uid']}&series_uid={entry['series_uid']}",
+                                admin=False, headers={"Authorization": f"Share {share['token']}"})
+        assert status == 200 and page["next"] is None, page
+        instances += page["instances"]
     assert len(instances) == 4
     original_pixels = {bytes(ds.PixelData) for ds in originals}
     for instance in instances:

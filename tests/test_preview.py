@@ -131,13 +131,19 @@ def test_preview_lambda_renders_frame_by_frame_and_skips_undecodable_files(local
     s3.put_object(Bucket=bucket, Key=not_an_image, Body=part10(plan))
     local_system.wait_idle()
 
-    image = png(s3.get_object(Bucket=bucket, Key=index.preview_object_key(
-        large.StudyInstanceUID, large.SeriesInstanceUID, large.SOPInstanceUID))["Body"].read())
+    preview_key = index.preview_object_key(large.StudyInstanceUID, large.SeriesInstanceUID, large.SOPInstanceUID)
+    stored = s3.get_object(Bucket=bucket, Key=preview_key)
+    assert stored["CacheControl"] == "private, max-age=31536000, immutable"
+    image = png(stored["Body"].read())
     assert image.size == (256, 256)
+    s3.copy_object(Bucket=bucket, Key=renderable, CopySource={"Bucket": bucket, "Key": renderable},
+                   MetadataDirective="REPLACE")  # a second notification of the same instance
+    local_system.wait_idle()
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=index.preview_object_key(study, series, sop))
     outcomes = [record.__dict__ for record in caplog.records if record.getMessage() == "preview"]
     rendered = [o for o in outcomes if o.get("outcome") == "rendered" and o["size"] > 20_000_000]
-    assert rendered and rendered[0]["bytes_read"] < rendered[0]["size"] / 10
+    assert len(rendered) == 1 and any(o.get("outcome") == "exists" for o in outcomes)  # rendered once
+    assert rendered[0]["bytes_read"] < rendered[0]["size"] / 10
     assert any(o.get("outcome") == "no_preview" and o.get("reason") == "not_an_image" for o in outcomes)
     dlq = local_system.client("sqs").get_queue_attributes(
         QueueUrl=local_system.resources.preview_dlq_url, AttributeNames=["ApproximateNumberOfMessages"])

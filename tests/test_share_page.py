@@ -91,7 +91,7 @@ def test_view_only_share_offers_no_download(api, chromium, study, tmp_path):
     dom = browse(chromium, tmp_path, share["url"])
     assert state(dom) == "ready" and "view only" in dom
     assert "Download series" not in dom
-    assert re.search(r'id="study-actions" class="hidden"', dom)
+    assert re.search(r'id="study-actions" class="actions hidden"', dom)  # no download, no viewer
 
 
 def test_unknown_and_missing_links(local_system, chromium, tmp_path):
@@ -106,7 +106,7 @@ def test_page_headers_keep_the_token_private(local_system):
     assert headers["Content-Type"].startswith("text/html")
     assert headers["Referrer-Policy"] == "no-referrer"
     policy = headers["Content-Security-Policy"]
-    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    assert "default-src 'none'" in policy and "script-src 'self' 'sha256-" in policy and "unsafe-inline" not in policy
     directives = dict(d.strip().split(" ", 1) for d in policy.split(";") if " " in d.strip())
     assert directives["connect-src"].split() == ["'self'", local_system.endpoint_url]
     assert directives["img-src"].split() == [local_system.endpoint_url, "blob:"]
@@ -118,12 +118,14 @@ class DevTools:
     """The smallest Chrome DevTools Protocol client: one page, ``Runtime.evaluate`` over a
     WebSocket (RFC 6455 framing, text frames only), standard library only."""
 
-    def __init__(self, chromium: str, profile: Path, url: str):
+    def __init__(self, chromium: str, profile: Path, url: str, arguments: tuple[str, ...] = ("--disable-gpu",)):
         self.process = subprocess.Popen([
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            chromium, "--headless", "--no-sandbox", *arguments, "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1200,900", url,
         ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.events: list[dict] = []
+        """DevTools events received so far (console messages, exceptions, …)."""
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
@@ -154,6 +156,8 @@ class DevTools:
         self.socket.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(message)))
         while True:
             reply = json.loads(self._frame())
+            if "method" in reply:
+                self.events.append(reply)
             if reply.get("id") == self.next_id:
                 assert "error" not in reply, reply["error"]
                 return reply["result"]
@@ -195,7 +199,7 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
         browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
         assert browser.evaluate("location.hash") == ""  # the token left the address bar
         card = "document.querySelectorAll('article.series')[0]"
-        assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "1 / 4"
+        browser.wait_for(f"{card}.querySelector('.position').textContent === '1 / 4'")  # its first page came
         first = browser.evaluate(f"{card}.querySelector('img').src")
         browser.evaluate(f"{card}.querySelector('[aria-label=\"next image\"]').click()")
         assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "2 / 4"
@@ -207,10 +211,15 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
         assert browser.evaluate(f"{card}.querySelector('.position').textContent") == "4 / 4"
         assert browser.evaluate(f"{card}.querySelector('img').src") != first
 
-        browser.evaluate("URL.createObjectURL = ((create) => (blob) => { window.savedZip = blob; return create(blob); })"
-                         "(URL.createObjectURL.bind(URL))")
+        # The File System Access API, as a user picking a file would give it: the archive
+        # arrives as a stream of chunks, written as they come.
+        browser.evaluate("""window.showSaveFilePicker = async (options) => ({ createWritable: async () => {
+            const chunks = []; window.chunkCount = 0;
+            return new WritableStream({ write(chunk) { chunks.push(chunk); window.chunkCount++; },
+                                        close() { window.savedZip = new Blob(chunks); } }); } })""")
         browser.evaluate("document.getElementById('download-all').click()")
         browser.wait_for("window.savedZip !== undefined")
+        assert browser.evaluate("window.chunkCount") > len(study.files)  # streamed, not one buffer
         encoded = browser.evaluate("""new Promise(resolve => { const r = new FileReader();
             r.onload = () => resolve(r.result.split(',')[1]); r.readAsDataURL(window.savedZip); })""")
     finally:

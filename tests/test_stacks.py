@@ -513,8 +513,11 @@ def test_ingest_reads_uploads_and_writes_outputs_only(ingest):
 
 def test_preview_reads_instances_and_writes_previews_only(ingest):
     statements = role_statements(ingest, "PreviewFunctionRole")
-    assert granted(statements, "s3:GetObject") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*"]
+    assert sorted(granted(statements, "s3:GetObject")) == [  # previews: HEAD, so each is rendered once
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*",
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*"]
     assert granted(statements, "s3:PutObject") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*"]
+    assert granted(statements, "s3:ListBucket") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn"]
     assert not [a for s in statements for a in s["Action"] if a.startswith(("dynamodb:", "secretsmanager:"))]
 
 
@@ -591,8 +594,8 @@ def test_only_ingest_touches_uploads_quarantine_and_the_secret(ingest, share_api
 def test_admin_routes_need_iam_and_share_routes_are_public(share_api):
     methods = [m["Properties"] for m in share_api.find_resources("AWS::ApiGateway::Method").values()]
     public = sorted((m["HttpMethod"], m["ResourceId"]["Ref"]) for m in methods if m["AuthorizationType"] == "NONE")
-    assert [(method, ref[:-8]) for method, ref in public] == [
-        (method, f"RestApi{path.strip('/')}") for method, path in sorted(resources.PUBLIC_ROUTES)]
+    assert sorted((method, ref[:-8]) for method, ref in public) == sorted(
+        (method, "RestApi" + re.sub(r"[^A-Za-z0-9]", "", path)) for method, path in resources.PUBLIC_ROUTES)
     assert {m["AuthorizationType"] for m in methods if m["HttpMethod"] == "ANY"} == {"AWS_IAM"}
     assert all(m["Integration"]["Type"] == "AWS_PROXY" for m in methods)
 
@@ -647,7 +650,10 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_a
                   "AWSManagedRulesAmazonIpReputationList"):
         assert rules[group]["Statement"]["ManagedRuleGroupStatement"] == {"VendorName": "AWS", "Name": group}
         assert rules[group]["OverrideAction"] == {"None": {}}
-    for name, paths in (("public-rate-limit", ["redeem", "view"]), ("redeem-rate-limit", ["redeem"])):
+    covered = set()
+    for name, paths in (("public-rate-limit", ["redeem", "view", "client-zip.js"]),
+                        ("share-pages-rate-limit", ["share/instances", "share/dicomjson", "share/manifest"]),
+                        ("redeem-rate-limit", ["redeem"])):
         rule = rules[name]
         rate = rule["Statement"]["RateBasedStatement"]
         assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
@@ -658,7 +664,9 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_a
         for method, path in resources.PUBLIC_ROUTES:
             matched = re.search(match["RegexString"], f"/v1{path}") is not None
             assert matched == (path.strip("/") in paths), (name, path)
+            covered |= {path} if matched else set()
         assert re.search(match["RegexString"], "/v1/shares") is None
+    assert covered == {path for _, path in resources.PUBLIC_ROUTES}, "every public path is rate-limited per IP"
     assert rules["redeem-rate-limit"]["Statement"]["RateBasedStatement"]["Limit"] < rules["public-rate-limit"][
         "Statement"]["RateBasedStatement"]["Limit"]
     assert len({r["Priority"] for r in rules.values()}) == len(rules)

@@ -1,5 +1,9 @@
 """``GET /view`` (public): the clinician share page, one static HTML file (no build step,
-no external resource). The token stays in the URL fragment, which browsers never send."""
+no external resource). The token stays in the URL fragment, which browsers never send.
+
+``GET /client-zip.js`` serves the streaming ZIP writer the page downloads with: npm's
+``client-zip`` (pinned by version and integrity in ``web/package-lock.json``), copied into
+``lambdas/api/static/`` by ``make web``, never committed."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from lambdas.api import dependencies as deps
 
 router = Router()
+STATIC = Path(__file__).parent / "static"
 
 
 @cache
@@ -29,7 +34,7 @@ def page() -> tuple[str, str]:
         return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
 
     policy = (
-        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        f"default-src 'none'; script-src 'self' {hashes('script')}; style-src {hashes('style')}; "
         f"img-src {deps.deid_origin()} blob:; connect-src 'self' {deps.deid_origin()}; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
@@ -50,3 +55,12 @@ def view() -> Response[str]:
             "Cache-Control": "no-store",
         },
     )
+
+
+@router.get("/client-zip.js", include_in_schema=False)
+def client_zip() -> Response[str]:
+    path = STATIC / "client-zip.js"
+    if not path.is_file():
+        return Response(404, "application/json", '{"error": "not_built", "message": "Run make web."}')
+    return Response(200, "text/javascript; charset=utf-8", path.read_text(encoding="utf-8"), headers={
+        "Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})

@@ -1,7 +1,12 @@
 """Preview Lambda: S3 notifications (through SQS) of new de-identified instances -> a PNG
 preview beside them (``index.preview_object_key``). Header and one frame are read with
 ranged GETs, never the whole object. An instance that cannot be rendered gets no preview
-(outcome ``no_preview``) and its message succeeds: the page shows "no preview"."""
+(outcome ``no_preview``) and its message succeeds: the page shows "no preview".
+
+Each preview is rendered once: an instance whose preview exists (a duplicate or replayed
+notification) is skipped (outcome ``exists``). A preview never changes (instances are
+immutable), so it is stored with ``Cache-Control: private, max-age=<1 year>, immutable``:
+a browser showing it again under the same presigned URL does not fetch it again."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from dicomshare.settings import DEID_BUCKET_ENV
 from dicomshare_aws.s3_events import created_objects
 from dicomshare_aws.s3_reader import S3RangeReader
 
+PREVIEW_CACHE_CONTROL = "private, max-age=31536000, immutable"
 INSTANCE_KEY = re.compile(r"^studies/([0-9.]+)/series/([0-9.]+)/instances/([0-9.]+)\.dcm$")
 
 logger = Logger(service="preview")
@@ -33,6 +39,10 @@ def render(record: SQSRecord) -> None:
         if obj.bucket != os.environ[DEID_BUCKET_ENV] or not match:
             logger.info("preview", extra={"outcome": "ignored"})
             continue
+        preview_key = index.preview_object_key(*match.groups())
+        if exists(obj.bucket, preview_key):
+            logger.info("preview", extra={"outcome": "exists"})
+            continue
         size = obj.size or s3.head_object(Bucket=obj.bucket, Key=obj.key)["ContentLength"]
         reader = S3RangeReader(s3, obj.bucket, obj.key, int(size))
         try:
@@ -40,8 +50,20 @@ def render(record: SQSRecord) -> None:
         except preview.NoPreview as refusal:
             logger.info("preview", extra={"outcome": "no_preview", "reason": refusal.reason})
             continue
-        s3.put_object(Bucket=obj.bucket, Key=index.preview_object_key(*match.groups()), Body=png, ContentType="image/png")
+        s3.put_object(Bucket=obj.bucket, Key=preview_key, Body=png, ContentType="image/png",
+                      CacheControl=PREVIEW_CACHE_CONTROL)
         logger.info("preview", extra={"outcome": "rendered", "bytes_read": reader.bytes_read, "size": int(size)})
+
+
+def exists(bucket: str, key: str) -> bool:
+    """Whether the object exists (HEAD; a missing key is a 404 given s3:ListBucket)."""
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 @logger.inject_lambda_context(clear_state=True, log_event=False)
