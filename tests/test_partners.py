@@ -18,6 +18,7 @@ from dicomshare.index_items import instance_item
 from dicomshare_aws import index_store
 from dicomshare_local import demo
 from indexed_study import now, put_study
+from test_api import all_pages
 from test_end_to_end import all_studies
 
 A, B = "demo-partner", "basic-partner"
@@ -60,11 +61,20 @@ def _quarantined(system, reason: str, partner: str) -> int:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _redeemed_sops(api, token: str) -> dict[str, set[str]]:
+def _redeemed_sops(api, token: str, route: str = "instances") -> dict[str, set[str]]:
+    """The SOP Instance UIDs a share serves, per study, from its pages (``instances`` or
+    the viewer's ``dicomjson``)."""
     status, manifest = api.call("POST", "/redeem", admin=False, headers={"Authorization": f"Share {token}"})
     assert status == 200, manifest
-    return {s["study_uid"]: {i["sop_instance_uid"] for series in s["series"] for i in series["instances"]}
+    return {s["study_uid"]: {_sop(route, i) for series in s["series"]
+                             for page in all_pages(api, route, token, s["study_uid"], series["series_uid"])
+                             for i in (page["instances"] if route == "instances"
+                                       else page["studies"][0]["series"][0]["instances"])}
             for s in manifest["studies"]}
+
+
+def _sop(route: str, entry: dict) -> str:
+    return entry["sop_instance_uid"] if route == "instances" else entry["metadata"]["SOPInstanceUID"]
 
 
 def _share(api, study_uid: str, **options) -> dict:
@@ -176,3 +186,4 @@ def test_a_share_serves_only_its_frozen_partner_and_patient(local_system, api):
             received_at=now(), partner=partner, patient_pseudonym=pseudonym))
     local_system.wait_idle()
     assert _redeemed_sops(api, share["token"]) == {study.study_uid: set(study.files)}
+    assert _redeemed_sops(api, share["token"], "dicomjson") == {study.study_uid: set(study.files)}
