@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from dicomshare import profile as profiles
-from dicomshare.deidentify import DeidentificationRefused, deidentify_file
+from dicomshare.deidentify import deidentify_file
+from dicomshare.validation import DeidentificationRefused
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
 DEFAULT_SECRET_FILE = Path(".dicomshare") / "deid-secret"

@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from dicomshare.deidentify import Plan, deidentify_header
+from dicomshare.deidentify import deidentify_header
+from dicomshare.deidentify.plan import Plan
 from dicomshare.profile import Profile
 from dicomshare.settings import Settings
 from dicomshare.validation import DeidentificationRefused

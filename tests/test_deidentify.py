@@ -15,17 +15,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomshare import deidentify as engine
 from dicomshare import profile as profiles
-from dicomshare.deidentify import (
-    DeidentificationRefused,
-    date_offset_days,
-    deidentify_file,
-    deidentify_header,
-    new_uid,
-    patient_pseudonym,
-)
+from dicomshare.deidentify import deidentify_file, deidentify_header
+from dicomshare.deidentify.dataset_path import rewrite_dataset
+from dicomshare.deidentify.encoded_path import rewrite_encoded
+from dicomshare.deidentify.file_meta import IMPLEMENTATION_CLASS_UID
+from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym
+from dicomshare.deidentify.kernel_copy import PAGE_BYTES, SPLICE_PIPE_BYTES
+from dicomshare.deidentify.plan import Plan
 from dicomshare.settings import Settings
+from dicomshare.validation import DeidentificationRefused
 
 from conftest import require_tool
 
@@ -280,7 +279,7 @@ def test_trailing_padding_is_dropped_and_the_splice_is_exact(tmp_path):
 
 def _pixel_data_file(tmp_path: Path, rows: int) -> tuple[Dataset, Path]:
     """An object with ``rows`` x ``rows`` 16-bit Pixel Data: 256 fits the splice pipe of
-    :func:`engine._kernel_copy`, 2048 takes several pipes' worth (``copy_file_range``)."""
+    :func:`~dicomshare.deidentify.kernel_copy.kernel_copy`, 2048 takes several pipes' worth (``copy_file_range``)."""
     ds = base_dataset()
     ds.Rows = ds.Columns = rows
     ds.PixelData = bytes(range(256)) * (rows * rows * 2 // 256)
@@ -296,9 +295,9 @@ def test_pixel_data_is_copied_whole_between_files(tmp_path, rows):
     assert output.read_bytes() == plan.new_header + src.read_bytes()[plan.pixel_offset : plan.pixel_end]
     out = pydicom.dcmread(output)
     assert out.PixelData == ds.PixelData
-    if plan.pixel_length > engine.SPLICE_PIPE_BYTES:  # padded to the source's offset within a page
-        assert len(plan.new_header) % engine.PAGE_BYTES == plan.pixel_offset % engine.PAGE_BYTES
-        assert out.file_meta.PrivateInformationCreatorUID == engine.IMPLEMENTATION_CLASS_UID
+    if plan.pixel_length > SPLICE_PIPE_BYTES:  # padded to the source's offset within a page
+        assert len(plan.new_header) % PAGE_BYTES == plan.pixel_offset % PAGE_BYTES
+        assert out.file_meta.PrivateInformationCreatorUID == IMPLEMENTATION_CLASS_UID
     else:
         assert "PrivateInformationCreatorUID" not in out.file_meta
     assert _dciodvfy_errors(output) <= _dciodvfy_errors(src)
@@ -375,9 +374,9 @@ def test_new_uids_are_valid_uuid_derived_uids(original):
 def _both_paths(path: Path, profile: profiles.Profile, settings: Settings) -> tuple:
     """The plans of the encoded path (``None`` when it declines) and of the pydicom path."""
     data = path.read_bytes()
-    encoded = engine._rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, settings)
+    encoded = rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, settings)
     try:
-        dataset = engine._rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, settings)
+        dataset = rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, settings)
     except DeidentificationRefused as refused:
         dataset = refused.reason
     return encoded, dataset
@@ -439,4 +438,4 @@ def test_encoded_path_leaves_declared_character_sets_to_pydicom(tmp_path):
     ds.SpecificCharacterSet = "ISO_IR 100"
     src = to_file(ds, tmp_path / "latin1.dcm")
     encoded, dataset = _both_paths(src, profiles.named("clinical"), Settings())
-    assert encoded is None and isinstance(dataset, engine.Plan)
+    assert encoded is None and isinstance(dataset, Plan)

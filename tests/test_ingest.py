@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomshare import index
-from dicomshare.deidentify import new_uid
+from dicomshare.deidentify.identities import new_uid
 from dicomshare.profile import for_partner
 from dicomshare_aws import resources
 from dicomshare_aws.s3_deidentify import deidentify_object

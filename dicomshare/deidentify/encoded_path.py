@@ -1,0 +1,299 @@
+"""De-identification from the encoded elements (:mod:`dicomshare.encoded_dataset`): the
+fast path for ordinary objects (implicit or explicit VR little endian, the default
+character repertoire, elements in ascending tag order), which gives the same bytes as the
+pydicom path (:mod:`.dataset_path`) without decoding kept values.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from typing import BinaryIO
+
+from pydicom.datadict import tag_for_keyword
+
+from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, record_elements
+from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
+from dicomshare.deidentify.descriptors import identifiers_in
+from dicomshare.deidentify.encoded_values import STRING_VRS, check_plain, decoded_strings, remember, single_string
+from dicomshare.deidentify.file_meta import header_bytes
+from dicomshare.deidentify.plan import Plan
+from dicomshare.encoded_dataset import (
+    VRS,
+    Element,
+    Incomplete,
+    NotPlain,
+    element_bytes,
+    item_bytes,
+    read_data_set,
+    sequence_bytes,
+)
+from dicomshare.profile import CLEAN, EMPTY, KEEP, REMOVE, Profile
+from dicomshare.settings import Settings
+from dicomshare.validation import (
+    CHECKED,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    SUPPORTED_TRANSFER_SYNTAXES,
+    DeidentificationRefused,
+    check_attributes,
+    pixel_data_end,
+)
+
+ENCODED_READ_BYTES = 16 * 1024
+"""The first read of :func:`rewrite_encoded`; it reads eight times more while the header
+runs past what it has read, up to :data:`ENCODED_MAX_BYTES`."""
+ENCODED_MAX_BYTES = 64 * 1024**2
+
+_ENCODED_TRANSFER_SYNTAXES = SUPPORTED_TRANSFER_SYNTAXES - {
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+}
+_CHECKED_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in CHECKED[1:])
+_UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
+"""Study, Series and SOP Instance UID, SOP Class UID: the :class:`Plan`'s UIDs."""
+_NUMBER_SIZES = {"FL": 4, "FD": 8, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8}
+
+
+def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings) -> Plan | None:
+    """De-identify from the encoded elements (:mod:`dicomshare.encoded_dataset`).
+
+    ``None`` when the object is not plain (see that module), declares a character set
+    other than the default repertoire, holds a value this path does not decode (not ASCII,
+    VR UN or an ambiguous VR that would change), or would be refused: :func:`.dataset_path.rewrite_dataset`
+    then decides, so refusals and their reasons come from one place.
+    """
+    chunk = min(size, ENCODED_READ_BYTES)
+    while True:
+        fp.seek(0)
+        data = fp.read(chunk)
+        try:
+            return _rewrite_encoded_bytes(data, len(data) >= size, fp, size, profile, secret, settings)
+        except Incomplete:
+            if chunk >= min(size, ENCODED_MAX_BYTES):
+                return None
+            chunk = min(size, ENCODED_MAX_BYTES, chunk * 8)
+        except (NotPlain, UnicodeError, DeidentificationRefused):
+            return None
+
+
+def _rewrite_encoded_bytes(
+    data: bytes, complete: bool, fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings
+) -> Plan | None:
+    meta, meta_end = _file_meta_elements(data, complete)
+    transfer_syntax = single_string(meta.get(0x00020010))
+    if transfer_syntax not in _ENCODED_TRANSFER_SYNTAXES:
+        return None
+    implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    if _looks_explicit(data, meta_end) == implicit:
+        return None
+    previous = _PREVIOUS_ELEMENTS.get(implicit, ())
+    elements, stop = read_data_set(
+        data, meta_end, implicit=implicit, complete=complete, stop_at=PIXEL_DATA_TAG_SET, like=previous
+    )
+    if stop - meta_end <= PREVIOUS_ELEMENTS_MAX_BYTES:
+        _PREVIOUS_ELEMENTS[implicit] = elements
+    if stop < len(data):
+        pixel_offset = stop
+        pixel_end = pixel_data_end(fp, pixel_offset, size, little_endian=True, implicit_vr=implicit)
+    elif complete:
+        pixel_offset, pixel_end = None, 0
+    else:
+        raise Incomplete()
+    top = {element.tag: element for element in elements}
+    checked = {keyword: single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
+    check_attributes({"MediaStorageSOPClassUID": single_string(meta.get(0x00020002)), **checked}, settings)
+    deidentifier = Deidentifier(
+        profile, secret, single_string(top.get(0x00100020)).strip(), checked["StudyInstanceUID"]
+    )
+    noted, encoded_cache = _element_caches(profile, secret, deidentifier.patient_key, implicit)
+    if profile.cleans:
+        deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
+    records = _record_bytes(profile, deidentifier.dates, implicit)
+    kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
+    data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
+    uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
+    if not all(uids):
+        return None
+    pixel_data = None if pixel_offset is None else (pixel_offset, pixel_end)
+    new_header = header_bytes(uids[3], uids[2], transfer_syntax, data_set, pixel_data)
+    return Plan(new_header, pixel_offset, pixel_end, deidentifier.pseudonym, *uids)
+
+
+def _file_meta_elements(data: bytes, complete: bool) -> tuple[dict[int, Element], int]:
+    """The File Meta Information elements (PS3.10 7.1), by tag, and the offset after them."""
+    if len(data) < 144:
+        raise Incomplete() if not complete else NotPlain()
+    group, element, vr, length, group_length = struct.unpack_from("<HH2sHL", data, 132)
+    if (group, element, vr, length) != (2, 0, b"UL", 4):
+        raise NotPlain()
+    end = 144 + group_length
+    elements, _ = read_data_set(data, 144, end, implicit=False, complete=complete, like=_PREVIOUS_ELEMENTS.get("meta", ()))
+    if any(e.tag >> 16 != 2 for e in elements) or data[end : end + 2] == b"\x02\x00":
+        raise NotPlain()
+    _PREVIOUS_ELEMENTS["meta"] = elements
+    return {e.tag: e for e in elements}, end
+
+
+def _looks_explicit(data: bytes, offset: int) -> bool:
+    """pydicom's test of a data set's first element: is its VR field two capital letters?"""
+    vr = data[offset + 4 : offset + 6]
+    return len(vr) == 2 and all(0x40 < b < 0x5B for b in vr)
+
+
+PREVIOUS_ELEMENTS_MAX_BYTES = 1024**2
+_PREVIOUS_ELEMENTS: dict[bool | str, list[Element]] = {}
+"""The top-level elements of the last object read, by VR encoding (``True`` for implicit
+VR), and of its File Meta Information (``"meta"``); for :func:`read_data_set`'s ``like``:
+the objects of a series repeat most of each other's elements, which are then not read
+again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
+
+@lru_cache(maxsize=4)
+def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
+    """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
+    element and what :func:`_encode_elements` made of it, by the element's encoding.
+
+    Both depend on nothing else (Clean Descriptors text aside, which is never cached, nor
+    is a sequence holding some), and most elements repeat from one object of a series to
+    the next: a remembered element, sequences included, is neither decoded nor checked
+    again. In memory only; elements over :data:`ELEMENT_CACHE_ELEMENT_BYTES` are not
+    cached, and each cache is emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
+    """
+    return {}, {}
+
+
+_NOTHING_NOTED = (frozenset(), frozenset())
+
+
+def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: dict) -> tuple[frozenset[str], frozenset[str]]:
+    """What :meth:`Deidentifier.collect` gathers, from encoded elements (for
+    :meth:`Deidentifier.add_identifiers`)."""
+    identifiers: set[str] = set()
+    words: set[str] = set()
+    for element in elements:
+        found = noted.get(element.raw)
+        if found is None:
+            vr = element.vr
+            if vr == "SQ":
+                items = element.value
+                found = _NOTHING_NOTED
+                for item in items:
+                    nested = _note_encoded(deidentifier, item.elements, noted)
+                    if nested is not _NOTHING_NOTED:
+                        found = (found[0] | nested[0], found[1] | nested[1])
+            else:
+                check_plain(element)
+                action = deidentifier.action(element.tag, vr)
+                if deidentifier.notes(action, vr):
+                    found = identifiers_in(element.tag, vr, decoded_strings(vr, element.value))
+                    found = found if found[0] or found[1] else _NOTHING_NOTED
+                else:
+                    found = _NOTHING_NOTED
+            remember(noted, element, found)
+        if found is not _NOTHING_NOTED:
+            identifiers |= found[0]
+            words |= found[1]
+    if not identifiers and not words:
+        return _NOTHING_NOTED
+    return frozenset(identifiers), frozenset(words)
+
+
+def _encode_elements(
+    deidentifier: Deidentifier, elements: list[Element], implicit: bool, encoded_cache: dict, extra: dict[int, bytes] | None = None
+) -> tuple[bytes, bool]:
+    """:meth:`Deidentifier.apply` and the encoding of its result, in tag order (the
+    elements are in tag order: :mod:`~dicomshare.encoded_dataset` accepts no other).
+
+    Also says whether the result may be remembered: not when it holds cleaned text.
+    """
+    encoded = list(extra.items()) if extra else []
+    cacheable = True
+    for element in elements:
+        new = encoded_cache.get(element.raw, _UNCACHED)
+        if new is _UNCACHED:
+            new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache)
+            if rememberable:
+                remember(encoded_cache, element, new)
+            else:
+                cacheable = False
+        if new is not None:
+            encoded.append((element.tag, new))
+    if extra:
+        encoded.sort()
+    return b"".join([value for _, value in encoded]), cacheable
+
+
+def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict) -> tuple[bytes | None, bool]:
+    """One element of :func:`_encode_elements`: its new encoding (``None``: removed) and
+    whether that may be remembered."""
+    tag, vr = element.tag, element.vr
+    if vr == "SQ":
+        items = element.value
+        action = deidentifier.action(tag, vr)
+        if action == REMOVE:
+            return None, True
+        if action == EMPTY:
+            return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit), True
+        content, cacheable = [], True
+        for item in items:
+            item_content, item_cacheable = _encode_elements(deidentifier, item.elements, implicit, encoded_cache)
+            content.append(item_bytes(item_content, undefined_length=item.undefined_length))
+            cacheable = cacheable and item_cacheable
+        value = b"".join(content)
+        return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit), cacheable
+    check_plain(element)
+    action = deidentifier.action(tag, vr)
+    if action == REMOVE:
+        return None, True
+    if action == KEEP:
+        return element_bytes(tag, vr, element.value, implicit=implicit), True
+    value = _changed(deidentifier, element, action)
+    new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
+    return new, not (action == CLEAN and vr in TEXT_VRS)
+
+
+_UNCACHED = object()
+
+
+def _changed(deidentifier: Deidentifier, element: Element, action: str) -> bytes | None:
+    """The new value's bytes under ``action`` (:meth:`Deidentifier.change`); ``None`` to remove."""
+    vr = element.vr
+    if vr not in VRS:
+        raise NotPlain()  # an ambiguous dictionary VR (implicit VR): pydicom resolves it
+    if vr in STRING_VRS:
+        values = decoded_strings(vr, element.value)
+        empty = values == [""]
+    else:
+        values, empty = [], not element.value
+    new = deidentifier.change(element.tag, vr, action, values, empty)
+    if new == REMOVE:
+        return None
+    if new is None:
+        return b""
+    if vr in _NUMBER_SIZES:
+        return bytes(_NUMBER_SIZES[vr])
+    text = "\\".join(new).encode("ascii")
+    return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
+
+
+def _output_string(deidentifier: Deidentifier, element: Element | None) -> str:
+    """A top-level single-valued string element's value in the output; ``""`` if it has none."""
+    if element is None:
+        return ""
+    value = single_string(element)
+    action = deidentifier.action(element.tag, element.vr)
+    if action == KEEP:
+        return value
+    new = deidentifier.change(element.tag, element.vr, action, [value], not value)
+    return new[0] if isinstance(new, list) and len(new) == 1 else ""
+
+
+@lru_cache(maxsize=64)
+def _record_bytes(profile: Profile, dates: str, implicit: bool) -> dict[int, bytes]:
+    """:func:`record_elements`, encoded, by tag."""
+    return {
+        int(elem.tag): element_bytes(int(elem.tag), elem.VR or "UN", elem.value, implicit=implicit)
+        for elem in record_elements(profile, dates, True, implicit)
+    }
+
