@@ -7,6 +7,10 @@ names. Each refused file gets one line: its path relative to SRC and the reason.
 is printed deliberately: it is the user's own folder, on the user's own console, and they
 need it to find the file; nothing is logged or written elsewhere.
 
+Outputs never collide silently: the first file to claim an output path wins; a later file
+with the same output is reported ``duplicate``, one with another output for the same SOP
+Instance UID is refused ``conflicting_instance``; the summary counts the files written.
+
 Exit status: 0 all de-identified, 3 some refused, 2 usage error.
 
 ``dicomshare local ...`` (the local system) is registered by :mod:`dicomshare_local.commands`.
@@ -23,10 +27,11 @@ from pathlib import Path
 from typing import Sequence
 
 from dicomshare import profile as profiles
-from dicomshare.deidentify import deidentify_file
+from dicomshare.deidentify import DuplicateInstance, deidentify_file
 from dicomshare.validation import DeidentificationRefused
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
+DUPLICATE = "duplicate"
 DEFAULT_SECRET_FILE = Path(".dicomshare") / "deid-secret"
 SECRET_BYTES = 32
 
@@ -64,14 +69,22 @@ def _inputs(src: Path, dst: Path) -> list[Path]:
 
 
 def _deidentify_one(task: tuple[Path, Path, str, bytes]) -> str | None:
-    """De-identify one file; the refusal reason, or ``None`` when written."""
+    """De-identify one file; :data:`DUPLICATE`, the refusal reason, or ``None`` when written.
+
+    Nothing stops a folder run: an error this engine did not foresee is reported for its
+    file as ``internal_error`` (no value from the file in it) and the run goes on.
+    """
     path, dst, profile_name, secret = task
     try:
         deidentify_file(path, dst, profile=profiles.named(profile_name), secret=secret)
+    except DuplicateInstance:
+        return DUPLICATE
     except DeidentificationRefused as refused:
         return refused.reason
     except OSError:
         return "unreadable"
+    except Exception:
+        return "internal_error"
     return None
 
 
@@ -90,13 +103,17 @@ def deid(args: argparse.Namespace) -> int:
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             reasons = list(pool.map(_deidentify_one, tasks, chunksize=8))
-    refused = 0
+    refused = duplicates = 0
     for path, reason in zip(paths, reasons):
-        if reason is not None:
+        shown = path.relative_to(src) if path != src else Path(path.name)
+        if reason == DUPLICATE:
+            duplicates += 1
+            print(f"duplicate {shown}: the same output as another file")
+        elif reason is not None:
             refused += 1
-            shown = path.relative_to(src) if path != src else Path(path.name)
             print(f"refused {shown}: {reason}")
-    print(f"{len(paths) - refused} de-identified, {refused} refused, into {dst}")
+    written = len(paths) - refused - duplicates
+    print(f"{written} de-identified, {duplicates} duplicate, {refused} refused, into {dst}")
     return EXIT_REFUSED if refused else EXIT_OK
 
 

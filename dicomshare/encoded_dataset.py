@@ -7,6 +7,11 @@ are read when asked for) without decoding any value; :func:`element_bytes` and
 (:mod:`dicomshare.deidentify`) uses them to rewrite an ordinary object without building a
 pydicom data set, which is several times faster.
 
+Nested sequences are read as offsets into the one buffer of the object: a sequence's
+encoding is not copied (its elements' are, once each), so memory stays linear in the size of
+the object whatever the depth. Sequences nested deeper than :data:`MAX_SEQUENCE_DEPTH` are
+not read (:class:`NotPlain`; the pydicom path refuses them).
+
 Only unambiguous encodings are accepted. Anything else raises :class:`NotPlain` and the
 caller reads the object with pydicom instead, which knows the rest: big endian, values of
 undefined length that are not sequences, VR UN with undefined length (PS3.5 6.2.2),
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pydicom.datadict import dictionary_VR
+
+from dicomshare.validation import MAX_SEQUENCE_DEPTH
 
 VRS = frozenset(
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
@@ -62,32 +69,59 @@ class Item:
 
 
 class Element:
-    """One data element. ``raw`` is its whole encoding (tag, VR, length, value); ``value``
-    is read from it when first asked for: the value's bytes, or a list of :class:`Item`
-    for VR SQ (:class:`NotPlain` if they are damaged).
+    """One data element. ``raw`` is its whole encoding (tag, VR, length, value), ``size``
+    its length; ``value`` is the value's bytes.
 
     ``vr`` is the encoded VR (explicit VR) or the data dictionary's (implicit VR: ``UN``
     for tags it does not know, and possibly an ambiguous one such as ``US or SS``).
     """
 
-    __slots__ = ("tag", "vr", "raw", "undefined_length", "_value_offset", "_implicit", "_items")
+    __slots__ = ("tag", "vr", "raw", "size", "undefined_length", "_value_offset")
 
-    def __init__(self, tag: int, vr: str, raw: bytes, value_offset: int, implicit: bool, items: list[Item] | None = None) -> None:
+    def __init__(self, tag: int, vr: str, raw: bytes, value_offset: int) -> None:
         self.tag = tag
         self.vr = vr
         self.raw = raw
-        self.undefined_length = items is not None
+        self.size = len(raw)
+        self.undefined_length = False
         self._value_offset = value_offset
-        self._implicit = implicit
-        self._items = items
 
     @property
-    def value(self) -> bytes | list[Item]:
-        if self.vr != "SQ":
-            return self.raw[self._value_offset :]
+    def value(self) -> bytes:
+        return self.raw[self._value_offset :]
+
+
+class SequenceElement(Element):
+    """A sequence (VR SQ): ``value`` is its list of :class:`Item`, read when first asked for
+    (:class:`NotPlain` if they are damaged), and ``raw`` is copied from the object's buffer
+    only when asked for (callers ask only for small ones: see ``size``)."""
+
+    __slots__ = ("_data", "_start", "_implicit", "_depth", "_items", "_raw")
+
+    def __init__(
+        self, tag: int, data: bytes, start: int, end: int, value_offset: int, implicit: bool, depth: int,
+        items: list[Item] | None = None,
+    ) -> None:
+        self.tag = tag
+        self.vr = "SQ"
+        self.size = end - start
+        self.undefined_length = items is not None
+        self._value_offset = value_offset
+        self._data, self._start, self._implicit, self._depth = data, start, implicit, depth
+        self._items = items
+        self._raw: bytes | None = None
+
+    @property
+    def raw(self) -> bytes:  # type: ignore[override]
+        if self._raw is None:
+            self._raw = self._data[self._start : self._start + self.size]
+        return self._raw
+
+    @property
+    def value(self) -> list[Item]:  # type: ignore[override]
         if self._items is None:
-            reader = _Reader(self.raw, self._implicit, complete=True)
-            self._items, _ = reader.items(self._value_offset, len(self.raw), undefined=False)
+            reader = _Reader(self._data, self._implicit, complete=True)
+            self._items, _ = reader.items(self._start + self._value_offset, self._start + self.size, undefined=False, depth=self._depth)
         return self._items
 
 
@@ -146,7 +180,9 @@ class _Reader:
         stop_at: frozenset[int] = frozenset(),
         in_item: bool = False,
         like: Sequence[Element] = (),
+        depth: int = 0,
     ) -> tuple[list[Element], int]:
+        """The elements from ``offset`` to ``end``, at ``depth`` sequences deep."""
         data, implicit = self.data, self.implicit
         elements: list[Element] = []
         previous = -1
@@ -154,7 +190,7 @@ class _Reader:
         while offset < end:
             if known_index < known_count:
                 known = like[known_index]
-                known_end = offset + len(known.raw)
+                known_end = offset + known.size
                 if known_end <= end and data.startswith(known.raw, offset):
                     elements.append(known)
                     previous, offset, known_index = known.tag, known_end, known_index + 1
@@ -192,14 +228,17 @@ class _Reader:
             if length == UNDEFINED_LENGTH:
                 if vr != "SQ" and not (implicit and vr == "UN" and self._starts_item(offset, end)):
                     raise NotPlain()
-                items, value_end = self.items(offset, end, undefined=True)
-                elements.append(Element(tag, "SQ", data[start:value_end], offset - start, implicit, items))
+                items, value_end = self.items(offset, end, undefined=True, depth=depth)
+                elements.append(SequenceElement(tag, data, start, value_end, offset - start, implicit, depth, items))
                 offset = value_end
                 continue
             value_end = offset + length
             if value_end > end:
                 raise self._short(end)
-            elements.append(Element(tag, vr, data[start:value_end], offset - start, implicit))
+            if vr == "SQ":
+                elements.append(SequenceElement(tag, data, start, value_end, offset - start, implicit, depth))
+            else:
+                elements.append(Element(tag, vr, data[start:value_end], offset - start))
             offset = value_end
         if in_item:
             raise self._short(end)
@@ -211,8 +250,12 @@ class _Reader:
         group, number = struct.unpack_from("<HH", self.data, offset)
         return (group << 16 | number) == ITEM
 
-    def items(self, offset: int, end: int, *, undefined: bool) -> tuple[list[Item], int]:
-        """The items of a sequence value: to ``end``, or its Sequence Delimitation Item."""
+    def items(self, offset: int, end: int, *, undefined: bool, depth: int) -> tuple[list[Item], int]:
+        """The items of a sequence value at ``depth``: to ``end``, or its Sequence
+        Delimitation Item. Their elements are one sequence deeper, at most
+        :data:`MAX_SEQUENCE_DEPTH`."""
+        if depth >= MAX_SEQUENCE_DEPTH:
+            raise NotPlain()
         data = self.data
         items: list[Item] = []
         while undefined or offset < end:
@@ -226,11 +269,11 @@ class _Reader:
             if tag != ITEM:
                 raise NotPlain()
             if length == UNDEFINED_LENGTH:
-                elements, offset = self.elements(offset, end, in_item=True)
+                elements, offset = self.elements(offset, end, in_item=True, depth=depth + 1)
             else:
                 if offset + length > end:
                     raise self._short(end)
-                elements, _ = self.elements(offset, offset + length)
+                elements, _ = self.elements(offset, offset + length, depth=depth + 1)
                 offset += length
             items.append(Item(elements, length == UNDEFINED_LENGTH))
         return items, offset

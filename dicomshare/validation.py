@@ -29,8 +29,15 @@ TOO_LARGE = "too_large"
 UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
 UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"
 BURNED_IN_ANNOTATION = "burned_in_annotation"
+CONFLICTING_INSTANCE = "conflicting_instance"
+"""Another object with the same SOP Instance UID (other bytes) is already stored."""
 MISSING_REQUIRED = "missing_required"
 """Prefix: the full reason is ``missing_required:<Keyword>``."""
+
+MAX_SEQUENCE_DEPTH = 32
+"""Sequences nested deeper than this are refused :data:`MALFORMED` (real objects nest a
+dozen levels at most: SR content trees, code sequences); it bounds the stack and the work
+of every recursive walk over a data set."""
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
 CHECKED = ("MediaStorageSOPClassUID", *REQUIRED, "BurnedInAnnotation")

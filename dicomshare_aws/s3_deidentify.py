@@ -43,7 +43,7 @@ from dicomshare.deidentify import deidentify_header
 from dicomshare.deidentify.plan import Plan
 from dicomshare.profile import Profile
 from dicomshare.settings import Settings
-from dicomshare.validation import DeidentificationRefused
+from dicomshare.validation import CONFLICTING_INSTANCE, DeidentificationRefused
 from dicomshare_aws.s3_reader import S3RangeReader
 
 SMALL_OBJECT_BYTES = 8 * 1024**2
@@ -51,8 +51,6 @@ MIN_PART_BYTES = 5 * 1024**2
 """S3's minimum size of every part but the last."""
 COPY_PART_BYTES = 512 * 1024**2
 CONTENT_TYPE = "application/dicom"
-CONFLICTING_INSTANCE = "conflicting_instance"
-"""Refusal reason: another object with this (de-identified) SOP Instance UID is stored."""
 
 
 @dataclass(frozen=True)

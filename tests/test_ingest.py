@@ -24,6 +24,8 @@ from dicomshare_aws import resources
 from dicomshare_aws.s3_deidentify import deidentify_object
 from dicomshare_local import demo, pollers, system as local
 
+import hostile
+
 CLINICAL, BASIC = "demo-partner", "basic-partner"
 SCRATCH = "test-ingest-scratch"
 """A bucket without event notifications: objects the local pollers do not see."""
@@ -178,6 +180,7 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
         f"{CLINICAL}/notes/readme ZQXPLANTSURNAME.txt": (b"Patient ZQXPLANTSURNAME, not DICOM\n", "not_dicom"),
         f"{CLINICAL}/empty.dcm": (b"", "empty_object"),
         f"{CLINICAL}/burned in.dcm": (_bytes(burned), "burned_in_annotation"),
+        f"{CLINICAL}/nested 1000 deep.dcm": (hostile.deep_object(1000), "malformed"),
         "someone-else/ZQXPLANTSURNAME.dcm": (_bytes(ct_small), "unknown_partner"),
         "loose ZQXPLANTSURNAME file.dcm": (_bytes(ct_small), "unknown_partner"),
     }

@@ -27,8 +27,10 @@ The modules, as ``docs/deidentification.md`` describes them:
 
 from __future__ import annotations
 
+import filecmp
 import os
 import secrets
+from contextlib import suppress
 from typing import BinaryIO
 
 from dicomshare import profile as profiles
@@ -38,9 +40,17 @@ from dicomshare.deidentify.kernel_copy import kernel_copy
 from dicomshare.deidentify.plan import Plan
 from dicomshare.profile import Profile
 from dicomshare.settings import Settings
-from dicomshare.validation import TRUNCATED, DeidentificationRefused, check_preamble, check_size
+from dicomshare.validation import (
+    CONFLICTING_INSTANCE,
+    MALFORMED,
+    TOO_LARGE,
+    TRUNCATED,
+    DeidentificationRefused,
+    check_preamble,
+    check_size,
+)
 
-__all__ = ["deidentify_header", "deidentify_file", "write_output"]
+__all__ = ["DuplicateInstance", "deidentify_header", "deidentify_file", "write_output"]
 
 COPY_CHUNK_BYTES = 1024**2
 
@@ -73,15 +83,24 @@ def deidentify_header(
     :mod:`~dicomshare.encoded_dataset` cannot read plainly) is rewritten element by element
     from its encoded bytes (:func:`rewrite_encoded`); every other one, and every refusal,
     goes through a pydicom data set (:func:`rewrite_dataset`). Both give the same bytes.
+
+    Bounded cost: sequences nested deeper than
+    :data:`~dicomshare.validation.MAX_SEQUENCE_DEPTH` are refused ``malformed``; should
+    any walk still exhaust the stack it is refused ``malformed``, and an object that
+    exhausts memory is refused ``too_large``: neither is retried in vain.
     """
     size = _size(fp) if size is None else size
     check_size(size, settings)
     check_preamble(fp)
-    plan = rewrite_encoded(fp, size, profile, secret, settings)
-    if plan is None:
-        plan = rewrite_dataset(fp, size, profile, secret, settings)
+    try:
+        plan = rewrite_encoded(fp, size, profile, secret, settings)
+        if plan is None:
+            plan = rewrite_dataset(fp, size, profile, secret, settings)
+    except RecursionError as exc:
+        raise DeidentificationRefused(MALFORMED) from exc
+    except MemoryError as exc:
+        raise DeidentificationRefused(TOO_LARGE) from exc
     return plan
-
 
 
 def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:
@@ -106,6 +125,15 @@ def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:
 
 
 
+class DuplicateInstance(Exception):
+    """:func:`deidentify_file` found the same output (the same bytes) already in its
+    folder: nothing was written. ``plan`` is this input's."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__("duplicate")
+        self.plan = plan
+
+
 def deidentify_file(
     src_path: str | os.PathLike,
     dst: str | os.PathLike | BinaryIO,
@@ -116,6 +144,11 @@ def deidentify_file(
 ) -> Plan:
     """De-identify a local file into ``dst``: a directory (the file goes to
     ``dst/<study>/<series>/<sop>.dcm``, written atomically) or a writable binary file object.
+
+    In a directory the first stored instance wins, as in the pipeline: when that path
+    already holds the same bytes :class:`DuplicateInstance` is raised, when it holds other
+    bytes (another object with the same SOP Instance UID) the file is refused
+    ``conflicting_instance``; an existing file is never replaced.
     """
     profile = profile or profiles.named("clinical")
     settings = settings or Settings()
@@ -131,12 +164,28 @@ def deidentify_file(
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(partial, _PARTIAL_FLAGS, 0o600)
-        with open(fd, "wb", buffering=0) as out:
-            try:
+        try:
+            with open(fd, "wb", buffering=0) as out:
                 write_output(plan, src, out)
-            except BaseException:
-                out.close()
+            _store(partial, os.path.join(folder, f"{plan.sop_instance_uid}.dcm"), plan)
+        finally:
+            with suppress(FileNotFoundError):
                 os.unlink(partial)
-                raise
-        os.replace(partial, os.path.join(folder, f"{plan.sop_instance_uid}.dcm"))
     return plan
+
+
+def _store(partial: str, final: str, plan: Plan) -> None:
+    """Give the finished ``partial`` its name ``final`` unless that exists (a hard link
+    never replaces: two writers of one name cannot both win); else compare."""
+    try:
+        os.link(partial, final)
+        return
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links
+        if not os.path.exists(final):
+            os.replace(partial, final)
+            return
+    if not filecmp.cmp(partial, final, shallow=False):
+        raise DeidentificationRefused(CONFLICTING_INSTANCE)
+    raise DuplicateInstance(plan)

@@ -13,7 +13,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicomshare.validation import MALFORMED, NOT_DICOM, TRUNCATED, DeidentificationRefused
+from dicomshare.encoded_dataset import implicit_vr
+from dicomshare.validation import MALFORMED, MAX_SEQUENCE_DEPTH, NOT_DICOM, TRUNCATED, DeidentificationRefused
 
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 """Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3)."""
@@ -44,9 +45,16 @@ class _ExactReader:
 
 
 def read_object(fp: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+    """The object read by pydicom; refused when damaged or nested deeper than
+    :data:`~dicomshare.validation.MAX_SEQUENCE_DEPTH` (pydicom itself recurses once per
+    level and gives up at about two hundred: :class:`RecursionError`, refused too)."""
     reader = _ExactReader(fp)
     try:
         ds = pydicom.dcmread(reader, stop_before_pixels=stop_before_pixels)
+        if _sequence_depth(ds) > MAX_SEQUENCE_DEPTH:
+            raise DeidentificationRefused(MALFORMED)
+    except DeidentificationRefused:
+        raise
     except InvalidDicomError as exc:
         raise DeidentificationRefused(NOT_DICOM) from exc
     except (EOFError, struct.error) as exc:
@@ -56,6 +64,25 @@ def read_object(fp: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
     if reader.short_read:
         raise DeidentificationRefused(TRUNCATED)
     return ds
+
+
+def _sequence_depth(ds: Dataset) -> int:
+    """How deep sequences nest in ``ds``, walked without recursion; stops counting past
+    :data:`~dicomshare.validation.MAX_SEQUENCE_DEPTH`."""
+    deepest = 0
+    stack = [(ds, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_SEQUENCE_DEPTH:
+            break
+        for tag in current.keys():
+            vr = current.get_item(tag).VR
+            if vr in (None, "UN"):
+                vr = implicit_vr(tag)
+            if vr == "SQ":
+                stack.extend((item, depth + 1) for item in current[tag].value)
+    return deepest
 
 
 def at_pixel_data(fp: BinaryIO, little_endian: bool) -> bool:

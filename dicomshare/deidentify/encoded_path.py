@@ -15,7 +15,14 @@ from pydicom.datadict import tag_for_keyword
 from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, record_elements
 from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
-from dicomshare.deidentify.encoded_values import STRING_VRS, check_plain, decoded_strings, remember, single_string
+from dicomshare.deidentify.encoded_values import (
+    ELEMENT_CACHE_ELEMENT_BYTES,
+    STRING_VRS,
+    check_plain,
+    decoded_strings,
+    remember,
+    single_string,
+)
 from dicomshare.deidentify.file_meta import header_bytes
 from dicomshare.deidentify.plan import Plan
 from dicomshare.encoded_dataset import (
@@ -172,7 +179,7 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
     identifiers: set[str] = set()
     words: set[str] = set()
     for element in elements:
-        found = noted.get(element.raw)
+        found = noted.get(element.raw) if element.size <= ELEMENT_CACHE_ELEMENT_BYTES else None
         if found is None:
             vr = element.vr
             if vr == "SQ":
@@ -210,7 +217,7 @@ def _encode_elements(
     encoded = list(extra.items()) if extra else []
     cacheable = True
     for element in elements:
-        new = encoded_cache.get(element.raw, _UNCACHED)
+        new = encoded_cache.get(element.raw, _UNCACHED) if element.size <= ELEMENT_CACHE_ELEMENT_BYTES else _UNCACHED
         if new is _UNCACHED:
             new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache)
             if rememberable:

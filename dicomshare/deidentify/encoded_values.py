@@ -62,7 +62,7 @@ def single_string(element: Element | None) -> str:
 def remember(cache: dict, element: Element, result: object) -> None:
     """Keep ``result`` for ``element`` in ``cache`` (one of :func:`.encoded_path._element_caches`, or
     :data:`_SINGLE_STRINGS`), within their bounds."""
-    if len(element.raw) <= ELEMENT_CACHE_ELEMENT_BYTES:
+    if element.size <= ELEMENT_CACHE_ELEMENT_BYTES:
         if len(cache) >= ELEMENT_CACHE_SIZE:
             cache.clear()
         cache[element.raw] = result

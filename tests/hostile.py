@@ -1,0 +1,105 @@
+"""Hostile objects built byte by byte (what pydicom would refuse to write, or write too
+slowly), and a search for identifying values in every spelling an output could hold."""
+
+from __future__ import annotations
+
+import struct
+import unicodedata
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+DEEP_NAME = b"ZQXDEEP^ZQXNAME"
+
+
+def base_dataset(sop_uid: str = "1.2.3.999.2") -> Dataset:
+    """A small CT object whose identifiers a leak search finds (``ZQX...``)."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = "1.2.3.999.1"
+    ds.SeriesInstanceUID = "1.2.3.999.3"
+    ds.Modality = "CT"
+    ds.PatientID = "ZQXPATIENTID"
+    ds.PatientName = "ZQXFAMILY^ZQXGIVEN"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 16, 12, 11
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    return ds
+
+
+def part10(ds: Dataset, data_set_tail: bytes = b"", pixel_data: bytes | None = bytes(32),
+           transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
+    """Preamble, File Meta, ``ds`` (explicit VR little endian, without Pixel Data), then the
+    raw ``data_set_tail`` elements (their tags must follow those of ``ds``) and a native
+    Pixel Data element (OW) holding ``pixel_data``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    write_dataset(buffer, ds)
+    pixels = b"" if pixel_data is None else element(0x7FE00010, "OW", pixel_data)
+    return buffer.getvalue() + data_set_tail + pixels
+
+
+def element(tag: int, vr: str, value: bytes) -> bytes:
+    """One explicit VR little endian element (PS3.5 7.1.2)."""
+    if vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"):
+        return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def nested_sequences(depth: int, *, undefined_length: bool, leaf: bytes = b"") -> bytes:
+    """Content Sequence (0040,A730) nested ``depth`` deep, one item per level, with a
+    Patient's Name and ``leaf`` in the innermost item."""
+    body = element(0x00100010, "PN", DEEP_NAME + b" ") + leaf
+    for _ in range(depth):
+        if undefined_length:
+            item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + body + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+            body = (struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + item
+                    + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
+        else:
+            item = struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
+            body = element(0x0040A730, "SQ", item)
+    return body
+
+
+def deep_object(depth: int, *, undefined_length: bool = True, leaf: bytes = b"") -> bytes:
+    """An object with :func:`nested_sequences` ``depth`` deep."""
+    return part10(base_dataset(), nested_sequences(depth, undefined_length=undefined_length, leaf=leaf))
+
+
+ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "latin-1", "iso2022_jp", "iso2022_kr", "gb18030",
+             "euc_jp", "euc_kr", "shift_jis")
+
+
+def spellings(value: str) -> set[bytes]:
+    """``value`` as bytes in each of :data:`ENCODINGS`, NFC and NFD, upper and lower case,
+    with ``^`` and space swapped."""
+    texts = set()
+    for text in (value, value.replace("^", " "), value.replace(" ", "^")):
+        for form in ("NFC", "NFD"):
+            normal = unicodedata.normalize(form, text)
+            texts |= {normal, normal.upper(), normal.lower()}
+    found = set()
+    for text in texts:
+        for encoding in ENCODINGS:
+            try:
+                encoded = text.encode(encoding)
+            except UnicodeEncodeError:
+                continue
+            if encoding.startswith("iso2022"):  # the escape sequences around the text
+                encoded = encoded.split(b"\x1b")[1][2:] if b"\x1b" in encoded else encoded
+            if len(encoded) >= 4:
+                found.add(encoded)
+    return found
+
+
+def leaked(output: bytes, values: list[str]) -> list[str]:
+    """The ``values`` found in ``output`` in any of their :func:`spellings`."""
+    return [value for value in values if any(spelling in output for spelling in spellings(value))]

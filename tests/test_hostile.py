@@ -1,0 +1,150 @@
+"""Hostile and messy input (issue 12): objects built byte by byte, every output searched
+for the identifying values planted in it."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomshare import profile as profiles
+from dicomshare.deidentify import deidentify_header
+from dicomshare.deidentify.dataset_path import rewrite_dataset
+from dicomshare.deidentify.encoded_path import rewrite_encoded
+from dicomshare.settings import Settings
+from dicomshare.validation import MALFORMED, MAX_SEQUENCE_DEPTH, DeidentificationRefused
+
+import hostile
+
+SECRET = b"h" * 32
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+CLINICAL = profiles.named("clinical")
+
+
+def deidentify(data: bytes, profile: profiles.Profile = CLINICAL, **settings) -> bytes:
+    plan = deidentify_header(io.BytesIO(data), profile=profile, secret=SECRET, settings=Settings(**settings))
+    return plan.new_header + (b"" if plan.pixel_offset is None else data[plan.pixel_offset : plan.pixel_end])
+
+
+def refusal(data: bytes, profile: profiles.Profile = CLINICAL, **settings) -> str:
+    with pytest.raises(DeidentificationRefused) as refused:
+        deidentify(data, profile, **settings)
+    return refused.value.reason
+
+
+def both_paths(data: bytes, profile: profiles.Profile = CLINICAL, **settings):
+    """The encoded path's plan (``None`` when it declines) and the pydicom path's plan or
+    refusal reason."""
+    encoded = rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings))
+    try:
+        dataset = rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings))
+    except DeidentificationRefused as refused:
+        dataset = refused.reason
+    return encoded, dataset
+
+
+# 1. No crash, bounded cost
+
+
+@pytest.mark.parametrize("undefined_length", [True, False])
+@pytest.mark.parametrize("depth", [MAX_SEQUENCE_DEPTH + 1, 1000, 20000])
+def test_nesting_beyond_the_limit_is_refused_malformed_on_both_paths(depth, undefined_length):
+    data = hostile.deep_object(depth, undefined_length=undefined_length)
+    encoded, dataset = both_paths(data)
+    assert encoded is None and dataset == MALFORMED
+    assert refusal(data) == MALFORMED
+
+
+@pytest.mark.parametrize("undefined_length", [True, False])
+def test_nesting_up_to_the_limit_is_deidentified_the_same_on_both_paths(undefined_length):
+    data = hostile.deep_object(MAX_SEQUENCE_DEPTH, undefined_length=undefined_length)
+    encoded, dataset = both_paths(data)
+    assert encoded is not None and encoded.new_header == dataset.new_header
+    assert not hostile.leaked(encoded.new_header, ["ZQXDEEP^ZQXNAME", "ZQXFAMILY^ZQXGIVEN", "ZQXPATIENTID"])
+    depth, ds = 0, pydicom.dcmread(io.BytesIO(encoded.new_header))
+    while "ContentSequence" in ds:
+        ds, depth = ds.ContentSequence[0], depth + 1
+    assert depth == MAX_SEQUENCE_DEPTH and str(ds.PatientName).startswith("DS-")
+
+
+def _peak_memory(data: bytes) -> tuple[int, bytes]:
+    tracemalloc.start()
+    try:
+        output = deidentify(data)
+        return tracemalloc.get_traced_memory()[1], output
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("undefined_length", [True, False])
+def test_memory_is_linear_in_the_size_and_independent_of_the_depth(undefined_length):
+    """An 8 MiB value at the bottom of the deepest allowed nesting takes no more memory
+    than at the top: copying the bytes below each level (as the reader once did) would
+    take 32 times the object."""
+    payload = hostile.element(0x0040A160, "UT", b"ZQXCOMMENT " * (8 * 1024**2 // 11 + 1))
+    shallow, _ = _peak_memory(hostile.deep_object(1, undefined_length=undefined_length, leaf=payload))
+    data = hostile.deep_object(MAX_SEQUENCE_DEPTH, undefined_length=undefined_length, leaf=payload)
+    deep, output = _peak_memory(data)
+    assert deep < shallow + 1024**2 and deep < 8 * len(data)
+    assert b"ZQXCOMMENT" not in output and not hostile.leaked(output, ["ZQXDEEP^ZQXNAME"])
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "dicomshare"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def test_a_folder_run_goes_on_past_a_bomb_and_reports_it(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a deep.dcm").write_bytes(hostile.deep_object(1000))
+    (src / "b deeper.dcm").write_bytes(hostile.deep_object(20000, undefined_length=False))
+    shutil.copy(TEST_FILES / "CT_small.dcm", src / "c.dcm")
+    result = run_cli("deid", str(src), str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "refused a deep.dcm: malformed" in result.stdout.splitlines()
+    assert "refused b deeper.dcm: malformed" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1].startswith("1 de-identified, 0 duplicate, 2 refused")
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
+
+
+# 8. CLI outputs never collide silently
+
+
+def test_duplicates_are_reported_and_conflicts_refused(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(TEST_FILES / "CT_small.dcm", src / "a.dcm")
+    shutil.copy(TEST_FILES / "CT_small.dcm", src / "b copy.dcm")
+    other = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    other.SliceThickness = "9.5"  # kept by the profile: another output, the same SOP Instance UID
+    other.save_as(src / "c other.dcm")
+    result = run_cli("deid", str(src), str(tmp_path / "out"), "--jobs", "2", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.splitlines()
+    assert "duplicate b copy.dcm: the same output as another file" in lines
+    assert "refused c other.dcm: conflicting_instance" in lines
+    assert lines[-1].startswith("1 de-identified, 1 duplicate, 1 refused")
+    outputs = list((tmp_path / "out").rglob("*"))
+    assert len([p for p in outputs if p.is_file()]) == 1  # no partial file left behind
+    again = run_cli("deid", str(src / "a.dcm"), str(tmp_path / "out"), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1].startswith("0 de-identified, 1 duplicate")
+
+
+def test_the_summary_equals_the_files_on_disk_for_pydicoms_test_files(tmp_path):
+    result = run_cli("deid", str(TEST_FILES), str(tmp_path / "out"), "--jobs", "2", cwd=tmp_path)
+    summary = result.stdout.splitlines()[-1]
+    written = int(summary.split(" de-identified")[0])
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written == len(files) and all(p.suffix == ".dcm" for p in files)
+    refused = [line for line in result.stdout.splitlines() if line.startswith("refused ")]
+    duplicates = [line for line in result.stdout.splitlines() if line.startswith("duplicate ")]
+    inputs = [p for p in TEST_FILES.rglob("*") if p.is_file()]
+    assert written + len(refused) + len(duplicates) == len(inputs)
