@@ -29,6 +29,7 @@ TOO_LARGE = "too_large"
 UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
 UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"
 BURNED_IN_ANNOTATION = "burned_in_annotation"
+RECOGNIZABLE_VISUAL_FEATURES = "recognizable_visual_features"
 CONFLICTING_INSTANCE = "conflicting_instance"
 """Another object with the same SOP Instance UID (other bytes) is already stored."""
 MISSING_REQUIRED = "missing_required"
@@ -40,7 +41,7 @@ dozen levels at most: SR content trees, code sequences); it bounds the stack and
 of every recursive walk over a data set."""
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
-CHECKED = ("MediaStorageSOPClassUID", *REQUIRED, "BurnedInAnnotation")
+CHECKED = ("MediaStorageSOPClassUID", *REQUIRED, "BurnedInAnnotation", "RecognizableVisualFeatures")
 """The attributes :func:`check_attributes` reads."""
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -72,6 +73,9 @@ SUPPORTED_TRANSFER_SYNTAXES = frozenset(
 
 UNSUPPORTED_SOP_CLASSES = frozenset({"1.2.840.10008.1.3.10"})
 """Media Storage Directory (DICOMDIR): its records hold identities and byte offsets."""
+
+ENCAPSULATED_DOCUMENTS = frozenset({"1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"})
+"""Encapsulated PDF and CDA: their text is the document, whatever Burned In Annotation says."""
 
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -109,23 +113,41 @@ def check_transfer_syntax(transfer_syntax: str | None) -> None:
 
 
 def check_attributes(attributes: Mapping[str, str], settings: Settings) -> None:
-    """Required attributes, SOP class, and the burned-in annotation policy.
+    """Required attributes, SOP class, and the pixel policy (PS3.15 E.3.1: the basic
+    profile does not clean pixel data, so what cannot be shown clean is refused).
 
     ``attributes`` maps the keywords of :data:`CHECKED` to their (top-level) values as
-    strings, ``""`` when absent. Burned In Annotation (0028,0301) = YES, or a SOP class in
-    :attr:`~dicomshare.settings.Settings.high_risk_sop_classes`, is refused unless
-    :attr:`~dicomshare.settings.Settings.allow_burned_in_annotation`: the basic profile
-    does not clean pixel data (PS3.15 E.3.1, Clean Pixel Data Option).
+    strings, ``""`` when absent (a multi-valued one is not a single enumerated value).
+
+    - Recognizable Visual Features (0028,0302) other than absent or ``NO`` is refused
+      :data:`RECOGNIZABLE_VISUAL_FEATURES`;
+    - Burned In Annotation (0028,0301) other than absent, ``NO`` or ``YES`` (PS3.3
+      C.7.6.1.1.7: enumerated, single-valued) is refused :data:`BURNED_IN_ANNOTATION`;
+    - unless :attr:`~dicomshare.settings.Settings.allow_burned_in_annotation`: ``YES`` is
+      refused, and so is a class of
+      :attr:`~dicomshare.settings.Settings.high_risk_sop_classes` that does not say exactly
+      ``NO`` (absent is not ``NO``; an encapsulated document is refused whatever it says),
+      unless the uploading partner opts in for that class
+      (:attr:`~dicomshare.settings.Settings.pixel_opt_in`; ``YES`` is refused all the same).
     """
     if attributes["MediaStorageSOPClassUID"] in UNSUPPORTED_SOP_CLASSES:
         raise DeidentificationRefused(UNSUPPORTED_SOP_CLASS)
     for keyword in REQUIRED:
         if not attributes[keyword].strip():
             raise DeidentificationRefused(f"{MISSING_REQUIRED}:{keyword}")
+    if attributes["RecognizableVisualFeatures"].strip() not in ("", "NO"):
+        raise DeidentificationRefused(RECOGNIZABLE_VISUAL_FEATURES)
+    burned = attributes["BurnedInAnnotation"].strip()
+    if burned not in ("", "NO", "YES"):
+        raise DeidentificationRefused(BURNED_IN_ANNOTATION)
     if settings.allow_burned_in_annotation:
         return
-    burned = attributes["BurnedInAnnotation"].strip().upper()
-    if burned == "YES" or attributes["SOPClassUID"] in settings.high_risk_sop_classes:
+    if burned == "YES":
+        raise DeidentificationRefused(BURNED_IN_ANNOTATION)
+    sop_class = attributes["SOPClassUID"].strip()
+    if sop_class not in settings.high_risk_sop_classes or sop_class in settings.pixel_opt_in:
+        return
+    if burned != "NO" or sop_class in ENCAPSULATED_DOCUMENTS:
         raise DeidentificationRefused(BURNED_IN_ANNOTATION)
 
 

@@ -155,7 +155,7 @@ def ingest_object(
                 plan.study_instance_uid, plan.series_instance_uid, plan.sop_instance_uid),
             profile=partner_profile(partner.options),
             secret=secret(),
-            settings=settings,
+            settings=settings.for_partner(partner),
             size=size,
         )
     except DeidentificationRefused as refused:

@@ -148,3 +148,64 @@ def test_the_summary_equals_the_files_on_disk_for_pydicoms_test_files(tmp_path):
     duplicates = [line for line in result.stdout.splitlines() if line.startswith("duplicate ")]
     inputs = [p for p in TEST_FILES.rglob("*") if p.is_file()]
     assert written + len(refused) + len(duplicates) == len(inputs)
+
+
+# 5. Pixel policy: refuse what cannot be shown clean
+
+ULTRASOUND = "1.2.840.10008.5.1.4.1.1.6.1"
+MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
+VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def _with(sop_class: str | None = None, **attributes: str) -> bytes:
+    ds = hostile.base_dataset()
+    if sop_class:
+        ds.SOPClassUID = sop_class
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return hostile.part10(ds)
+
+
+@pytest.mark.parametrize("sop_class", [ULTRASOUND, MULTIFRAME_TRUE_COLOR_SC, VL_PHOTOGRAPHIC, VIDEO_ENDOSCOPIC])
+def test_classes_at_risk_need_burned_in_annotation_exactly_no(sop_class):
+    assert refusal(_with(sop_class)) == "burned_in_annotation"  # absent is not NO
+    assert refusal(_with(sop_class, BurnedInAnnotation="")) == "burned_in_annotation"
+    assert refusal(_with(sop_class, BurnedInAnnotation="YES")) == "burned_in_annotation"
+    output = deidentify(_with(sop_class, BurnedInAnnotation="NO"))
+    assert not hostile.leaked(output, ["ZQXFAMILY^ZQXGIVEN", "ZQXPATIENTID"])
+
+
+@pytest.mark.parametrize("value", ["NO\\YES", "YES\\NO", "no", "N", "UNKNOWN", "NO\\NO"])
+def test_multi_valued_or_non_standard_burned_in_annotation_is_refused(value):
+    for sop_class in (None, ULTRASOUND):
+        assert refusal(_with(sop_class, BurnedInAnnotation=value)) == "burned_in_annotation"
+        assert refusal(_with(sop_class, BurnedInAnnotation=value), allow_burned_in_annotation=True) == (
+            "burned_in_annotation")
+
+
+@pytest.mark.parametrize("value", ["YES", "yes", "NO\\YES", "MAYBE"])
+def test_recognizable_visual_features_other_than_no_is_refused(value):
+    assert refusal(_with(None, RecognizableVisualFeatures=value)) == "recognizable_visual_features"
+    assert refusal(_with(VL_PHOTOGRAPHIC, BurnedInAnnotation="NO", RecognizableVisualFeatures=value),
+                   pixel_opt_in=(VL_PHOTOGRAPHIC,)) == "recognizable_visual_features"
+    assert deidentify(_with(None, RecognizableVisualFeatures="NO"))
+
+
+def test_a_partner_opts_in_per_class_and_documents_need_an_opt_in():
+    assert deidentify(_with(ULTRASOUND), pixel_opt_in=(ULTRASOUND,))
+    assert refusal(_with(VL_PHOTOGRAPHIC), pixel_opt_in=(ULTRASOUND,)) == "burned_in_annotation"
+    assert refusal(_with(ULTRASOUND, BurnedInAnnotation="YES"), pixel_opt_in=(ULTRASOUND,)) == "burned_in_annotation"
+    assert refusal(_with(ENCAPSULATED_PDF, BurnedInAnnotation="NO")) == "burned_in_annotation"
+    assert deidentify(_with(ENCAPSULATED_PDF, BurnedInAnnotation="NO"), pixel_opt_in=(ENCAPSULATED_PDF,))
+
+
+def test_partner_opt_in_is_configuration():
+    from dicomshare.settings import Partner, from_document, to_document
+
+    settings = from_document({"partners": [{"id": "echo-lab", "pixel_opt_in": [ULTRASOUND]}, {"id": "other"}]})
+    assert settings.for_partner(settings.partner("echo-lab")).pixel_opt_in == (ULTRASOUND,)
+    assert settings.for_partner(settings.partner("other")).pixel_opt_in == ()
+    assert from_document(to_document(settings)) == settings
+    assert Partner(id="x").pixel_opt_in == ()
