@@ -30,6 +30,9 @@ UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
 UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"
 BURNED_IN_ANNOTATION = "burned_in_annotation"
 RECOGNIZABLE_VISUAL_FEATURES = "recognizable_visual_features"
+PIXEL_DATA_LENGTH = "pixel_data_length"
+OVERLAY_IN_PIXEL_DATA = "overlay_in_pixel_data"
+JPEG_METADATA = "jpeg_metadata"
 CONFLICTING_INSTANCE = "conflicting_instance"
 """Another object with the same SOP Instance UID (other bytes) is already stored."""
 MISSING_REQUIRED = "missing_required"
@@ -70,6 +73,20 @@ SUPPORTED_TRANSFER_SYNTAXES = frozenset(
     }
 )
 """Transfer syntaxes (PS3.5 Section 10 and Annex A) the engine rewrites."""
+
+NATIVE_TRANSFER_SYNTAXES = frozenset(
+    {IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN}
+)
+"""Pixel Data has a defined length under these, and is encapsulated (PS3.5 A.4) under the others."""
+
+JPEG_TRANSFER_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+     "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+)
+"""JPEG and JPEG-LS: their fragments carry JPEG marker segments (ISO/IEC 10918-1 B.2)."""
+
+JPEG_HEADER_BYTES = 64 * 1024
+"""How much of a fragment is read for its marker segments before Start of Scan."""
 
 UNSUPPORTED_SOP_CLASSES = frozenset({"1.2.840.10008.1.3.10"})
 """Media Storage Directory (DICOMDIR): its records hold identities and byte offsets."""
@@ -158,13 +175,20 @@ def _read_exact(fp: BinaryIO, n: int) -> bytes:
     return data
 
 
-def pixel_data_end(fp: BinaryIO, offset: int, size: int, *, little_endian: bool, implicit_vr: bool) -> int:
+def pixel_data_end(
+    fp: BinaryIO, offset: int, size: int, *, transfer_syntax: str, geometry: Mapping[str, int | None]
+) -> int:
     """Offset just past the Pixel Data element that starts at ``offset``.
 
-    Native data (PS3.5 A.1): the declared length must fit in ``size``. Encapsulated data
-    (PS3.5 A.4, undefined length): the items are walked by their lengths (only the 8-byte
-    item headers are read) up to the Sequence Delimitation Item, which must be present.
+    Native data (PS3.5 A.1, the :data:`NATIVE_TRANSFER_SYNTAXES`) has a defined length,
+    which must fit in ``size``. Encapsulated data (PS3.5 A.4, every other transfer syntax)
+    has an undefined length: the items are walked by their lengths (only the 8-byte item
+    headers are read) up to the Sequence Delimitation Item, which must be present. Either
+    encoding under the other kind of transfer syntax is refused :data:`MALFORMED`. Under
+    JPEG and JPEG-LS each fragment that starts a frame is checked by
+    :func:`check_jpeg_markers`; native data by :func:`check_pixel_geometry` with ``geometry``.
     """
+    little_endian, implicit_vr = transfer_syntax_encoding(transfer_syntax)
     endian = "<" if little_endian else ">"
     fp.seek(offset)
     header = _read_exact(fp, 8)
@@ -177,11 +201,18 @@ def pixel_data_end(fp: BinaryIO, offset: int, size: int, *, little_endian: bool,
     else:
         (length,) = struct.unpack(endian + "H", header[6:8])
         value_start = offset + 8
+    if (length == _UNDEFINED_LENGTH) == (transfer_syntax in NATIVE_TRANSFER_SYNTAXES):
+        raise DeidentificationRefused(MALFORMED)
     if length != _UNDEFINED_LENGTH:
         end = value_start + length
         if end > size:
             raise DeidentificationRefused(TRUNCATED)
+        (group, element) = struct.unpack(endian + "HH", header[:4])
+        check_pixel_geometry(length, geometry, float_bits=_FLOAT_BITS.get(group << 16 | element, 0))
         return end
+    if geometry.get("OverlayInPixelData"):
+        raise DeidentificationRefused(OVERLAY_IN_PIXEL_DATA)
+    jpeg = transfer_syntax in JPEG_TRANSFER_SYNTAXES
     position = value_start
     while True:
         fp.seek(position)
@@ -192,9 +223,88 @@ def pixel_data_end(fp: BinaryIO, offset: int, size: int, *, little_endian: bool,
             return position
         if tag != _ITEM or item_length == _UNDEFINED_LENGTH:
             raise DeidentificationRefused(MALFORMED)
-        position += item_length
-        if position > size:
+        if position + item_length > size:
             raise DeidentificationRefused(TRUNCATED)
+        if jpeg and position > value_start + 8 and item_length >= 2:  # not the Basic Offset Table
+            check_jpeg_markers(fp.read(min(item_length, JPEG_HEADER_BYTES)))
+        position += item_length
+
+
+_FLOAT_BITS = {0x7FE00008: 32, 0x7FE00009: 64}
+"""Float Pixel Data and Double Float Pixel Data: Bits Allocated is implied."""
+
+GEOMETRY = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated")
+"""The attributes :func:`check_pixel_geometry` reads, besides ``OverlayInPixelData``."""
+
+
+def overlay_in_pixel_data(tag: int, value: int) -> bool:
+    """Whether a top-level element declares overlay bits stored in Pixel Data: Overlay Bits
+    Allocated (60xx,0100) other than 1 or Overlay Bit Position (60xx,0102) other than 0."""
+    if tag >> 24 != 0x60 or (tag >> 16) & 1:
+        return False
+    element = tag & 0xFFFF
+    return (element == 0x0100 and value != 1) or (element == 0x0102 and value != 0)
+
+
+_JFIF_ADOBE = ((0xFFE0, b"JFIF\x00"), (0xFFE0, b"JFXX\x00"), (0xFFEE, b"Adobe"))
+
+
+def check_jpeg_markers(fragment: bytes) -> None:
+    """The marker segments (ISO/IEC 10918-1 B.1.1.4, JPEG-LS alike) before Start of Scan
+    of a fragment that starts with Start of Image: a Comment (COM) or an application
+    segment (APPn) other than JFIF (APP0) and Adobe (APP14) may hold any text (EXIF
+    dates, device owners, names) and is refused :data:`JPEG_METADATA`. A fragment that
+    continues a frame does not start with SOI and is pixel data."""
+    if not fragment.startswith(b"\xff\xd8"):
+        return
+    position = 2
+    while position + 4 <= len(fragment):
+        if fragment[position] != 0xFF:
+            raise DeidentificationRefused(MALFORMED)
+        marker = fragment[position] << 8 | fragment[position + 1]
+        if marker == 0xFFFF:  # fill byte (B.1.1.2)
+            position += 1
+            continue
+        if marker == 0xFFDA:  # Start of Scan: entropy-coded data follows
+            return
+        (length,) = struct.unpack_from(">H", fragment, position + 2)
+        payload = fragment[position + 4 : position + 2 + length]
+        if marker == 0xFFFE or (0xFFE0 <= marker <= 0xFFEF and not any(
+            marker == allowed and payload.startswith(identifier) for allowed, identifier in _JFIF_ADOBE
+        )):
+            raise DeidentificationRefused(JPEG_METADATA)
+        position += 2 + length
+    if len(fragment) < JPEG_HEADER_BYTES:
+        raise DeidentificationRefused(MALFORMED)
+    raise DeidentificationRefused(JPEG_METADATA)  # marker segments beyond what is read: not shown clean
+
+
+def check_pixel_geometry(length: int, attributes: Mapping[str, int | None], *, float_bits: int = 0) -> None:
+    """Native Pixel Data (PS3.5 8.1.1) holds Rows x Columns x Samples per Pixel x Number of
+    Frames x Bits Allocated bits, padded to even length: a longer value hides bytes no viewer
+    shows, and is refused :data:`PIXEL_DATA_LENGTH` (as is a non-empty value whose geometry
+    is missing). ``attributes`` maps those keywords (and the overlay groups' embedded-bit
+    declarations, below) to their values, ``None`` when absent; ``float_bits`` is 32 or 64
+    for Float and Double Float Pixel Data.
+
+    An overlay stored in the Pixel Data bits (OverlayBitsAllocated other than 1 or
+    OverlayBitPosition other than 0 in a 60xx group, retired usage, PS3.3 C.9.2.1.1) is
+    refused :data:`OVERLAY_IN_PIXEL_DATA`: the overlay groups are removed, their bits would
+    stay.
+    """
+    if attributes.get("OverlayInPixelData"):
+        raise DeidentificationRefused(OVERLAY_IN_PIXEL_DATA)
+    if length == 0:
+        return
+    rows, columns = attributes.get("Rows"), attributes.get("Columns")
+    bits = float_bits or attributes.get("BitsAllocated")
+    if not rows or not columns or not bits:
+        raise DeidentificationRefused(PIXEL_DATA_LENGTH)
+    samples = attributes.get("SamplesPerPixel") or 1
+    frames = attributes.get("NumberOfFrames") or 1
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    if length > expected + expected % 2:
+        raise DeidentificationRefused(PIXEL_DATA_LENGTH)
 
 
 def transfer_syntax_encoding(transfer_syntax: str) -> tuple[bool, bool]:

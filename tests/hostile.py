@@ -103,3 +103,29 @@ def spellings(value: str) -> set[bytes]:
 def leaked(output: bytes, values: list[str]) -> list[str]:
     """The ``values`` found in ``output`` in any of their :func:`spellings`."""
     return [value for value in values if any(spelling in output for spelling in spellings(value))]
+
+
+def encapsulated(*fragments: bytes) -> bytes:
+    """Pixel Data (OB, undefined length) holding an empty Basic Offset Table and
+    ``fragments`` (PS3.5 A.4)."""
+    items = struct.pack("<HHL", 0xFFFE, 0xE000, 0)
+    for fragment in fragments:
+        fragment += b"\x00" * (len(fragment) % 2)
+        items += struct.pack("<HHL", 0xFFFE, 0xE000, len(fragment)) + fragment
+    return (struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF) + items
+            + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
+
+
+def jpeg(*segments: tuple[int, bytes]) -> bytes:
+    """A JPEG stream's frame: SOI, the marker ``segments`` (marker, payload), a baseline
+    frame header and a scan (entropy-coded bytes) and EOI. Enough for a marker walk."""
+    body = b"\xff\xd8"
+    for marker, payload in segments:
+        body += struct.pack(">HH", marker, len(payload) + 2) + payload
+    sof = struct.pack(">BHHB", 8, 4, 4, 1) + b"\x01\x11\x00"
+    sos = b"\x01\x01\x00\x00\x3f\x00"
+    return body + struct.pack(">HH", 0xFFC0, len(sof) + 2) + sof + struct.pack(">HH", 0xFFDA, len(sos) + 2) + sos \
+        + b"\x12\x34" * 8 + b"\xff\xd9"
+
+
+JFIF = (0xFFE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")

@@ -209,3 +209,58 @@ def test_partner_opt_in_is_configuration():
     assert settings.for_partner(settings.partner("other")).pixel_opt_in == ()
     assert from_document(to_document(settings)) == settings
     assert Partner(id="x").pixel_opt_in == ()
+
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def test_native_pixel_data_longer_than_its_geometry_is_refused():
+    ds = hostile.base_dataset()  # 4 x 4, 16 bits: 32 bytes
+    assert deidentify(hostile.part10(ds, pixel_data=bytes(32)))
+    hidden = bytes(32) + b"ZQXFAMILY^ZQXGIVEN hidden after the frame"
+    assert refusal(hostile.part10(ds, pixel_data=hidden)) == "pixel_data_length"
+    ds.NumberOfFrames = "2"
+    assert deidentify(hostile.part10(ds, pixel_data=bytes(64)))
+    del ds.Rows
+    assert refusal(hostile.part10(ds, pixel_data=bytes(64))) == "pixel_data_length"
+
+
+def test_encapsulated_items_only_under_encapsulated_transfer_syntaxes():
+    ds = hostile.base_dataset()
+    frame = hostile.jpeg(hostile.JFIF)
+    native_with_items = hostile.part10(ds, hostile.encapsulated(frame), pixel_data=None)
+    assert refusal(native_with_items) == "malformed"
+    jpeg_with_native = hostile.part10(ds, pixel_data=bytes(32), transfer_syntax=JPEG_BASELINE)
+    assert refusal(jpeg_with_native) == "malformed"
+    assert deidentify(hostile.part10(ds, hostile.encapsulated(frame), pixel_data=None, transfer_syntax=JPEG_BASELINE))
+
+
+@pytest.mark.parametrize("segment", [
+    (0xFFFE, b"Patient ZQXFAMILY^ZQXGIVEN"),  # COM
+    (0xFFE1, b"Exif\x00\x00ZQXFAMILY"),  # APP1 (EXIF)
+    (0xFFE0, b"ZQXFAMILY not JFIF"),  # APP0 that is not JFIF
+    (0xFFED, b"Photoshop 3.0\x00ZQXFAMILY"),  # APP13 (IPTC)
+])
+def test_jpeg_comments_and_application_segments_other_than_jfif_and_adobe_are_refused(segment):
+    ds = hostile.base_dataset()
+    frame = hostile.jpeg(hostile.JFIF, segment)
+    data = hostile.part10(ds, hostile.encapsulated(frame), pixel_data=None, transfer_syntax=JPEG_BASELINE)
+    assert refusal(data) == "jpeg_metadata"
+    second_frame = hostile.part10(ds, hostile.encapsulated(hostile.jpeg(hostile.JFIF), frame), pixel_data=None,
+                                  transfer_syntax=JPEG_BASELINE)
+    assert refusal(second_frame) == "jpeg_metadata"
+    adobe = hostile.jpeg(hostile.JFIF, (0xFFEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01"))
+    assert deidentify(hostile.part10(ds, hostile.encapsulated(adobe), pixel_data=None, transfer_syntax=JPEG_BASELINE))
+
+
+@pytest.mark.parametrize("overlay", [{"OverlayBitsAllocated": 16, "OverlayBitPosition": 12},
+                                     {"OverlayBitsAllocated": 1, "OverlayBitPosition": 15}])
+def test_overlays_declared_in_pixel_data_bits_are_refused(overlay):
+    ds = hostile.base_dataset()
+    ds.add_new(0x60000010, "US", 4)
+    ds.add_new(0x60000011, "US", 4)
+    ds.add_new(0x60000100, "US", overlay["OverlayBitsAllocated"])
+    ds.add_new(0x60000102, "US", overlay["OverlayBitPosition"])
+    assert refusal(hostile.part10(ds)) == "overlay_in_pixel_data"
+    encoded, dataset = both_paths(hostile.part10(ds))
+    assert encoded is None and dataset == "overlay_in_pixel_data"

@@ -31,10 +31,13 @@ from dicomshare.validation import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     MALFORMED,
     MISSING_REQUIRED,
+    GEOMETRY,
     UNSUPPORTED_TRANSFER_SYNTAX,
     DeidentificationRefused,
     check_attributes,
+    check_pixel_geometry,
     check_transfer_syntax,
+    overlay_in_pixel_data,
     pixel_data_end,
     transfer_syntax_encoding,
 )
@@ -59,6 +62,8 @@ def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
                 raise DeidentificationRefused(UNSUPPORTED_TRANSFER_SYNTAX)
             fp.seek(0)
             ds, pixel_offset, pixel_end = read_object(fp, stop_before_pixels=False), None, 0
+            if "PixelData" in ds:
+                check_pixel_geometry(len(ds.get_item("PixelData").value or b""), _geometry(ds))
         else:
             ds = meta_ds
             little_endian, implicit_vr = transfer_syntax_encoding(transfer_syntax)
@@ -67,7 +72,7 @@ def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
             if at_pixel_data(fp, little_endian):
                 pixel_offset = fp.tell()
                 pixel_end = pixel_data_end(
-                    fp, pixel_offset, size, little_endian=little_endian, implicit_vr=implicit_vr
+                    fp, pixel_offset, size, transfer_syntax=transfer_syntax, geometry=_geometry(ds)
                 )
             else:
                 pixel_offset, pixel_end = None, 0
@@ -91,6 +96,22 @@ def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
             raise DeidentificationRefused(MALFORMED) from exc
     return Plan(new_header, pixel_offset, pixel_end, deidentifier.pseudonym, *map(str, uids))
 
+
+
+def _geometry(ds: Dataset) -> dict[str, int | None]:
+    """The top-level values :func:`~dicomshare.validation.check_pixel_geometry` reads;
+    refused :data:`MALFORMED` when one is not a single whole number."""
+    try:
+        geometry: dict[str, int | None] = {
+            keyword: None if ds.get(keyword) in (None, "") else int(ds.get(keyword)) for keyword in GEOMETRY
+        }
+        geometry["OverlayInPixelData"] = any(
+            overlay_in_pixel_data(tag, int(ds[tag].value)) for tag in ds.keys()
+            if tag.group >> 8 == 0x60 and tag.element in (0x0100, 0x0102) and ds[tag].value is not None
+        )
+    except (TypeError, ValueError) as exc:
+        raise DeidentificationRefused(MALFORMED) from exc
+    return geometry
 
 
 def _encode(ds: Dataset, transfer_syntax: str, pixel_data: tuple[int, int] | None) -> bytes:

@@ -42,9 +42,11 @@ from dicomshare.validation import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    GEOMETRY,
     SUPPORTED_TRANSFER_SYNTAXES,
     DeidentificationRefused,
     check_attributes,
+    overlay_in_pixel_data,
     pixel_data_end,
 )
 
@@ -101,14 +103,14 @@ def _rewrite_encoded_bytes(
     )
     if stop - meta_end <= PREVIOUS_ELEMENTS_MAX_BYTES:
         _PREVIOUS_ELEMENTS[implicit] = elements
+    top = {element.tag: element for element in elements}
     if stop < len(data):
         pixel_offset = stop
-        pixel_end = pixel_data_end(fp, pixel_offset, size, little_endian=True, implicit_vr=implicit)
+        pixel_end = pixel_data_end(fp, pixel_offset, size, transfer_syntax=transfer_syntax, geometry=_geometry(top))
     elif complete:
         pixel_offset, pixel_end = None, 0
     else:
         raise Incomplete()
-    top = {element.tag: element for element in elements}
     checked = {keyword: single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
     check_attributes({"MediaStorageSOPClassUID": single_string(meta.get(0x00020002)), **checked}, settings)
     deidentifier = Deidentifier(
@@ -126,6 +128,33 @@ def _rewrite_encoded_bytes(
     pixel_data = None if pixel_offset is None else (pixel_offset, pixel_end)
     new_header = header_bytes(uids[3], uids[2], transfer_syntax, data_set, pixel_data)
     return Plan(new_header, pixel_offset, pixel_end, deidentifier.pseudonym, *uids)
+
+
+_GEOMETRY_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in GEOMETRY)
+
+
+def _geometry(top: dict[int, Element]) -> dict[str, int | None]:
+    """:func:`~dicomshare.validation.check_pixel_geometry`'s values from the top-level
+    elements, read as pydicom reads them (:class:`NotPlain` for anything else)."""
+    geometry: dict[str, int | None] = {keyword: _whole_number(top.get(tag)) for keyword, tag in _GEOMETRY_TAGS}
+    geometry["OverlayInPixelData"] = any(
+        overlay_in_pixel_data(tag, value) for tag, element in top.items()
+        if tag >> 24 == 0x60 and tag & 0xFFFF in (0x0100, 0x0102) and (value := _whole_number(element)) is not None
+    )
+    return geometry
+
+
+def _whole_number(element: Element | None) -> int | None:
+    """A single US or IS value; ``None`` when absent or empty."""
+    if element is None or not element.value:
+        return None
+    if element.vr == "US" and len(element.value) == 2:
+        return int.from_bytes(element.value, "little")
+    if element.vr == "IS":
+        text = single_string(element).strip()
+        if text.lstrip("+-").isdigit():
+            return int(text)
+    raise NotPlain()
 
 
 def _file_meta_elements(data: bytes, complete: bool) -> tuple[dict[int, Element], int]:
