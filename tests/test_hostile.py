@@ -264,3 +264,54 @@ def test_overlays_declared_in_pixel_data_bits_are_refused(overlay):
     assert refusal(hostile.part10(ds)) == "overlay_in_pixel_data"
     encoded, dataset = both_paths(hostile.part10(ds))
     assert encoded is None and dataset == "overlay_in_pixel_data"
+
+
+# 2. Attributes outside Table E.1-1: the dictionary's VR, binary values, what holds originals
+
+
+def _item(**elements: tuple[str, object]) -> pydicom.Dataset:
+    """An item from keyword arguments named x<tag in hex>."""
+    item = pydicom.Dataset()
+    for tag, (vr, value) in elements.items():
+        item.add_new(int(tag[1:], 16), vr, value)
+    return item
+
+
+def test_outside_the_table_the_dictionary_vr_decides_and_binary_values_go():
+    ds = hostile.base_dataset()
+    ds.add_new(0x00140104, "LO", "ZQXREVIEWER^ZQXNAME")  # Secondary Reviewer Name (PN) written as LO
+    ds.add_new(0x0008041B, "OB", b"ZQXRECORDKEY")  # Record Key
+    ds.add_new(0x00143080, "OB", b"ZQXBADPIXEL ")  # Bad Pixel Image: not needed to render
+    ds.add_new(0x00281201, "OW", bytes(range(16)))  # Red Palette Color Lookup Table Data: kept
+    ds.add_new(0x04000500, "SQ", pydicom.Sequence([_item(  # Encrypted Attributes Sequence
+        x04000510=("UI", "1.2.840.10008.1.2.1"), x04000520=("OB", b"ZQXENCRYPTED"))]))
+    ds.add_new(0x006862C0, "SQ", pydicom.Sequence([_item(x006862D0=("US", 1), x00686300=("OB", b"ZQXHPGL "))]))
+    ds.add_new(0x00081140, "SQ", pydicom.Sequence([_item(  # a Digital Signatures Sequence in an item
+        x00081150=("UI", "1.2.840.10008.5.1.4.1.1.2"), x00081155=("UI", "1.2.3.999.7"),
+        xFFFAFFFA=("SQ", pydicom.Sequence([_item(x04000120=("OB", b"ZQXSIGNATURE"))])))]))
+    ds.add_new(0x7F000010, "OW", b"ZQXVARIABLE ")  # Variable Pixel Data
+    data = hostile.part10(ds)
+    for profile_name in ("basic", "clinical"):
+        profile = profiles.named(profile_name)
+        encoded, dataset = both_paths(data, profile)
+        assert encoded.new_header == dataset.new_header
+        output = deidentify(data, profile)
+        assert not hostile.leaked(output, ["ZQXREVIEWER^ZQXNAME", "ZQXRECORDKEY", "ZQXBADPIXEL", "ZQXENCRYPTED",
+                                           "ZQXHPGL", "ZQXSIGNATURE", "ZQXVARIABLE", "ZQXFAMILY^ZQXGIVEN"])
+        out = pydicom.dcmread(io.BytesIO(output))
+        assert out.RedPaletteColorLookupTableData == bytes(range(16))
+        assert 0x04000500 not in out and 0x006862C0 not in out and 0x7F000010 not in out
+        assert out.ReferencedImageSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize("tag, vr, value", [
+    (0x00142006, "OB", b"ZQXEVALUATOR"),  # Evaluator Name (PN) written as OB
+    (0x00080041, "US", 7),  # Data Set Subtype (LO) written as US
+    (0x00100030, "OB", b"19010101"),  # Patient's Birth Date (DA, in the table) written as OB
+    (0x00081140, "LO", "ZQXNOTASEQUENCE"),  # a sequence written as text
+])
+def test_a_vr_that_contradicts_the_dictionary_is_refused(tag, vr, value):
+    ds = hostile.base_dataset()
+    ds.add_new(tag, vr, value)
+    encoded, dataset = both_paths(hostile.part10(ds))
+    assert encoded is None and dataset == MALFORMED

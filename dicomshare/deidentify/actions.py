@@ -27,6 +27,7 @@ from pydicom.uid import UID_dictionary
 from dicomshare.deidentify.descriptors import clean_text, identifiers_in
 from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym, shift_date, shift_datetime
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
+from dicomshare.validation import MALFORMED, DeidentificationRefused
 
 ACTION_CACHE_SIZE = 65536
 
@@ -111,6 +112,88 @@ _CLEANABLE_VRS = TEXT_VRS | _DATE_VRS | {"TM", "UI", "PN"}
 _IDENTIFIER_VRS = TEXT_VRS | _DATE_VRS | {"PN", "UI"}
 _NUMERIC_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"})
+"""Values no text check can read: outside Table E.1-1 removed unless in :data:`KEPT_BINARY`."""
+
+KEPT_BINARY = frozenset(
+    {
+        0x00281201,  # Red Palette Color Lookup Table Data
+        0x00281202,  # Green Palette Color Lookup Table Data
+        0x00281203,  # Blue Palette Color Lookup Table Data
+        0x00281204,  # Alpha Palette Color Lookup Table Data
+        0x00281221,  # Segmented Red Palette Color Lookup Table Data
+        0x00281222,  # Segmented Green Palette Color Lookup Table Data
+        0x00281223,  # Segmented Blue Palette Color Lookup Table Data
+        0x00283006,  # LUT Data (Modality and VOI LUT Sequences)
+        0x00282000,  # ICC Profile
+        0x54001010,  # Waveform Data
+        0x7FE00001,  # Extended Offset Table
+        0x7FE00008,  # Float Pixel Data (deflated objects carry it in the data set)
+        0x7FE00009,  # Double Float Pixel Data
+        0x7FE00010,  # Pixel Data
+        0x7FE00002,  # Extended Offset Table Lengths
+    }
+)
+"""Binary attributes outside Table E.1-1 that rendering needs (docs/deidentification.md
+says why each one): palettes and LUTs turn stored values into displayed ones, the ICC
+profile gives colours, Waveform Data is a waveform object's content, the Extended Offset
+Table finds the frames of encapsulated Pixel Data; Pixel Data itself is policed by
+:mod:`dicomshare.validation` (geometry, encapsulation, JPEG segments)."""
+
+ALWAYS_REMOVED = frozenset(
+    {
+        0x04000500,  # Encrypted Attributes Sequence: the original values, encrypted
+        0x04000520,  # Encrypted Content
+        0x04000115,  # Certificate of Signer
+        0x04000120,  # Signature
+        0x04000404,  # MAC
+        0x4FFE0001,  # MAC Parameters Sequence
+        0xFFFAFFFA,  # Digital Signatures Sequence (void once anything changes)
+        0x006862C0,  # HPGL Document Sequence: drawings with any text
+        0x00686300,  # HPGL Document
+        0x0008041B,  # Record Key
+        0x0008041C,  # Prior Record Key
+    }
+)
+"""Removed wherever they are, whatever the table says; so are the Variable Pixel Data
+groups (7F00-7FDF,xxxx), retired, which may hold any image."""
+
+
+@lru_cache(maxsize=4096)
+def effective_vr(tag: int, vr: str) -> str:
+    """The VR the rules apply to: for a public attribute the data dictionary knows, its
+    dictionary VR (or the one of its alternatives the element uses), not the VR written
+    in the file. A file VR that contradicts the dictionary is tolerated when both are
+    character strings (the value is read as written and judged as the dictionary says);
+    any other contradiction (a name written as OB, text as US, a sequence as anything
+    else) is refused :data:`~dicomshare.validation.MALFORMED`.
+    """
+    if tag & 0xFFFF == 0 or (tag >> 16) & 1:
+        return vr
+    try:
+        dictionary = dictionary_VR(tag)
+    except KeyError:
+        return vr
+    if vr in (None, "UN"):
+        return dictionary
+    alternatives = dictionary.split(" or ")
+    if vr == dictionary or vr in alternatives:
+        return vr
+    if vr in STRING_VRS and all(alternative in STRING_VRS for alternative in alternatives):
+        return alternatives[0]
+    raise DeidentificationRefused(MALFORMED)
+
+
+def change_vr(vr: str, encoded_vr: str) -> str:
+    """The VR :meth:`Deidentifier.change` works with: the effective ``vr`` when it and the
+    element's own are character strings, else the element's (a number is written as it is
+    encoded)."""
+    return vr if vr in STRING_VRS and encoded_vr in STRING_VRS else encoded_vr
+
+
+STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+
+
 def _values(value: object) -> list:
     return list(value) if isinstance(value, (MultiValue, list)) else [value]
 
@@ -159,6 +242,8 @@ class Deidentifier:
         group = tag >> 16
         if tag & 0xFFFF == 0 or group in (0x0000, 0x0002):
             return REMOVE
+        if tag in ALWAYS_REMOVED or 0x7F00 <= group <= 0x7FDF:
+            return REMOVE
         if tag in (0x00100010, 0x00100020) and self.profile.action(tag) != KEEP:
             return PSEUDONYM
         found = self.profile.action(tag)
@@ -178,8 +263,8 @@ class Deidentifier:
             return UID
         if vr in TEXT_VRS:
             return KEEP if tag in KEPT_TEXT else DUMMY
-        if vr == "UN":
-            return REMOVE
+        if vr in BINARY_VRS:
+            return KEEP if tag in KEPT_BINARY else REMOVE
         return KEEP
 
     def notes(self, action: str, vr: str) -> bool:
@@ -203,7 +288,7 @@ class Deidentifier:
                     self.collect(item)
             elif self.notes(self.action(int(tag), vr), vr):
                 elem = ds[tag]
-                self.add_identifiers(*identifiers_in(int(tag), elem.VR, [str(v or "") for v in _values(elem.value)]))
+                self.add_identifiers(*identifiers_in(int(tag), vr, [str(v or "") for v in _values(elem.value)]))
 
     def clean_text(self, text: str) -> str:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
@@ -256,7 +341,7 @@ class Deidentifier:
                         self.apply(item)
                 continue
             values = [str(v) for v in _values(elem.value) if v is not None]
-            new = self.change(int(tag), elem.VR, action, values, elem.is_empty)
+            new = self.change(int(tag), change_vr(vr, elem.VR), action, values, elem.is_empty)
             if new == REMOVE:
                 del ds[tag]
             else:
@@ -320,12 +405,6 @@ def record_elements(profile: Profile, dates: str, little_endian: bool, implicit_
 
 
 def vr_of(ds: Dataset, tag: int) -> str:
-    """An element's VR without converting its value: as encoded, else the dictionary's."""
-    vr = ds.get_item(tag).VR
-    if vr in (None, "UN"):
-        try:
-            return dictionary_VR(tag)
-        except KeyError:
-            return vr or "UN"
-    return vr
+    """An element's :func:`effective_vr` without converting its value."""
+    return effective_vr(int(tag), ds.get_item(tag).VR or "UN")
 

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from pydicom.datadict import tag_for_keyword
 
-from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, record_elements
+from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, change_vr, effective_vr, record_elements
 from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
 from dicomshare.deidentify.encoded_values import (
@@ -210,8 +210,8 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
     for element in elements:
         found = noted.get(element.raw) if element.size <= ELEMENT_CACHE_ELEMENT_BYTES else None
         if found is None:
-            vr = element.vr
-            if vr == "SQ":
+            vr = effective_vr(element.tag, element.vr)
+            if element.vr == "SQ":
                 items = element.value
                 found = _NOTHING_NOTED
                 for item in items:
@@ -222,7 +222,7 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
                 check_plain(element)
                 action = deidentifier.action(element.tag, vr)
                 if deidentifier.notes(action, vr):
-                    found = identifiers_in(element.tag, vr, decoded_strings(vr, element.value))
+                    found = identifiers_in(element.tag, vr, decoded_strings(element.vr, element.value))
                     found = found if found[0] or found[1] else _NOTHING_NOTED
                 else:
                     found = _NOTHING_NOTED
@@ -263,8 +263,9 @@ def _encode_elements(
 def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict) -> tuple[bytes | None, bool]:
     """One element of :func:`_encode_elements`: its new encoding (``None``: removed) and
     whether that may be remembered."""
-    tag, vr = element.tag, element.vr
-    if vr == "SQ":
+    tag = element.tag
+    vr = effective_vr(tag, element.vr)
+    if element.vr == "SQ":
         items = element.value
         action = deidentifier.action(tag, vr)
         if action == REMOVE:
@@ -283,34 +284,35 @@ def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool
     if action == REMOVE:
         return None, True
     if action == KEEP:
-        return element_bytes(tag, vr, element.value, implicit=implicit), True
-    value = _changed(deidentifier, element, action)
-    new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
+        return element_bytes(tag, element.vr, element.value, implicit=implicit), True
+    value = _changed(deidentifier, element, action, vr)
+    new = None if value is None else element_bytes(tag, element.vr, value, implicit=implicit)
     return new, not (action == CLEAN and vr in TEXT_VRS)
 
 
 _UNCACHED = object()
 
 
-def _changed(deidentifier: Deidentifier, element: Element, action: str) -> bytes | None:
-    """The new value's bytes under ``action`` (:meth:`Deidentifier.change`); ``None`` to remove."""
-    vr = element.vr
-    if vr not in VRS:
+def _changed(deidentifier: Deidentifier, element: Element, action: str, vr: str) -> bytes | None:
+    """The new value's bytes under ``action`` (:meth:`Deidentifier.change`), ``vr`` being
+    the element's :func:`~.actions.effective_vr`; ``None`` to remove."""
+    encoded_vr = element.vr
+    if encoded_vr not in VRS:
         raise NotPlain()  # an ambiguous dictionary VR (implicit VR): pydicom resolves it
-    if vr in STRING_VRS:
-        values = decoded_strings(vr, element.value)
+    if encoded_vr in STRING_VRS:
+        values = decoded_strings(encoded_vr, element.value)
         empty = values == [""]
     else:
         values, empty = [], not element.value
-    new = deidentifier.change(element.tag, vr, action, values, empty)
+    new = deidentifier.change(element.tag, change_vr(vr, encoded_vr), action, values, empty)
     if new == REMOVE:
         return None
     if new is None:
         return b""
-    if vr in _NUMBER_SIZES:
-        return bytes(_NUMBER_SIZES[vr])
+    if encoded_vr in _NUMBER_SIZES:
+        return bytes(_NUMBER_SIZES[encoded_vr])
     text = "\\".join(new).encode("ascii")
-    return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
+    return text + (b"\x00" if encoded_vr == "UI" else b" ") if len(text) % 2 else text
 
 
 def _output_string(deidentifier: Deidentifier, element: Element | None) -> str:
@@ -318,10 +320,11 @@ def _output_string(deidentifier: Deidentifier, element: Element | None) -> str:
     if element is None:
         return ""
     value = single_string(element)
-    action = deidentifier.action(element.tag, element.vr)
+    vr = effective_vr(element.tag, element.vr)
+    action = deidentifier.action(element.tag, vr)
     if action == KEEP:
         return value
-    new = deidentifier.change(element.tag, element.vr, action, [value], not value)
+    new = deidentifier.change(element.tag, change_vr(vr, element.vr), action, [value], not value)
     return new[0] if isinstance(new, list) and len(new) == 1 else ""
 
 

@@ -3,9 +3,9 @@ the encoded path; and the bounded caches by an element's encoding."""
 
 from __future__ import annotations
 
+from dicomshare.deidentify.actions import STRING_VRS
 from dicomshare.encoded_dataset import Element, NotPlain, implicit_vr
 
-STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 _DEFAULT_CHARACTER_SETS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
 
 ELEMENT_CACHE_SIZE = 4096
