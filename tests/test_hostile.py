@@ -315,3 +315,47 @@ def test_a_vr_that_contradicts_the_dictionary_is_refused(tag, vr, value):
     ds.add_new(tag, vr, value)
     encoded, dataset = both_paths(hostile.part10(ds))
     assert encoded is None and dataset == MALFORMED
+
+
+# 6. Formatted values follow the PS3.5 grammar or go
+
+
+@pytest.mark.parametrize("options", [("rtnLongModifDatesOpt", "cleanDescOpt"), ("rtnLongFullDatesOpt",),
+                                     ("rtnPatCharsOpt", "rtnLongModifDatesOpt")])
+def test_kept_dates_times_ages_and_offsets_follow_the_grammar(options):
+    profile = profiles.for_partner(options)
+    ds = hostile.base_dataset()
+    ds.StudyDate = "20200110"
+    ds.SeriesDate = "20200231"  # no such day
+    ds.StudyTime = "1030 ZQXTIME"
+    ds.SeriesTime = "103000.5"
+    ds.AcquisitionDateTime = "20200110083000 ZQXDATETIME"
+    ds.ContentDate = "10.01.2020"  # ACR-NEMA spelling
+    ds.TimezoneOffsetFromUTC = "ZQX 1 MAIN STREET"
+    ds.PatientAge = "077Y ZQXAGE"
+    ds.add_new(0x00140102, "DA", "20200110ZQXDA")  # Secondary Review Date (outside the table)
+    ds.add_new(0x00140103, "TM", ["1030", "2561"])  # Secondary Review Time: one valid, one not
+    ds.add_new(0x00080416, "DT", "20200110083000+0100")  # Expiration Date Time: valid
+    data = hostile.part10(ds)
+    encoded, dataset = both_paths(data, profile)
+    assert encoded.new_header == dataset.new_header
+    output = deidentify(data, profile)
+    assert not hostile.leaked(output, ["ZQXTIME", "ZQXDATETIME", "ZQX 1 MAIN STREET", "ZQXAGE", "ZQXDA"])
+    out = pydicom.dcmread(io.BytesIO(output))
+    from dicomshare.deidentify.formatted import conforms
+
+    for elem in out.iterall():
+        form = "TZ" if elem.tag == 0x00080201 else elem.VR
+        if form in ("DA", "DT", "TM", "AS", "TZ"):
+            for value in elem.value if elem.VM > 1 else [elem.value]:
+                assert conforms(form, str(value or "").strip()), (elem.keyword, value)
+    if "StudyDate" in out and out.StudyDate:
+        assert conforms("DA", out.StudyDate) and out.StudyDate != "20200110" or "rtnLongFullDatesOpt" in options
+    assert out.SeriesDate == "" and out.get("StudyTime", "") == ""
+
+
+def test_a_valid_utc_offset_is_kept_under_the_modified_dates_option():
+    ds = hostile.base_dataset()
+    ds.TimezoneOffsetFromUTC = "+0100"
+    out = pydicom.dcmread(io.BytesIO(deidentify(hostile.part10(ds))))
+    assert out.TimezoneOffsetFromUTC == "+0100"

@@ -25,6 +25,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
 from dicomshare.deidentify.descriptors import clean_text, identifiers_in
+from dicomshare.deidentify.formatted import TIMEZONE_OFFSET_FROM_UTC, conformed, is_formatted
 from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym, shift_date, shift_datetime
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
 from dicomshare.validation import MALFORMED, DeidentificationRefused
@@ -331,6 +332,8 @@ class Deidentifier:
                 del ds[tag]
                 continue
             if action == KEEP and vr != "SQ":
+                if is_formatted(int(tag), vr):
+                    self._conform(ds, int(tag), vr)
                 continue
             elem = ds[tag]
             if elem.VR == "SQ":
@@ -347,18 +350,28 @@ class Deidentifier:
             else:
                 elem.value = new[0] if new and len(new) == 1 else new
 
+    @staticmethod
+    def _conform(ds: Dataset, tag: int, vr: str) -> None:
+        """A kept formatted value (:mod:`.formatted`) that does not follow its grammar goes."""
+        elem = ds[tag]
+        fixed = conformed(tag, vr, [str(v) for v in _values(elem.value) if v is not None])
+        if fixed is not None:
+            elem.value = None if not any(fixed) else fixed[0] if len(fixed) == 1 else fixed
+
     def _dummy(self, vr: str) -> list | None:
         if vr in _NUMERIC_VRS:
             return [0]
         return [_DUMMY[vr]] if vr in _DUMMY else None
 
     def _clean(self, tag: int, vr: str, values: list[str]) -> list[str] | None:
+        if tag == TIMEZONE_OFFSET_FROM_UTC:
+            return conformed(tag, vr, values) or values or None
         if vr == "DA":
             return [shift_date(v, self.offset) for v in values] or None if self.dates == CLEAN else None
         if vr == "DT":
             return [shift_datetime(v, self.offset) for v in values] or None if self.dates == CLEAN else None
         if vr == "TM":
-            return values or None if self.dates != EMPTY else None
+            return (conformed(tag, vr, values) or values) or None if self.dates != EMPTY else None
         if vr in TEXT_VRS:
             return [self.clean_text(v) for v in values] or None
         if vr == "PN":

@@ -15,6 +15,7 @@ from pydicom.datadict import tag_for_keyword
 from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, change_vr, effective_vr, record_elements
 from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
+from dicomshare.deidentify.formatted import conformed, is_formatted
 from dicomshare.deidentify.encoded_values import (
     ELEMENT_CACHE_ELEMENT_BYTES,
     STRING_VRS,
@@ -284,7 +285,10 @@ def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool
     if action == REMOVE:
         return None, True
     if action == KEEP:
-        return element_bytes(tag, element.vr, element.value, implicit=implicit), True
+        fixed = conformed(tag, vr, decoded_strings(element.vr, element.value)) if is_formatted(tag, vr) else None
+        if fixed is None:
+            return element_bytes(tag, element.vr, element.value, implicit=implicit), True
+        return element_bytes(tag, element.vr, _text_bytes(fixed if any(fixed) else [], element.vr), implicit=implicit), True
     value = _changed(deidentifier, element, action, vr)
     new = None if value is None else element_bytes(tag, element.vr, value, implicit=implicit)
     return new, not (action == CLEAN and vr in TEXT_VRS)
@@ -311,8 +315,13 @@ def _changed(deidentifier: Deidentifier, element: Element, action: str, vr: str)
         return b""
     if encoded_vr in _NUMBER_SIZES:
         return bytes(_NUMBER_SIZES[encoded_vr])
-    text = "\\".join(new).encode("ascii")
-    return text + (b"\x00" if encoded_vr == "UI" else b" ") if len(text) % 2 else text
+    return _text_bytes(new, encoded_vr)
+
+
+def _text_bytes(values: list[str], vr: str) -> bytes:
+    """String values as pydicom writes them: joined with ``\\``, padded to even length."""
+    text = "\\".join(values).encode("ascii")
+    return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
 
 
 def _output_string(deidentifier: Deidentifier, element: Element | None) -> str:

@@ -15,6 +15,8 @@ import hmac
 import re
 from functools import lru_cache
 
+from dicomshare.deidentify.formatted import conforms
+
 MAX_DATE_OFFSET_DAYS = 3650
 
 
@@ -68,7 +70,10 @@ def shift_date(value: str, days: int) -> str:
 
 
 def shift_datetime(value: str, days: int) -> str:
-    """Shift the date part of a DT value, keeping its precision, time and UTC offset."""
+    """Shift the date part of a DT value, keeping its precision, time and UTC offset;
+    ``""`` unless it follows the DT grammar (PS3.5 Table 6.2-1)."""
+    if not conforms("DT", value.strip()):
+        return ""
     match = re.fullmatch(r"(\d{4})(\d{2})?(\d{2})?([^+\-]*)([+\-]\d{4})?", value.strip())
     if not match:
         return ""
