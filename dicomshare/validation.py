@@ -14,8 +14,11 @@ contain a value from the object.
 
 from __future__ import annotations
 
+import mmap
 import struct
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Iterator, Mapping
+
+import numpy
 
 from pydicom.uid import UID
 
@@ -208,7 +211,10 @@ def pixel_data_end(
         if end > size:
             raise DeidentificationRefused(TRUNCATED)
         (group, element) = struct.unpack(endian + "HH", header[:4])
-        check_pixel_geometry(length, geometry, float_bits=_FLOAT_BITS.get(group << 16 | element, 0))
+        float_bits = _FLOAT_BITS.get(group << 16 | element, 0)
+        check_pixel_geometry(length, geometry, float_bits=float_bits)
+        if not float_bits:
+            check_unused_bits(_chunks(fp, value_start, length), geometry, little_endian=little_endian)
         return end
     if geometry.get("OverlayInPixelData"):
         raise DeidentificationRefused(OVERLAY_IN_PIXEL_DATA)
@@ -233,7 +239,10 @@ def pixel_data_end(
 _FLOAT_BITS = {0x7FE00008: 32, 0x7FE00009: 64}
 """Float Pixel Data and Double Float Pixel Data: Bits Allocated is implied."""
 
-GEOMETRY = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated")
+GEOMETRY = (
+    "Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation",
+)
 """The attributes :func:`check_pixel_geometry` reads, besides ``OverlayInPixelData``."""
 
 
@@ -277,6 +286,67 @@ def check_jpeg_markers(fragment: bytes) -> None:
     if len(fragment) < JPEG_HEADER_BYTES:
         raise DeidentificationRefused(MALFORMED)
     raise DeidentificationRefused(JPEG_METADATA)  # marker segments beyond what is read: not shown clean
+
+
+UNUSED_BITS_CHUNK_BYTES = 1024**2
+
+
+def check_unused_bits(chunks: Iterator[bytes | memoryview], geometry: Mapping[str, int | None], *,
+                      little_endian: bool) -> None:
+    """Native Pixel Data whose Bits Stored is less than Bits Allocated (PS3.5 8.1.1,
+    Annex D) has bits no viewer shows: above High Bit, where overlays were once stored,
+    and below the stored bits. They must be zero (or, for signed data, copies of the
+    sign bit); any other bit may carry an overlay with a name and is refused
+    :data:`OVERLAY_IN_PIXEL_DATA`. The Pixel Data is read (not copied) for this, only
+    when such bits exist."""
+    allocated, stored = geometry.get("BitsAllocated"), geometry.get("BitsStored")
+    if allocated not in (8, 16, 32) or not stored or stored >= allocated:
+        return
+    high_bit = geometry.get("HighBit")
+    high_bit = stored - 1 if high_bit is None else high_bit
+    low_bit = high_bit - stored + 1
+    if low_bit < 0 or high_bit >= allocated:
+        raise DeidentificationRefused(MALFORMED)
+    dtype = numpy.dtype(f"u{allocated // 8}").newbyteorder("<" if little_endian else ">")
+    above_ones = (1 << (allocated - high_bit - 1)) - 1
+    signed = geometry.get("PixelRepresentation") == 1
+    low_mask = (1 << low_bit) - 1
+    carry = b""
+    for chunk in chunks:
+        data = carry + bytes(chunk) if carry else chunk
+        usable = len(data) - len(data) % dtype.itemsize
+        carry = bytes(data[usable:])
+        values = numpy.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize)
+        if not values.size:
+            continue
+        if not signed:
+            clean = int(values.max()) >> (high_bit + 1) == 0
+        else:
+            above = values >> (high_bit + 1)
+            clean = bool(((above == 0) | (above == above_ones)).all())
+        if not clean or (low_mask and bool((values & low_mask).any())):
+            raise DeidentificationRefused(OVERLAY_IN_PIXEL_DATA)
+
+
+def _chunks(fp: BinaryIO, offset: int, length: int) -> Iterator[bytes | memoryview]:
+    """The bytes ``offset`` to ``offset + length`` of ``fp``: mapped from a real file,
+    else read in :data:`UNUSED_BITS_CHUNK_BYTES` chunks."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        mapped = mmap.mmap(fp.fileno(), offset + length - start, access=mmap.ACCESS_READ, offset=start)
+    except (AttributeError, OSError, ValueError):  # not a file (S3, memory), or one mmap cannot map
+        mapped = None
+    if mapped is not None:
+        yield memoryview(mapped)[offset - start :]  # unmapped when the last view goes
+        return
+    fp.seek(offset)
+    remaining = length
+    while remaining:
+        chunk = fp.read(min(UNUSED_BITS_CHUNK_BYTES, remaining))
+        if not chunk:
+            raise DeidentificationRefused(TRUNCATED)
+        remaining -= len(chunk)
+        yield chunk
 
 
 def check_pixel_geometry(length: int, attributes: Mapping[str, int | None], *, float_bits: int = 0) -> None:

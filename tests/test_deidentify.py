@@ -96,7 +96,7 @@ def base_dataset(study_uid: str = "1.2.3.999.1", sop_uid: str = "1.2.3.999.2") -
     ds.Modality = "CT"
     ds.PatientID = "LEAKPATIENTID"
     ds.PatientName = "LEAKFAMILY^LEAKGIVEN"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 16, 12, 11
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 16, 16, 15  # every bit stored
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     ds.PixelData = bytes(range(32))
     return ds

@@ -359,3 +359,43 @@ def test_a_valid_utc_offset_is_kept_under_the_modified_dates_option():
     ds.TimezoneOffsetFromUTC = "+0100"
     out = pydicom.dcmread(io.BytesIO(deidentify(hostile.part10(ds))))
     assert out.TimezoneOffsetFromUTC == "+0100"
+
+
+def _pixels(values: list[int], *, bits_stored: int = 12, signed: bool = False) -> bytes:
+    ds = hostile.base_dataset()  # 4 x 4, 16 bits allocated, high bit 11
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, int(signed)
+    import struct
+
+    return hostile.part10(ds, pixel_data=struct.pack(f"<{len(values)}{'h' if signed else 'H'}", *values))
+
+
+def test_bits_above_high_bit_are_refused_unless_zero_or_sign():
+    name_plane = [0x8000 | 100] * 8 + [100] * 8  # an overlay bit plane at bit 15
+    assert refusal(_pixels(name_plane)) == "overlay_in_pixel_data"
+    encoded, dataset = both_paths(_pixels(name_plane))
+    assert encoded is None and dataset == "overlay_in_pixel_data"
+    assert deidentify(_pixels([4095] * 16))
+    assert deidentify(_pixels([-2048, -1, 0, 2047] * 4, signed=True))  # sign-extended
+    assert deidentify(_pixels([0x0800, 0x0FFF, 0, 0x07FF] * 4))  # signed data, upper bits zero
+    assert deidentify(_pixels([0x0800, 0x0FFF, 0, 0x07FF] * 4, signed=False))
+    mixed = [0x4800] + [0] * 15
+    assert refusal(_pixels(mixed, signed=False)) == "overlay_in_pixel_data"
+    ds = hostile.base_dataset()
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 1
+    import struct
+
+    garbage = hostile.part10(ds, pixel_data=struct.pack("<16H", *([0x5800] + [0] * 15)))
+    assert refusal(garbage) == "overlay_in_pixel_data"
+    assert deidentify(_pixels([0xFFFF] * 16, bits_stored=16))  # every bit is stored
+
+
+def test_unused_bits_checked_from_a_real_file_too(tmp_path):
+    from dicomshare.deidentify import deidentify_file
+
+    path = tmp_path / "overlay.dcm"
+    path.write_bytes(_pixels([0x8000] * 16))
+    with pytest.raises(DeidentificationRefused) as refused:
+        deidentify_file(path, tmp_path / "out", secret=SECRET)
+    assert refused.value.reason == "overlay_in_pixel_data"
+    path.write_bytes(_pixels([0x0FFF] * 16))
+    assert deidentify_file(path, tmp_path / "out", secret=SECRET)

@@ -36,6 +36,7 @@ from dicomshare.validation import (
     DeidentificationRefused,
     check_attributes,
     check_pixel_geometry,
+    check_unused_bits,
     check_transfer_syntax,
     overlay_in_pixel_data,
     pixel_data_end,
@@ -63,7 +64,9 @@ def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
             fp.seek(0)
             ds, pixel_offset, pixel_end = read_object(fp, stop_before_pixels=False), None, 0
             if "PixelData" in ds:
-                check_pixel_geometry(len(ds.get_item("PixelData").value or b""), _geometry(ds))
+                pixels = ds.get_item("PixelData").value or b""
+                check_pixel_geometry(len(pixels), _geometry(ds))
+                check_unused_bits(iter([pixels]), _geometry(ds), little_endian=True)
         else:
             ds = meta_ds
             little_endian, implicit_vr = transfer_syntax_encoding(transfer_syntax)
