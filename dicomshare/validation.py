@@ -15,6 +15,7 @@ contain a value from the object.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from typing import BinaryIO, Iterator, Mapping
 
@@ -94,6 +95,8 @@ JPEG_HEADER_BYTES = 64 * 1024
 UNSUPPORTED_SOP_CLASSES = frozenset({"1.2.840.10008.1.3.10"})
 """Media Storage Directory (DICOMDIR): its records hold identities and byte offsets."""
 
+_UID = re.compile(r"(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*))*")
+
 ENCAPSULATED_DOCUMENTS = frozenset({"1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"})
 """Encapsulated PDF and CDA: their text is the document, whatever Burned In Annotation says."""
 
@@ -155,6 +158,8 @@ def check_attributes(attributes: Mapping[str, str], settings: Settings) -> None:
     for keyword in REQUIRED:
         if not attributes[keyword].strip():
             raise DeidentificationRefused(f"{MISSING_REQUIRED}:{keyword}")
+    if not _UID.fullmatch(attributes["SOPClassUID"].strip()):
+        raise DeidentificationRefused(MALFORMED)  # kept as it is: it must be a UID (PS3.5 9.1)
     if attributes["RecognizableVisualFeatures"].strip() not in ("", "NO"):
         raise DeidentificationRefused(RECOGNIZABLE_VISUAL_FEATURES)
     burned = attributes["BurnedInAnnotation"].strip()

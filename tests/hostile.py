@@ -129,3 +129,12 @@ def jpeg(*segments: tuple[int, bytes]) -> bytes:
 
 
 JFIF = (0xFFE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+
+
+def set_raw(ds: Dataset, tag: int, vr: str, value: bytes) -> None:
+    """Put an encoded value in ``ds`` as it is, even one pydicom would refuse to convert."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    value += b" " * (len(value) % 2)
+    ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)

@@ -399,3 +399,24 @@ def test_unused_bits_checked_from_a_real_file_too(tmp_path):
     assert refused.value.reason == "overlay_in_pixel_data"
     path.write_bytes(_pixels([0x0FFF] * 16))
     assert deidentify_file(path, tmp_path / "out", secret=SECRET)
+
+
+def test_kept_numbers_and_class_uids_follow_the_grammar():
+    ds = hostile.base_dataset()
+    hostile.set_raw(ds, 0x00180050, "DS", b"1.5 ZQXNUMBER")  # Slice Thickness
+    hostile.set_raw(ds, 0x00200013, "IS", b"7ZQXINSTANCE")  # Instance Number
+    hostile.set_raw(ds, 0x00280030, "DS", b"0.5\\0.5")  # Pixel Spacing: kept
+    item = pydicom.Dataset()
+    hostile.set_raw(item, 0x00081150, "UI", b"1.2.840.ZQXCLASS")  # Referenced SOP Class UID
+    hostile.set_raw(item, 0x00081155, "UI", b"1.2.3.999.7")
+    ds.add_new(0x00081140, "SQ", pydicom.Sequence([item]))
+    data = hostile.part10(ds)
+    for profile in (CLINICAL, profiles.named("basic")):
+        encoded, dataset = both_paths(data, profile)
+        assert encoded.new_header == dataset.new_header
+        assert not hostile.leaked(encoded.new_header, ["ZQXNUMBER", "ZQXINSTANCE", "ZQXCLASS"])
+        out = pydicom.dcmread(io.BytesIO(encoded.new_header))
+        assert out.PixelSpacing == [0.5, 0.5] and out.get("SliceThickness") in (None, "")
+    ds = hostile.base_dataset()
+    hostile.set_raw(ds, 0x00080016, "UI", b"ZQXFAMILY")
+    assert refusal(hostile.part10(ds)) == MALFORMED

@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -25,7 +26,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
 from dicomshare.deidentify.descriptors import clean_text, identifiers_in
-from dicomshare.deidentify.formatted import TIMEZONE_OFFSET_FROM_UTC, conformed, is_formatted
+from dicomshare.deidentify.formatted import TIMEZONE_OFFSET_FROM_UTC, conformed, conforms, is_formatted, split_values
 from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym, shift_date, shift_datetime
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
 from dicomshare.validation import MALFORMED, DeidentificationRefused
@@ -296,8 +297,12 @@ class Deidentifier:
         return clean_text(text, self.identifiers, self.words)
 
     def replace_uid(self, tag: int, value: str) -> str:
-        if not value or value in UID_dictionary or tag in KEPT_UID_TAGS:
+        """A new UID (:func:`.identities.new_uid`); well-known UIDs and the class, syntax and
+        scheme UIDs of :data:`KEPT_UID_TAGS` are kept when they are UIDs (PS3.5 9.1)."""
+        if not value or value in UID_dictionary:
             return value
+        if tag in KEPT_UID_TAGS:
+            return value if conforms("UI", value) else ""
         return new_uid(self.secret, value)
 
     def change(self, tag: int, vr: str, action: str, values: list[str], empty: bool) -> list | str | None:
@@ -353,10 +358,14 @@ class Deidentifier:
     @staticmethod
     def _conform(ds: Dataset, tag: int, vr: str) -> None:
         """A kept formatted value (:mod:`.formatted`) that does not follow its grammar goes."""
-        elem = ds[tag]
-        fixed = conformed(tag, vr, [str(v) for v in _values(elem.value) if v is not None])
+        raw = ds.get_item(tag)
+        if raw.is_raw:
+            values = split_values(raw.value) if raw.value else []
+        else:
+            values = [str(v) for v in _values(raw.value) if v is not None]
+        fixed = conformed(tag, vr, values)
         if fixed is not None:
-            elem.value = None if not any(fixed) else fixed[0] if len(fixed) == 1 else fixed
+            ds[tag] = DataElement(tag, raw.VR or vr, None if not any(fixed) else fixed[0] if len(fixed) == 1 else fixed)
 
     def _dummy(self, vr: str) -> list | None:
         if vr in _NUMERIC_VRS:
