@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+from functools import lru_cache
 from typing import BinaryIO, Iterator, Mapping
 
 import numpy
@@ -382,6 +383,7 @@ def check_pixel_geometry(length: int, attributes: Mapping[str, int | None], *, f
         raise DeidentificationRefused(PIXEL_DATA_LENGTH)
 
 
+@lru_cache(maxsize=64)
 def transfer_syntax_encoding(transfer_syntax: str) -> tuple[bool, bool]:
     """``(little_endian, implicit_vr)`` of a transfer syntax (PS3.5 Section 10)."""
     uid = UID(transfer_syntax)
