@@ -90,6 +90,12 @@ JPEG_TRANSFER_SYNTAXES = frozenset(
 )
 """JPEG and JPEG-LS: their fragments carry JPEG marker segments (ISO/IEC 10918-1 B.2)."""
 
+JPEG_2000_TRANSFER_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+     "1.2.840.10008.1.2.4.203"}
+)
+"""JPEG 2000 and HTJ2K: their fragments carry a codestream main header (ISO/IEC 15444-1 A.2)."""
+
 JPEG_HEADER_BYTES = 64 * 1024
 """How much of a fragment is read for its marker segments before Start of Scan."""
 
@@ -225,6 +231,7 @@ def pixel_data_end(
     if geometry.get("OverlayInPixelData"):
         raise DeidentificationRefused(OVERLAY_IN_PIXEL_DATA)
     jpeg = transfer_syntax in JPEG_TRANSFER_SYNTAXES
+    jpeg_2000 = transfer_syntax in JPEG_2000_TRANSFER_SYNTAXES
     position = value_start
     while True:
         fp.seek(position)
@@ -237,8 +244,9 @@ def pixel_data_end(
             raise DeidentificationRefused(MALFORMED)
         if position + item_length > size:
             raise DeidentificationRefused(TRUNCATED)
-        if jpeg and position > value_start + 8 and item_length >= 2:  # not the Basic Offset Table
-            check_jpeg_markers(fp.read(min(item_length, JPEG_HEADER_BYTES)))
+        if (jpeg or jpeg_2000) and position > value_start + 8 and item_length >= 2:  # not the Basic Offset Table
+            fragment = fp.read(min(item_length, JPEG_HEADER_BYTES))
+            (check_jpeg_markers if jpeg else check_jpeg_2000_markers)(fragment)
         position += item_length
 
 
@@ -261,14 +269,28 @@ def overlay_in_pixel_data(tag: int, value: int) -> bool:
     return (element == 0x0100 and value != 1) or (element == 0x0102 and value != 0)
 
 
-_JFIF_ADOBE = ((0xFFE0, b"JFIF\x00"), (0xFFE0, b"JFXX\x00"), (0xFFEE, b"Adobe"))
+_JFIF_ADOBE = (
+    (0xFFE0, b"JFIF\x00"), (0xFFE0, b"JFXX\x00"), (0xFFEE, b"Adobe"),
+    (0xFFE8, b"SPIFF\x00"),  # JPEG-LS: the SPIFF header (ISO/IEC 10918-3 F.2), numbers only
+    (0xFFE8, b"\x00\x00\x00\x01"),  # ... and its end-of-directory entry (tag 1), nothing else
+)
+
+ENCODER_COMMENT = re.compile(
+    rb"(?:Kakadu-v?[0-9][0-9A-Za-z.\-]{0,15}"
+    rb"|Created by (?:GDCM/)?OpenJPEG version [0-9][0-9.]{0,15}"
+    rb"|Creator: JasPer Version [0-9][0-9.]{0,15}"
+    rb"|CREATOR: gd-jpeg v[0-9.]{1,8} \(using IJG JPEG v[0-9]{1,3}\), (?:default quality|quality = [0-9]{1,3})\n?)\x00?"
+)
+"""Comments that name only the encoder that wrote the stream (Kakadu, OpenJPEG, JasPer,
+libjpeg through gd), matched whole: the only comments accepted."""
 
 
 def check_jpeg_markers(fragment: bytes) -> None:
     """The marker segments (ISO/IEC 10918-1 B.1.1.4, JPEG-LS alike) before Start of Scan
-    of a fragment that starts with Start of Image: a Comment (COM) or an application
-    segment (APPn) other than JFIF (APP0) and Adobe (APP14) may hold any text (EXIF
-    dates, device owners, names) and is refused :data:`JPEG_METADATA`. A fragment that
+    of a fragment that starts with Start of Image: a Comment (COM) other than an
+    :data:`ENCODER_COMMENT` or an application segment (APPn) other than JFIF (APP0),
+    Adobe (APP14) and the SPIFF header of JPEG-LS (APP8) may hold any text (EXIF dates,
+    device owners, names) and is refused :data:`JPEG_METADATA`. A fragment that
     continues a frame does not start with SOI and is pixel data."""
     if not fragment.startswith(b"\xff\xd8"):
         return
@@ -284,7 +306,7 @@ def check_jpeg_markers(fragment: bytes) -> None:
             return
         (length,) = struct.unpack_from(">H", fragment, position + 2)
         payload = fragment[position + 4 : position + 2 + length]
-        if marker == 0xFFFE or (0xFFE0 <= marker <= 0xFFEF and not any(
+        if (marker == 0xFFFE and not ENCODER_COMMENT.fullmatch(payload)) or (0xFFE0 <= marker <= 0xFFEF and not any(
             marker == allowed and payload.startswith(identifier) for allowed, identifier in _JFIF_ADOBE
         )):
             raise DeidentificationRefused(JPEG_METADATA)
@@ -353,6 +375,26 @@ def _chunks(fp: BinaryIO, offset: int, length: int) -> Iterator[bytes | memoryvi
             raise DeidentificationRefused(TRUNCATED)
         remaining -= len(chunk)
         yield chunk
+
+
+def check_jpeg_2000_markers(fragment: bytes) -> None:
+    """The main header (ISO/IEC 15444-1 A.2) of a fragment that starts a codestream (SOC,
+    FF4F): a Comment (COM, FF64) other than an :data:`ENCODER_COMMENT` may hold any text
+    and is refused :data:`JPEG_METADATA`.
+    The header ends at the first tile-part (SOT, FF90)."""
+    if not fragment.startswith(b"\xff\x4f"):
+        return
+    position = 2
+    while position + 4 <= len(fragment):
+        marker, length = struct.unpack_from(">HH", fragment, position)
+        if marker >> 8 != 0xFF:
+            raise DeidentificationRefused(MALFORMED)
+        if marker == 0xFF90:
+            return
+        if marker == 0xFF64 and not ENCODER_COMMENT.fullmatch(fragment[position + 6 : position + 2 + length]):
+            raise DeidentificationRefused(JPEG_METADATA)
+        position += 2 + length
+    raise DeidentificationRefused(JPEG_METADATA if len(fragment) >= JPEG_HEADER_BYTES else MALFORMED)
 
 
 def check_pixel_geometry(length: int, attributes: Mapping[str, int | None], *, float_bits: int = 0) -> None:

@@ -420,3 +420,43 @@ def test_kept_numbers_and_class_uids_follow_the_grammar():
     ds = hostile.base_dataset()
     hostile.set_raw(ds, 0x00080016, "UI", b"ZQXFAMILY")
     assert refusal(hostile.part10(ds)) == MALFORMED
+
+
+def _j2k(*segments: tuple[int, bytes]) -> bytes:
+    """A JPEG 2000 codestream: SOC, SIZ, the ``segments``, then a tile-part and EOC."""
+    import struct
+
+    body = b"\xff\x4f" + struct.pack(">HH", 0xFF51, 2 + 38) + bytes(38)
+    for marker, payload in segments:
+        body += struct.pack(">HH", marker, len(payload) + 2) + payload
+    return body + struct.pack(">HHHLBB", 0xFF90, 10, 0, 20, 0, 1) + b"\xff\x93" + b"\x00" * 6 + b"\xff\xd9"
+
+
+def test_jpeg_2000_comments_are_refused():
+    ds = hostile.base_dataset()
+    commented = _j2k((0xFF64, b"\x00\x01Patient ZQXFAMILY^ZQXGIVEN"))
+    data = hostile.part10(ds, hostile.encapsulated(commented), pixel_data=None, transfer_syntax="1.2.840.10008.1.2.4.90")
+    assert refusal(data) == "jpeg_metadata"
+    clean = hostile.part10(ds, hostile.encapsulated(_j2k()), pixel_data=None, transfer_syntax="1.2.840.10008.1.2.4.90")
+    assert deidentify(clean)
+    for comment, reason in ((b"Kakadu-v7.10.2", None), (b"Created by OpenJPEG version 2.5.0", None),
+                            (b"Kakadu-v7.10.2 ZQXFAMILY", "jpeg_metadata"), (b"Created by ZQXFAMILY", "jpeg_metadata")):
+        stream = _j2k((0xFF64, b"\x00\x01" + comment))
+        data = hostile.part10(ds, hostile.encapsulated(stream), pixel_data=None,
+                              transfer_syntax="1.2.840.10008.1.2.4.90")
+        if reason:
+            assert refusal(data) == reason
+        else:
+            assert deidentify(data)
+
+
+def test_jpeg_encoder_comments_and_the_spiff_header_are_accepted():
+    ds = hostile.base_dataset()
+    for segment in ((0xFFFE, b"CREATOR: gd-jpeg v1.0 (using IJG JPEG v62), quality = 75\n"),
+                    (0xFFE8, b"SPIFF\x00\x02\x00\x00\x03")):
+        frame = hostile.jpeg(hostile.JFIF, segment)
+        assert deidentify(hostile.part10(ds, hostile.encapsulated(frame), pixel_data=None,
+                                         transfer_syntax=JPEG_BASELINE))
+    spiff_title = hostile.jpeg((0xFFE8, b"\x00\x00\x00\x06ZQXFAMILY"))  # a SPIFF image title entry
+    assert refusal(hostile.part10(ds, hostile.encapsulated(spiff_title), pixel_data=None,
+                                  transfer_syntax=JPEG_BASELINE)) == "jpeg_metadata"
