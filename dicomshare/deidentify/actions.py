@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -28,70 +28,23 @@ from pydicom.uid import UID_dictionary
 from dicomshare.deidentify.descriptors import clean_text, identifiers_in
 from dicomshare.deidentify.formatted import TIMEZONE_OFFSET_FROM_UTC, conformed, conforms, is_formatted, split_values
 from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym, shift_date, shift_datetime
+from dicomshare.deidentify.attributes import (
+    ALWAYS_REMOVED,
+    BINARY_VRS,
+    KEPT_BINARY,
+    KEPT_TEXT,
+    KEPT_UID_TAGS,
+    TEXT_VRS,
+    change_vr,
+    vr_of,
+)
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
-from dicomshare.validation import MALFORMED, DeidentificationRefused
 
 ACTION_CACHE_SIZE = 65536
-
-KEPT_TEXT = frozenset(
-    {
-        0x00080100,  # Code Value
-        0x00080102,  # Coding Scheme Designator
-        0x00080103,  # Coding Scheme Version
-        0x00080104,  # Code Meaning
-        0x00080105,  # Mapping Resource
-        0x00080106,  # Context Group Version
-        0x0008010F,  # Context Identifier
-        0x00080119,  # Long Code Value
-        0x00080120,  # URN Code Value
-        0x00080070,  # Manufacturer
-        0x00081090,  # Manufacturer's Model Name
-        0x00181020,  # Software Versions
-        0x00281054,  # Rescale Type
-        0x00283003,  # LUT Explanation
-        0x00281055,  # Window Center & Width Explanation
-        0x00180024,  # Sequence Name
-        0x00180085,  # Imaged Nucleus
-        0x00181040,  # Contrast/Bolus Route
-        0x00181160,  # Filter Type
-        0x00181210,  # Convolution Kernel
-        0x00181250,  # Receive Coil Name
-        0x00181251,  # Transmit Coil Name
-        0x00189005,  # Pulse Sequence Name
-    }
-)
-"""Text attributes outside Table E.1-1 kept verbatim: coded entries (PS3.3 8.8) and
-equipment, acquisition-technique and LUT vocabulary. Any other non-empty text attribute outside the table gets a
-dummy value (valid whether the attribute is Type 1, 2 or 3)."""
-
-KEPT_UID_KEYWORDS = frozenset(
-    {
-        "SOPClassUID",
-        "ReferencedSOPClassUID",
-        "MediaStorageSOPClassUID",
-        "AffectedSOPClassUID",
-        "RequestedSOPClassUID",
-        "ReferencedSOPClassUIDInFile",
-        "RelatedGeneralSOPClassUID",
-        "OriginalSpecializedSOPClassUID",
-        "SOPClassesInStudy",
-        "TransferSyntaxUID",
-        "ReferencedTransferSyntaxUIDInFile",
-        "CodingSchemeUID",
-        "ContextGroupExtensionCreatorUID",
-        "MappingResourceUID",
-        "ContextUID",
-        "PrivateInformationCreatorUID",
-        "ImplementationClassUID",
-    }
-)
-"""UI attributes naming a class, syntax or scheme, never an instance: always kept."""
-KEPT_UID_TAGS = frozenset(tag_for_keyword(keyword) for keyword in KEPT_UID_KEYWORDS)
 
 PSEUDONYM = "P"
 """The action for Patient ID and Patient's Name: the keyed pseudonym."""
 
-TEXT_VRS = frozenset({"AE", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
 _DATE_VRS = frozenset({"DA", "DT"})
 _DUMMY = {
     "AE": "ANONYMIZED",
@@ -113,88 +66,6 @@ _DUMMY = {
 _CLEANABLE_VRS = TEXT_VRS | _DATE_VRS | {"TM", "UI", "PN"}
 _IDENTIFIER_VRS = TEXT_VRS | _DATE_VRS | {"PN", "UI"}
 _NUMERIC_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
-
-BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"})
-"""Values no text check can read: outside Table E.1-1 removed unless in :data:`KEPT_BINARY`."""
-
-KEPT_BINARY = frozenset(
-    {
-        0x00281201,  # Red Palette Color Lookup Table Data
-        0x00281202,  # Green Palette Color Lookup Table Data
-        0x00281203,  # Blue Palette Color Lookup Table Data
-        0x00281204,  # Alpha Palette Color Lookup Table Data
-        0x00281221,  # Segmented Red Palette Color Lookup Table Data
-        0x00281222,  # Segmented Green Palette Color Lookup Table Data
-        0x00281223,  # Segmented Blue Palette Color Lookup Table Data
-        0x00283006,  # LUT Data (Modality and VOI LUT Sequences)
-        0x00282000,  # ICC Profile
-        0x54001010,  # Waveform Data
-        0x7FE00001,  # Extended Offset Table
-        0x7FE00008,  # Float Pixel Data (deflated objects carry it in the data set)
-        0x7FE00009,  # Double Float Pixel Data
-        0x7FE00010,  # Pixel Data
-        0x7FE00002,  # Extended Offset Table Lengths
-    }
-)
-"""Binary attributes outside Table E.1-1 that rendering needs (docs/deidentification.md
-says why each one): palettes and LUTs turn stored values into displayed ones, the ICC
-profile gives colours, Waveform Data is a waveform object's content, the Extended Offset
-Table finds the frames of encapsulated Pixel Data; Pixel Data itself is policed by
-:mod:`dicomshare.validation` (geometry, encapsulation, JPEG segments)."""
-
-ALWAYS_REMOVED = frozenset(
-    {
-        0x04000500,  # Encrypted Attributes Sequence: the original values, encrypted
-        0x04000520,  # Encrypted Content
-        0x04000115,  # Certificate of Signer
-        0x04000120,  # Signature
-        0x04000404,  # MAC
-        0x4FFE0001,  # MAC Parameters Sequence
-        0xFFFAFFFA,  # Digital Signatures Sequence (void once anything changes)
-        0x006862C0,  # HPGL Document Sequence: drawings with any text
-        0x00686300,  # HPGL Document
-        0x0008041B,  # Record Key
-        0x0008041C,  # Prior Record Key
-    }
-)
-"""Removed wherever they are, whatever the table says; so are the Variable Pixel Data
-groups (7F00-7FDF,xxxx), retired, which may hold any image."""
-
-
-@lru_cache(maxsize=4096)
-def effective_vr(tag: int, vr: str) -> str:
-    """The VR the rules apply to: for a public attribute the data dictionary knows, its
-    dictionary VR (or the one of its alternatives the element uses), not the VR written
-    in the file. A file VR that contradicts the dictionary is tolerated when both are
-    character strings (the value is read as written and judged as the dictionary says);
-    any other contradiction (a name written as OB, text as US, a sequence as anything
-    else) is refused :data:`~dicomshare.validation.MALFORMED`.
-    """
-    if tag & 0xFFFF == 0 or (tag >> 16) & 1:
-        return vr
-    try:
-        dictionary = dictionary_VR(tag)
-    except KeyError:
-        return vr
-    if vr in (None, "UN"):
-        return dictionary
-    alternatives = dictionary.split(" or ")
-    if vr == dictionary or vr in alternatives:
-        return vr
-    if vr in STRING_VRS and all(alternative in STRING_VRS for alternative in alternatives):
-        return alternatives[0]
-    raise DeidentificationRefused(MALFORMED)
-
-
-def change_vr(vr: str, encoded_vr: str) -> str:
-    """The VR :meth:`Deidentifier.change` works with: the effective ``vr`` when it and the
-    element's own are character strings, else the element's (a number is written as it is
-    encoded)."""
-    return vr if vr in STRING_VRS and encoded_vr in STRING_VRS else encoded_vr
-
-
-STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
-
 
 def _values(value: object) -> list:
     return list(value) if isinstance(value, (MultiValue, list)) else [value]
@@ -423,10 +294,3 @@ def record_elements(profile: Profile, dates: str, little_endian: bool, implicit_
     buffer.seek(0)
     encoded = read_dataset(buffer, implicit_vr, little_endian, length)
     return tuple(encoded.get_item(tag) for tag in encoded.keys())
-
-
-
-def vr_of(ds: Dataset, tag: int) -> str:
-    """An element's :func:`effective_vr` without converting its value."""
-    return effective_vr(int(tag), ds.get_item(tag).VR or "UN")
-

@@ -20,26 +20,29 @@ from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from dicomshare.deidentify.actions import Deidentifier, vr_of
+from dicomshare.deidentify.actions import Deidentifier
+from dicomshare.deidentify.attributes import vr_of
 from dicomshare.deidentify.dataset_reader import at_pixel_data, quiet_pydicom, read_object
 from dicomshare.deidentify.file_meta import file_meta_dataset, header_bytes
 from dicomshare.deidentify.plan import Plan
 from dicomshare.profile import Profile
+from dicomshare.pixel_data import (
+    GEOMETRY,
+    check_pixel_geometry,
+    check_unused_bits,
+    overlay_in_pixel_data,
+    pixel_data_end,
+)
 from dicomshare.settings import Settings
 from dicomshare.validation import (
     CHECKED,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     MALFORMED,
     MISSING_REQUIRED,
-    GEOMETRY,
     UNSUPPORTED_TRANSFER_SYNTAX,
     DeidentificationRefused,
     check_attributes,
-    check_pixel_geometry,
-    check_unused_bits,
     check_transfer_syntax,
-    overlay_in_pixel_data,
-    pixel_data_end,
     transfer_syntax_encoding,
 )
 
@@ -102,7 +105,7 @@ def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
 
 
 def _geometry(ds: Dataset) -> dict[str, int | None]:
-    """The top-level values :func:`~dicomshare.validation.check_pixel_geometry` reads;
+    """The top-level values :func:`~dicomshare.pixel_data.check_pixel_geometry` reads;
     refused :data:`MALFORMED` when one is not a single whole number."""
     try:
         geometry: dict[str, int | None] = {

@@ -12,7 +12,8 @@ from typing import BinaryIO
 
 from pydicom.datadict import tag_for_keyword
 
-from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, change_vr, effective_vr, record_elements
+from dicomshare.deidentify.actions import Deidentifier, record_elements
+from dicomshare.deidentify.attributes import TEXT_VRS, change_vr, effective_vr
 from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
 from dicomshare.deidentify.formatted import conformed, is_formatted
@@ -37,18 +38,16 @@ from dicomshare.encoded_dataset import (
     sequence_bytes,
 )
 from dicomshare.profile import CLEAN, EMPTY, KEEP, REMOVE, Profile
+from dicomshare.pixel_data import GEOMETRY, overlay_in_pixel_data, pixel_data_end
 from dicomshare.settings import Settings
 from dicomshare.validation import (
     CHECKED,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    GEOMETRY,
     SUPPORTED_TRANSFER_SYNTAXES,
     DeidentificationRefused,
     check_attributes,
-    overlay_in_pixel_data,
-    pixel_data_end,
 )
 
 ENCODED_READ_BYTES = 16 * 1024
@@ -135,7 +134,7 @@ _GEOMETRY_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in GEOMET
 
 
 def _geometry(top: dict[int, Element]) -> dict[str, int | None]:
-    """:func:`~dicomshare.validation.check_pixel_geometry`'s values from the top-level
+    """:func:`~dicomshare.pixel_data.check_pixel_geometry`'s values from the top-level
     elements, read as pydicom reads them (:class:`NotPlain` for anything else)."""
     geometry: dict[str, int | None] = {keyword: _whole_number(top.get(tag)) for keyword, tag in _GEOMETRY_TAGS}
     geometry["OverlayInPixelData"] = any(
@@ -299,7 +298,7 @@ _UNCACHED = object()
 
 def _changed(deidentifier: Deidentifier, element: Element, action: str, vr: str) -> bytes | None:
     """The new value's bytes under ``action`` (:meth:`Deidentifier.change`), ``vr`` being
-    the element's :func:`~.actions.effective_vr`; ``None`` to remove."""
+    the element's :func:`~.attributes.effective_vr`; ``None`` to remove."""
     encoded_vr = element.vr
     if encoded_vr not in VRS:
         raise NotPlain()  # an ambiguous dictionary VR (implicit VR): pydicom resolves it

@@ -3,7 +3,7 @@ the encoded path; and the bounded caches by an element's encoding."""
 
 from __future__ import annotations
 
-from dicomshare.deidentify.actions import STRING_VRS
+from dicomshare.deidentify.attributes import STRING_VRS
 from dicomshare.encoded_dataset import Element, NotPlain, implicit_vr
 
 _DEFAULT_CHARACTER_SETS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
