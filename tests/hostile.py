@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import unicodedata
+import zlib
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -100,9 +101,20 @@ def spellings(value: str) -> set[bytes]:
     return found
 
 
+def inflated(output: bytes) -> bytes:
+    """The data set of a Deflated Explicit VR Little Endian object (PS3.5 A.5), inflated;
+    ``b""`` for any other object."""
+    if len(output) < 144 or b"1.2.840.10008.1.2.1.99" not in output[:1024]:
+        return b""
+    (group_length,) = struct.unpack_from("<L", output, 140)
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(output[144 + group_length :])
+
+
 def leaked(output: bytes, values: list[str]) -> list[str]:
-    """The ``values`` found in ``output`` in any of their :func:`spellings`."""
-    return [value for value in values if any(spelling in output for spelling in spellings(value))]
+    """The ``values`` found in ``output`` (and in its inflated data set, if deflated) in
+    any of their :func:`spellings`."""
+    searched = output + inflated(output)
+    return [value for value in values if any(spelling in searched for spelling in spellings(value))]
 
 
 def encapsulated(*fragments: bytes) -> bytes:

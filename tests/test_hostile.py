@@ -460,3 +460,27 @@ def test_jpeg_encoder_comments_and_the_spiff_header_are_accepted():
     spiff_title = hostile.jpeg((0xFFE8, b"\x00\x00\x00\x06ZQXFAMILY"))  # a SPIFF image title entry
     assert refusal(hostile.part10(ds, hostile.encapsulated(spiff_title), pixel_data=None,
                                   transfer_syntax=JPEG_BASELINE)) == "jpeg_metadata"
+
+
+def test_a_deflated_object_is_searched_inflated():
+    """The deflated output is searched after inflating it: compressed, no planted byte
+    would be found even if it were there."""
+    ds = hostile.base_dataset()
+    ds.StudyDescription = "CT for ZQXFAMILY ZQXGIVEN"
+    ds.add_new(0x00140104, "LO", "ZQXREVIEWER^ZQXNAME")
+    ds.add_new(0x00281201, "OW", bytes(range(16)))
+    ds.add_new(0x00143080, "OB", b"ZQXBADPIXEL ")
+    ds.PixelData = bytes(32)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert hostile.leaked(data, ["ZQXREVIEWER^ZQXNAME", "ZQXBADPIXEL"])  # the search sees inside the stream
+    output = deidentify(data)
+    assert hostile.inflated(output)
+    assert not hostile.leaked(output, ["ZQXFAMILY", "ZQXGIVEN", "ZQXREVIEWER^ZQXNAME", "ZQXBADPIXEL", "ZQXPATIENTID"])
+    out = pydicom.dcmread(io.BytesIO(output))
+    assert out.RedPaletteColorLookupTableData == bytes(range(16)) and out.PixelData == bytes(32)
