@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -38,6 +37,7 @@ from dicomshare.deidentify.attributes import (
     change_vr,
     vr_of,
 )
+from dicomshare.encoded_dataset import dictionary_entry
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
 
 ACTION_CACHE_SIZE = 65536
@@ -124,7 +124,8 @@ class Deidentifier:
             return REMOVE
         if found is not None:
             return found
-        if not keyword_for_tag(tag) and tag != 0x00080005:
+        entry = dictionary_entry(tag)
+        if (entry is None or not entry[4]) and tag != 0x00080005:
             return REMOVE
         if vr == "PN":
             return EMPTY

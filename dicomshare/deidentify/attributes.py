@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from dicomshare.encoded_dataset import dictionary_entry
 from dicomshare.validation import MALFORMED, DeidentificationRefused
 
 TEXT_VRS = frozenset({"AE", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
@@ -127,10 +128,10 @@ def effective_vr(tag: int, vr: str) -> str:
     """
     if tag & 0xFFFF == 0 or (tag >> 16) & 1:
         return vr
-    try:
-        dictionary = dictionary_VR(tag)
-    except KeyError:
+    entry = dictionary_entry(tag)
+    if entry is None:
         return vr
+    dictionary = entry[0]
     if vr in (None, "UN"):
         return dictionary
     alternatives = dictionary.split(" or ")
