@@ -60,6 +60,17 @@ class Incomplete(NotPlain):
     """The data set runs past the bytes given: read more of the object."""
 
 
+class TooManyElements(Exception):
+    """The data set holds more than :data:`MAX_ELEMENTS` elements, at all depths."""
+
+
+MAX_ELEMENTS = 1_000_000
+"""Each element read costs a few hundred bytes of memory whatever its size: a header of
+empty elements takes about 40 times its size (a million of them, 7.6 MiB, took 317 MiB).
+Real headers hold tens of thousands (an enhanced multi-frame object of thousands of
+frames a few hundred thousand)."""
+
+
 @dataclass(slots=True)
 class Item:
     """A sequence item (PS3.5 7.5): its elements, and whether its length was undefined."""
@@ -96,11 +107,11 @@ class SequenceElement(Element):
     (:class:`NotPlain` if they are damaged), and ``raw`` is copied from the object's buffer
     only when asked for (callers ask only for small ones: see ``size``)."""
 
-    __slots__ = ("_data", "_start", "_implicit", "_depth", "_items", "_raw")
+    __slots__ = ("_data", "_start", "_implicit", "_depth", "_items", "_raw", "_budget")
 
     def __init__(
         self, tag: int, data: bytes, start: int, end: int, value_offset: int, implicit: bool, depth: int,
-        items: list[Item] | None = None,
+        budget: list[int], items: list[Item] | None = None,
     ) -> None:
         self.tag = tag
         self.vr = "SQ"
@@ -110,6 +121,7 @@ class SequenceElement(Element):
         self._data, self._start, self._implicit, self._depth = data, start, implicit, depth
         self._items = items
         self._raw: bytes | None = None
+        self._budget = budget
 
     @property
     def raw(self) -> bytes:  # type: ignore[override]
@@ -120,7 +132,7 @@ class SequenceElement(Element):
     @property
     def value(self) -> list[Item]:  # type: ignore[override]
         if self._items is None:
-            reader = _Reader(self._data, self._implicit, complete=True)
+            reader = _Reader(self._data, self._implicit, complete=True, budget=self._budget)
             self._items, _ = reader.items(self._start + self._value_offset, self._start + self.size, undefined=False, depth=self._depth)
         return self._items
 
@@ -183,10 +195,12 @@ def read_data_set(
 
 
 class _Reader:
-    def __init__(self, data: bytes, implicit: bool, *, complete: bool) -> None:
+    def __init__(self, data: bytes, implicit: bool, *, complete: bool, budget: list[int] | None = None) -> None:
         self.data = data
         self.implicit = implicit
         self.complete = complete
+        self.budget = [MAX_ELEMENTS] if budget is None else budget
+        """Elements left to read, shared with the sequences read later (:class:`TooManyElements`)."""
 
     def _short(self, end: int) -> NotPlain:
         """An element or item runs past ``end``: more to read, or a damaged object."""
@@ -226,6 +240,9 @@ class _Reader:
             if group == 0xFFFE or tag <= previous:
                 raise NotPlain()
             previous, start = tag, offset
+            self.budget[0] -= 1
+            if self.budget[0] < 0:
+                raise TooManyElements()
             while known_index < known_count and like[known_index].tag <= tag:
                 known_index += 1
             if implicit:
@@ -249,14 +266,16 @@ class _Reader:
                 if vr != "SQ" and not (implicit and vr == "UN" and self._starts_item(offset, end)):
                     raise NotPlain()
                 items, value_end = self.items(offset, end, undefined=True, depth=depth)
-                elements.append(SequenceElement(tag, data, start, value_end, offset - start, implicit, depth, items))
+                elements.append(SequenceElement(tag, data, start, value_end, offset - start, implicit, depth,
+                                                self.budget, items))
                 offset = value_end
                 continue
             value_end = offset + length
             if value_end > end:
                 raise self._short(end)
             if vr == "SQ":
-                elements.append(SequenceElement(tag, data, start, value_end, offset - start, implicit, depth))
+                elements.append(SequenceElement(tag, data, start, value_end, offset - start, implicit, depth,
+                                                self.budget))
             else:
                 elements.append(Element(tag, vr, data[start:value_end], offset - start))
             offset = value_end

@@ -484,3 +484,22 @@ def test_a_deflated_object_is_searched_inflated():
     assert not hostile.leaked(output, ["ZQXFAMILY", "ZQXGIVEN", "ZQXREVIEWER^ZQXNAME", "ZQXBADPIXEL", "ZQXPATIENTID"])
     out = pydicom.dcmread(io.BytesIO(output))
     assert out.RedPaletteColorLookupTableData == bytes(range(16)) and out.PixelData == bytes(32)
+
+
+def _many_empty_elements(count: int) -> bytes:
+    import struct
+
+    tail = b"".join(struct.pack("<HH2sH", 0x00A2 + 2 * (n // 0xFFFF), 1 + n % 0xFFFF, b"LO", 0) for n in range(count))
+    return hostile.part10(hostile.base_dataset(), tail)
+
+
+def test_a_header_of_too_many_elements_is_refused_too_large(monkeypatch):
+    """Each element costs memory whatever its size: past MAX_ELEMENTS (a million, lowered
+    here to keep the test short) the object is refused before pydicom would take more."""
+    from dicomshare import encoded_dataset
+
+    monkeypatch.setattr(encoded_dataset, "MAX_ELEMENTS", 10_000)
+    assert refusal(_many_empty_elements(20_000)) == "too_large"
+    nested = hostile.deep_object(2, leaf=b"".join(hostile.element(0x00A10000 + n, "LO", b"") for n in range(1, 12_000)))
+    assert refusal(nested) == "too_large"
+    assert deidentify(_many_empty_elements(5_000))

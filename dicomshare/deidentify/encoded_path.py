@@ -32,6 +32,7 @@ from dicomshare.encoded_dataset import (
     Element,
     Incomplete,
     NotPlain,
+    TooManyElements,
     element_bytes,
     item_bytes,
     read_data_set,
@@ -46,6 +47,7 @@ from dicomshare.validation import (
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     SUPPORTED_TRANSFER_SYNTAXES,
+    TOO_LARGE,
     DeidentificationRefused,
     check_attributes,
 )
@@ -83,6 +85,8 @@ def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
             if chunk >= min(size, ENCODED_MAX_BYTES):
                 return None
             chunk = min(size, ENCODED_MAX_BYTES, chunk * 8)
+        except TooManyElements as exc:  # not left to pydicom, which would take more memory still
+            raise DeidentificationRefused(TOO_LARGE) from exc
         except (NotPlain, UnicodeError, DeidentificationRefused):
             return None
 
