@@ -73,7 +73,9 @@ def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
     ``None`` when the object is not plain (see that module), declares a character set
     other than the default repertoire, holds a value this path does not decode (not ASCII,
     VR UN or an ambiguous VR that would change), or would be refused: :func:`.dataset_path.rewrite_dataset`
-    then decides, so refusals and their reasons come from one place.
+    then decides, so refusals and their reasons come from one place; except an object of
+    more than :data:`~dicomshare.encoded_dataset.MAX_ELEMENTS` elements, refused
+    ``too_large`` here rather than read again, at greater cost, by pydicom.
     """
     chunk = min(size, ENCODED_READ_BYTES)
     while True:
