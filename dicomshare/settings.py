@@ -46,6 +46,9 @@ class Partner:
     """AWS account id or role ARN allowed to assume the partner's upload role."""
     options: tuple[str, ...] = DEFAULT_OPTIONS
     """PS3.15 E.3 option keys (as in the Table E.1-1 data) for this partner's uploads."""
+    keep_free_text: bool = False
+    """Under Clean Descriptors, also keep (cleaned) histories and comments (see
+    docs/deidentification.md); by default they are removed."""
 
     @property
     def prefix(self) -> str:
@@ -87,7 +90,7 @@ def to_document(settings: Settings) -> dict[str, Any]:
         "version": CONFIG_VERSION,
         "environment": settings.environment,
         "partners": [
-            {"id": p.id, "principal": p.principal, "options": list(p.options)}
+            {"id": p.id, "principal": p.principal, "options": list(p.options), "keep_free_text": p.keep_free_text}
             for p in settings.partners
         ],
         "max_object_bytes": settings.max_object_bytes,
@@ -113,7 +116,12 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         if not PARTNER_ID.match(pid):
             raise ConfigError(f"partners[{i}].id: lower-case letters, digits and '-' only")
         partners.append(
-            Partner(id=pid, principal=p.get("principal"), options=tuple(p.get("options", DEFAULT_OPTIONS)))
+            Partner(
+                id=pid,
+                principal=p.get("principal"),
+                options=tuple(p.get("options", DEFAULT_OPTIONS)),
+                keep_free_text=bool(p.get("keep_free_text", False)),
+            )
         )
     if len({p.id for p in partners}) != len(partners):
         raise ConfigError("partners: ids must be unique")

@@ -9,10 +9,18 @@ times (TM) are kept under either option and emptied otherwise; UIDs are replaced
 (well-known and class UIDs are kept); free text (AE, LO, LT, SH, ST, UC, UR, UT) gets a
 dummy value unless it is a coded-entry or equipment attribute of :data:`KEPT_TEXT`;
 attributes unknown to the data dictionary are removed; everything else is kept.
+
+Every text value that is kept (code strings, coded entries, equipment text: the VRs of
+:data:`CHECKED_VRS`) is checked (:meth:`Deidentifier.check_kept`): one holding an
+identifier of the header, or what the free-text detector finds, is cleaned or replaced by
+a value valid for its VR. Under Clean Descriptors the long free texts of
+:data:`FREE_TEXT_TAGS` (histories, comments) take the basic profile's action unless the
+profile keeps free text (:attr:`.Profile.keep_free_text`).
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -24,7 +32,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
-from dicomshare.deidentify.descriptors import clean_text, identifiers_in
+from dicomshare.deidentify.descriptors import clean_text, identifiers_in, scrub
+from dicomshare.deidentify.free_text import DateRule
 from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym, shift_date, shift_datetime
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
 
@@ -60,6 +69,66 @@ KEPT_TEXT = frozenset(
 """Text attributes outside Table E.1-1 kept verbatim: coded entries (PS3.3 8.8) and
 equipment, acquisition-technique and LUT vocabulary. Any other non-empty text attribute outside the table gets a
 dummy value (valid whether the attribute is Type 1, 2 or 3)."""
+
+CODE_VALUE_TAGS = frozenset({0x00080100, 0x00080119, 0x00080120})
+"""Code Value, Long Code Value, URN Code Value: replaced whole when they hold an
+identifier; checked by the free-text detector only in a local coding scheme
+(:func:`local_coding_scheme`), since standard codes are digit runs (SNOMED CT)."""
+
+STANDARD_CODING_SCHEMES = frozenset(
+    {"DCM", "SCT", "SRT", "LN", "UCUM", "FMA", "RADLEX", "NCIt", "UMLS", "MDC", "NEU", "UBERON", "ICD10", "I10",
+     "I9C", "I10P", "ACR", "SNM3", "99SDM", "NCDR", "BARI", "DCMUID", "ISO3166_1", "ISO639_1", "ISO639_2", "HPC",
+     "CD2", "C4", "ITIS_TSN", "MGI", "PUBCHEM_CID", "NYUMCCG", "MAYONRISBIOR", "IBSI", "RXNORM", "ATC"}
+)
+"""Coding scheme designators of PS3.16 Table 8-1 whose codes are vocabulary. Any other
+(``99...`` private schemes, ``L``, ``LOCAL``, anything unknown) is local: a site may put
+anything in its codes."""
+
+
+def local_coding_scheme(designator: str | None) -> bool:
+    """Whether the codes of an item with this Coding Scheme Designator are local (PS3.16 8)."""
+    return (designator or "").strip(" \x00") not in STANDARD_CODING_SCHEMES
+
+
+def _raw_string(elem) -> str | None:
+    """An element's value as text without converting it in its data set (ASCII values)."""
+    if elem is None or elem.value is None:
+        return None
+    value = elem.value
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+FREE_TEXT_KEYWORDS = (
+    "AcquisitionComments", "AdditionalPatientHistory", "AdmittingDiagnosesDescription", "Allergies",
+    "CommentsOnRadiationDose", "CommentsOnThePerformedProcedureStep", "DischargeDiagnosisDescription",
+    "FrameComments", "IdentifyingComments", "ImageComments", "ImagingServiceRequestComments", "Impressions",
+    "InterpretationDiagnosisDescription", "InterpretationText", "MedicalAlerts", "Occupation", "PatientComments",
+    "PatientState", "ReasonForStudy", "ReasonForTheImagingServiceRequest", "ReasonForTheRequestedProcedure",
+    "ReasonForVisit", "RequestedProcedureComments", "ResultsComments", "ServiceEpisodeDescription",
+    "SpecimenDetailedDescription", "StudyComments", "VisitComments", "FractionationNotes", "PrescriptionNotes",
+    "RTPhysicianIntentNarrative", "TreatmentTechniqueNotes", "MakerNote",
+)
+"""Histories, comments, reasons, impressions and notes: long free text written about the
+patient rather than a descriptor a clinician reads to find an image. Clean Descriptors
+keeps the descriptors (Study, Series, Performed Procedure Step and Requested Procedure
+Description, Protocol Name, labels, ...) cleaned; these take the basic profile's action
+unless the profile keeps free text."""
+FREE_TEXT_TAGS = frozenset(tag_for_keyword(keyword) for keyword in FREE_TEXT_KEYWORDS)
+
+ENUMERATED_KEYWORDS = (
+    "ValueType", "RelationshipType", "ContinuityOfContent", "Modality", "PhotometricInterpretation",
+    "PatientPosition", "ConversionType", "PixelPresentation", "VolumetricProperties", "Laterality",
+    "ImageLaterality", "PresentationIntentType", "RescaleType", "CompletionFlag", "VerificationFlag",
+)
+"""Code strings with enumerated values (PS3.3): one word of a name (``Text``, ``Primary``)
+must not replace the term the object's structure needs; whole identifiers and the
+free-text detector still apply."""
+ENUMERATED_TAGS = frozenset(tag_for_keyword(keyword) for keyword in ENUMERATED_KEYWORDS)
+
+CHECKED_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+"""The VRs of kept values that :meth:`Deidentifier.check_kept` checks."""
+_MAX_LENGTHS = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240}
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
 
 KEPT_UID_KEYWORDS = frozenset(
     {
@@ -137,8 +206,9 @@ class Deidentifier:
         self.patient_key = patient_id or f"study:{study_instance_uid}"
         self.pseudonym = patient_pseudonym(secret, self.patient_key)
         self.offset = date_offset_days(secret, self.patient_key)
-        self.identifiers: set[str] = set()
-        self.words: set[str] = set()
+        self.date_rule = DateRule({KEEP: "keep", CLEAN: "shift", EMPTY: "remove"}[self.dates], self.offset)
+        self.identifiers: frozenset[str] = frozenset()
+        self.words: frozenset[str] = frozenset()
         self._actions = _ACTIONS.setdefault(profile, {})
 
     def action(self, tag: int, vr: str) -> str:
@@ -162,6 +232,8 @@ class Deidentifier:
         if tag in (0x00100010, 0x00100020) and self.profile.action(tag) != KEEP:
             return PSEUDONYM
         found = self.profile.action(tag)
+        if found == CLEAN and tag in FREE_TEXT_TAGS and not self.profile.keep_free_text:
+            return self.profile.basic_actions[tag]
         if 0x6000 <= group <= 0x60FF and self.profile.action((group << 16) | 0x3000) == REMOVE:
             return REMOVE
         if found is not None:
@@ -190,7 +262,7 @@ class Deidentifier:
             and vr in _IDENTIFIER_VRS
         )
 
-    def add_identifiers(self, identifiers: set[str] | frozenset[str], words: set[str] | frozenset[str]) -> None:
+    def add_identifiers(self, identifiers: frozenset[str], words: frozenset[str]) -> None:
         self.identifiers |= identifiers
         self.words |= words
 
@@ -207,7 +279,32 @@ class Deidentifier:
 
     def clean_text(self, text: str) -> str:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
-        return clean_text(text, self.identifiers, self.words)
+        return clean_text(text, self.identifiers, self.words, self.date_rule)
+
+    def check_kept(self, tag: int, vr: str, values: list[str], local_codes: bool) -> list[str] | None:
+        """The new values of a kept element whose values hold an identifier of the header
+        or what the free-text detector finds; ``None`` when they hold neither (the element
+        stays as it is). ``local_codes``: the element's item names a local coding scheme.
+
+        A cleaned value stays when it is valid for the VR; otherwise (and for codes,
+        whose meaning a part of them would change) the VR's dummy value takes its place,
+        so Type 1 attributes keep a value and multi-valued ones their multiplicity.
+        """
+        if vr not in CHECKED_VRS:
+            return None
+        new, changed = [], False
+        code = tag in CODE_VALUE_TAGS
+        for value in values:
+            words = frozenset() if tag in ENUMERATED_TAGS else self.words
+            found = scrub(value, self.identifiers, words, self.date_rule, free_text=local_codes or not code)
+            if found is None:
+                new.append(value)
+                continue
+            changed = True
+            if code or not found or vr == "AE" or (vr == "CS" and not _CODE_STRING.fullmatch(found)):
+                found = _DUMMY.get(vr, "")
+            new.append(found[: _MAX_LENGTHS.get(vr, len(found))])
+        return new if changed else None
 
     def replace_uid(self, tag: int, value: str) -> str:
         if not value or value in UID_dictionary or tag in KEPT_UID_TAGS:
@@ -239,6 +336,7 @@ class Deidentifier:
 
     def apply(self, ds: Dataset) -> None:
         """Apply the profile to every element of ``ds`` and, recursively, its sequences."""
+        local_codes = local_coding_scheme(_raw_string(ds.get_item(0x00080102)))
         for tag in list(ds.keys()):
             vr = vr_of(ds, tag)
             action = self.action(int(tag), vr)
@@ -246,6 +344,8 @@ class Deidentifier:
                 del ds[tag]
                 continue
             if action == KEEP and vr != "SQ":
+                if vr in CHECKED_VRS:
+                    self._check_kept_element(ds, tag, vr, local_codes)
                 continue
             elem = ds[tag]
             if elem.VR == "SQ":
@@ -261,6 +361,17 @@ class Deidentifier:
                 del ds[tag]
             else:
                 elem.value = new[0] if new and len(new) == 1 else new
+
+    def _check_kept_element(self, ds: Dataset, tag: int, vr: str, local_codes: bool) -> None:
+        """:meth:`check_kept` on ``ds[tag]``; an element that stays is left as read (raw)."""
+        raw = ds.get_item(tag)
+        elem = ds[tag]
+        values = [str(v) for v in _values(elem.value) if v is not None]
+        new = self.check_kept(int(tag), vr, values, local_codes)
+        if new is not None:
+            elem.value = new[0] if len(new) == 1 else new
+        elif raw.is_raw:
+            ds[tag] = raw
 
     def _dummy(self, vr: str) -> list | None:
         if vr in _NUMERIC_VRS:

@@ -12,7 +12,14 @@ from typing import BinaryIO
 
 from pydicom.datadict import tag_for_keyword
 
-from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, record_elements
+from dicomshare.deidentify.actions import (
+    CHECKED_VRS,
+    CODE_VALUE_TAGS,
+    TEXT_VRS,
+    Deidentifier,
+    local_coding_scheme,
+    record_elements,
+)
 from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
 from dicomshare.deidentify.encoded_values import STRING_VRS, check_plain, decoded_strings, remember, single_string
@@ -107,9 +114,9 @@ def _rewrite_encoded_bytes(
     deidentifier = Deidentifier(
         profile, secret, single_string(top.get(0x00100020)).strip(), checked["StudyInstanceUID"]
     )
-    noted, encoded_cache = _element_caches(profile, secret, deidentifier.patient_key, implicit)
-    if profile.cleans:
-        deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
+    noted, encoded_caches = _element_caches(profile, secret, deidentifier.patient_key, implicit)
+    deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
+    encoded_cache = _identifiers_cache(encoded_caches, deidentifier)
     records = _record_bytes(profile, deidentifier.dates, implicit)
     kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
     data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
@@ -152,15 +159,32 @@ again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
 @lru_cache(maxsize=4)
 def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
     """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
-    element and what :func:`_encode_elements` made of it, by the element's encoding.
+    element, by the element's encoding, and, per set of identifiers found
+    (:func:`_identifiers_cache`), what :func:`_encode_elements` made of it.
 
     Both depend on nothing else (Clean Descriptors text aside, which is never cached, nor
-    is a sequence holding some), and most elements repeat from one object of a series to
-    the next: a remembered element, sequences included, is neither decoded nor checked
+    is a sequence holding some; a kept text depends on the identifiers it is checked
+    against, hence a cache per set), and most elements repeat from one object of a series
+    to the next: a remembered element, sequences included, is neither decoded nor checked
     again. In memory only; elements over :data:`ELEMENT_CACHE_ELEMENT_BYTES` are not
     cached, and each cache is emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
     """
     return {}, {}
+
+
+IDENTIFIER_SETS_CACHED = 4
+
+
+def _identifiers_cache(caches: dict, deidentifier: Deidentifier) -> dict:
+    """The cache of :func:`_encode_elements` for the identifiers of ``deidentifier``: one
+    of up to :data:`IDENTIFIER_SETS_CACHED` per patient (a study's objects share them)."""
+    key = (deidentifier.identifiers, deidentifier.words)
+    found = caches.get(key)
+    if found is None:
+        if len(caches) >= IDENTIFIER_SETS_CACHED:
+            caches.clear()
+        found = caches[key] = {}
+    return found
 
 
 _NOTHING_NOTED = (frozenset(), frozenset())
@@ -209,11 +233,14 @@ def _encode_elements(
     """
     encoded = list(extra.items()) if extra else []
     cacheable = True
+    designator = next((e for e in elements if e.tag == 0x00080102), None)
+    local_codes = local_coding_scheme(None if designator is None else designator.value.decode("latin-1"))
     for element in elements:
-        new = encoded_cache.get(element.raw, _UNCACHED)
+        in_context = local_codes and element.tag in CODE_VALUE_TAGS  # depends on the item, not only its bytes
+        new = _UNCACHED if in_context else encoded_cache.get(element.raw, _UNCACHED)
         if new is _UNCACHED:
-            new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache)
-            if rememberable:
+            new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache, local_codes)
+            if rememberable and not in_context:
                 remember(encoded_cache, element, new)
             else:
                 cacheable = False
@@ -224,9 +251,11 @@ def _encode_elements(
     return b"".join([value for _, value in encoded]), cacheable
 
 
-def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict) -> tuple[bytes | None, bool]:
+def _encode_element(
+    deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict, local_codes: bool
+) -> tuple[bytes | None, bool]:
     """One element of :func:`_encode_elements`: its new encoding (``None``: removed) and
-    whether that may be remembered."""
+    whether that may be remembered. ``local_codes``: its item names a local coding scheme."""
     tag, vr = element.tag, element.vr
     if vr == "SQ":
         items = element.value
@@ -247,6 +276,10 @@ def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool
     if action == REMOVE:
         return None, True
     if action == KEEP:
+        if vr in CHECKED_VRS:
+            new_values = deidentifier.check_kept(tag, vr, decoded_strings(vr, element.value), local_codes)
+            if new_values is not None:
+                return element_bytes(tag, vr, _text_bytes(new_values, vr), implicit=implicit), True
         return element_bytes(tag, vr, element.value, implicit=implicit), True
     value = _changed(deidentifier, element, action)
     new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
@@ -273,7 +306,12 @@ def _changed(deidentifier: Deidentifier, element: Element, action: str) -> bytes
         return b""
     if vr in _NUMBER_SIZES:
         return bytes(_NUMBER_SIZES[vr])
-    text = "\\".join(new).encode("ascii")
+    return _text_bytes(new, vr)
+
+
+def _text_bytes(values: list[str], vr: str) -> bytes:
+    """String values encoded as pydicom writes them: joined by ``\\``, padded to even length."""
+    text = "\\".join(values).encode("ascii")
     return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
 
 
