@@ -207,8 +207,9 @@ class Deidentifier:
         self.pseudonym = patient_pseudonym(secret, self.patient_key)
         self.offset = date_offset_days(secret, self.patient_key)
         self.date_rule = DateRule({KEEP: "keep", CLEAN: "shift", EMPTY: "remove"}[self.dates], self.offset)
-        self.identifiers: frozenset[str] = frozenset()
-        self.words: frozenset[str] = frozenset()
+        self._identifiers: set[str] = set()
+        self._words: set[str] = set()
+        self._found: tuple[frozenset[str], frozenset[str]] | None = None
         self._actions = _ACTIONS.setdefault(profile, {})
 
     def action(self, tag: int, vr: str) -> str:
@@ -263,8 +264,16 @@ class Deidentifier:
         )
 
     def add_identifiers(self, identifiers: frozenset[str], words: frozenset[str]) -> None:
-        self.identifiers |= identifiers
-        self.words |= words
+        self._identifiers |= identifiers
+        self._words |= words
+        self._found = None
+
+    @property
+    def found(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The identifiers and words gathered (:meth:`add_identifiers`), as one key."""
+        if self._found is None:
+            self._found = (frozenset(self._identifiers), frozenset(self._words))
+        return self._found
 
     def collect(self, ds: Dataset) -> None:
         """Gather every identifying value (anything not kept, descriptors aside) for Clean."""
@@ -279,7 +288,7 @@ class Deidentifier:
 
     def clean_text(self, text: str) -> str:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
-        return clean_text(text, self.identifiers, self.words, self.date_rule)
+        return clean_text(text, *self.found, self.date_rule)
 
     def check_kept(self, tag: int, vr: str, values: list[str], local_codes: bool) -> list[str] | None:
         """The new values of a kept element whose values hold an identifier of the header
@@ -295,8 +304,9 @@ class Deidentifier:
         new, changed = [], False
         code = tag in CODE_VALUE_TAGS
         for value in values:
-            words = frozenset() if tag in ENUMERATED_TAGS else self.words
-            found = scrub(value, self.identifiers, words, self.date_rule, free_text=local_codes or not code)
+            identifiers, words = self.found
+            words = frozenset() if tag in ENUMERATED_TAGS else words
+            found = scrub(value, identifiers, words, self.date_rule, free_text=local_codes or not code)
             if found is None:
                 new.append(value)
                 continue

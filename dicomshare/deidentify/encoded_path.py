@@ -178,7 +178,7 @@ IDENTIFIER_SETS_CACHED = 4
 def _identifiers_cache(caches: dict, deidentifier: Deidentifier) -> dict:
     """The cache of :func:`_encode_elements` for the identifiers of ``deidentifier``: one
     of up to :data:`IDENTIFIER_SETS_CACHED` per patient (a study's objects share them)."""
-    key = (deidentifier.identifiers, deidentifier.words)
+    key = deidentifier.found
     found = caches.get(key)
     if found is None:
         if len(caches) >= IDENTIFIER_SETS_CACHED:
@@ -200,12 +200,16 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
         if found is None:
             vr = element.vr
             if vr == "SQ":
-                items = element.value
-                found = _NOTHING_NOTED
-                for item in items:
+                nested_identifiers: set[str] = set()
+                nested_words: set[str] = set()
+                for item in element.value:
                     nested = _note_encoded(deidentifier, item.elements, noted)
-                    if nested is not _NOTHING_NOTED:
-                        found = (found[0] | nested[0], found[1] | nested[1])
+                    nested_identifiers |= nested[0]
+                    nested_words |= nested[1]
+                found = (
+                    (frozenset(nested_identifiers), frozenset(nested_words))
+                    if nested_identifiers or nested_words else _NOTHING_NOTED
+                )
             else:
                 check_plain(element)
                 action = deidentifier.action(element.tag, vr)
