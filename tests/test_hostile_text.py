@@ -19,11 +19,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicomshare import profile as profiles
+from dicomshare import settings as settings_module
 from dicomshare.deidentify import deidentify_file
 from dicomshare.deidentify.descriptors import Matcher, fold, identifiers_in, scrub
 from dicomshare.deidentify.free_text import DateRule
 from dicomshare.deidentify.identities import date_offset_days
-from dicomshare.settings import Settings
 
 from test_deidentify import SECRET, base_dataset, to_file
 
@@ -179,7 +179,9 @@ def test_partner_opts_in_to_free_text(tmp_path):
     name, names, text_name = PATIENTS["ISO_IR 192"]
     src = to_file(hostile_dataset("ISO_IR 192", name, text_name), tmp_path / "a.dcm")
     out = io.BytesIO()
-    profile = profiles.for_partner(("rtnLongModifDatesOpt", "cleanDescOpt"), keep_free_text=True)
+    partner = settings_module.from_document({"partners": [{"id": "p1", "keep_free_text": True}]}).partners[0]
+    assert partner.keep_free_text and not settings_module.from_document({"partners": [{"id": "p1"}]}).partners[0].keep_free_text
+    profile = profiles.for_partner(partner.options, partner.keep_free_text)
     deidentify_file(src, out, profile=profile, secret=SECRET)
     ds = pydicom.dcmread(io.BytesIO(out.getvalue()))
     assert ds.ImageComments.startswith("Comment about")
