@@ -177,7 +177,10 @@ _DUMMY = {
     "UT": "ANONYMIZED",
 }
 _CLEANABLE_VRS = TEXT_VRS | _DATE_VRS | {"TM", "UI", "PN"}
-_IDENTIFIER_VRS = TEXT_VRS | _DATE_VRS | {"PN", "UI"}
+_IDENTIFIER_VRS = TEXT_VRS | _DATE_VRS | {"PN"}
+"""The VRs whose values are identifiers for Clean Descriptors. Not UI: the detector removes
+every UID-like run from text, and a series' identifiers then stay the same from one
+instance to the next (its kept elements are checked once per series, not per file)."""
 _NUMERIC_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 
 def _values(value: object) -> list:

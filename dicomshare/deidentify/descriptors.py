@@ -106,14 +106,14 @@ def identifiers_in(tag: int, vr: str, values: list[str]) -> tuple[frozenset[str]
     words: set[str] = set()
     for value in values:
         text = value.strip()
-        if len(text) >= 3:
+        if len(text) >= 3 and vr != "DT":
             identifiers.add(fold(text))
         if vr == "PN" or tag in WORD_TAGS:
             for token in _SEPARATORS.split(fold(text)):
                 if len(token) >= 2 or _NO_SPACE.search(token):
                     words.add(token)
-        if vr == "DA":
-            identifiers.update(date_spellings(text))
+        if vr in ("DA", "DT"):
+            identifiers.update(date_spellings(text[:8]))  # a DT's time varies per instance
     identifiers.discard("")
     return frozenset(identifiers), frozenset(words)
 

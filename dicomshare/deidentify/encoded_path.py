@@ -15,7 +15,6 @@ from pydicom.datadict import tag_for_keyword
 from dicomshare.deidentify.actions import (
     CHECKED_VRS,
     CODE_VALUE_TAGS,
-    TEXT_VRS,
     Deidentifier,
     local_coding_scheme,
     record_elements,
@@ -35,7 +34,7 @@ from dicomshare.encoded_dataset import (
     read_data_set,
     sequence_bytes,
 )
-from dicomshare.profile import CLEAN, EMPTY, KEEP, REMOVE, Profile
+from dicomshare.profile import EMPTY, KEEP, REMOVE, Profile
 from dicomshare.settings import Settings
 from dicomshare.validation import (
     CHECKED,
@@ -119,7 +118,7 @@ def _rewrite_encoded_bytes(
     encoded_cache = _identifiers_cache(encoded_caches, deidentifier)
     records = _record_bytes(profile, deidentifier.dates, implicit)
     kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
-    data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
+    data_set = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
     uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
     if not all(uids):
         return None
@@ -162,10 +161,9 @@ def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit:
     element, by the element's encoding, and, per set of identifiers found
     (:func:`_identifiers_cache`), what :func:`_encode_elements` made of it.
 
-    Both depend on nothing else (Clean Descriptors text aside, which is never cached, nor
-    is a sequence holding some; a kept text depends on the identifiers it is checked
-    against, hence a cache per set), and most elements repeat from one object of a series
-    to the next: a remembered element, sequences included, is neither decoded nor checked
+    Both depend on nothing else (a kept or cleaned text depends on the identifiers it is
+    checked against, hence a cache per set), and most elements repeat from one object of
+    a series to the next: a remembered element, sequences included, is neither decoded nor checked
     again. In memory only; elements over :data:`ELEMENT_CACHE_ELEMENT_BYTES` are not
     cached, and each cache is emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
     """
@@ -229,65 +227,68 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
 
 def _encode_elements(
     deidentifier: Deidentifier, elements: list[Element], implicit: bool, encoded_cache: dict, extra: dict[int, bytes] | None = None
-) -> tuple[bytes, bool]:
+) -> bytes:
     """:meth:`Deidentifier.apply` and the encoding of its result, in tag order (the
     elements are in tag order: :mod:`~dicomshare.encoded_dataset` accepts no other).
 
-    Also says whether the result may be remembered: not when it holds cleaned text.
+    Each element's result is remembered by its encoding, except a code of a local coding
+    scheme, whose check depends on its item (:func:`_local_codes`).
     """
     encoded = list(extra.items()) if extra else []
-    cacheable = True
-    designator = next((e for e in elements if e.tag == 0x00080102), None)
-    local_codes = local_coding_scheme(None if designator is None else designator.value.decode("latin-1"))
+    local_codes = None
     for element in elements:
-        in_context = local_codes and element.tag in CODE_VALUE_TAGS  # depends on the item, not only its bytes
+        in_context = False
+        if element.tag in CODE_VALUE_TAGS:
+            local_codes = _local_codes(elements) if local_codes is None else local_codes
+            in_context = local_codes
         new = _UNCACHED if in_context else encoded_cache.get(element.raw, _UNCACHED)
         if new is _UNCACHED:
-            new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache, local_codes)
-            if rememberable and not in_context:
+            new = _encode_element(deidentifier, element, implicit, encoded_cache, bool(local_codes))
+            if not in_context:
                 remember(encoded_cache, element, new)
-            else:
-                cacheable = False
         if new is not None:
             encoded.append((element.tag, new))
     if extra:
         encoded.sort()
-    return b"".join([value for _, value in encoded]), cacheable
+    return b"".join([value for _, value in encoded])
+
+
+def _local_codes(elements: list[Element]) -> bool:
+    """Whether the item of ``elements`` names a local coding scheme (:func:`local_coding_scheme`)."""
+    designator = next((e for e in elements if e.tag == 0x00080102), None)
+    return local_coding_scheme(None if designator is None else designator.value.decode("latin-1"))
 
 
 def _encode_element(
     deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict, local_codes: bool
-) -> tuple[bytes | None, bool]:
-    """One element of :func:`_encode_elements`: its new encoding (``None``: removed) and
-    whether that may be remembered. ``local_codes``: its item names a local coding scheme."""
+) -> bytes | None:
+    """One element of :func:`_encode_elements`: its new encoding (``None``: removed).
+    ``local_codes``: its item names a local coding scheme."""
     tag, vr = element.tag, element.vr
     if vr == "SQ":
         items = element.value
         action = deidentifier.action(tag, vr)
         if action == REMOVE:
-            return None, True
+            return None
         if action == EMPTY:
-            return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit), True
-        content, cacheable = [], True
-        for item in items:
-            item_content, item_cacheable = _encode_elements(deidentifier, item.elements, implicit, encoded_cache)
-            content.append(item_bytes(item_content, undefined_length=item.undefined_length))
-            cacheable = cacheable and item_cacheable
-        value = b"".join(content)
-        return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit), cacheable
+            return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit)
+        value = b"".join(
+            item_bytes(_encode_elements(deidentifier, item.elements, implicit, encoded_cache), undefined_length=item.undefined_length)
+            for item in items
+        )
+        return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit)
     check_plain(element)
     action = deidentifier.action(tag, vr)
     if action == REMOVE:
-        return None, True
+        return None
     if action == KEEP:
         if vr in CHECKED_VRS:
             new_values = deidentifier.check_kept(tag, vr, decoded_strings(vr, element.value), local_codes)
             if new_values is not None:
-                return element_bytes(tag, vr, _text_bytes(new_values, vr), implicit=implicit), True
-        return element_bytes(tag, vr, element.value, implicit=implicit), True
+                return element_bytes(tag, vr, _text_bytes(new_values, vr), implicit=implicit)
+        return element_bytes(tag, vr, element.value, implicit=implicit)
     value = _changed(deidentifier, element, action)
-    new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
-    return new, not (action == CLEAN and vr in TEXT_VRS)
+    return None if value is None else element_bytes(tag, vr, value, implicit=implicit)
 
 
 _UNCACHED = object()

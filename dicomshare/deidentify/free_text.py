@@ -3,8 +3,8 @@ any text, whether or not the header holds it.
 
 Phone numbers are found by ``phonenumbers`` (libphonenumber's matcher); dates in the
 common spellings (``19610203``, ``1961-02-03``, ``03.02.1961``, ``3/2/1961``,
-``03-FEB-1961``, ``3 February 1961``, ``Feb 3, 1961``), e-mail addresses, URLs, ID-like
-digit runs (six digits or more, an optional short letter prefix: MRNs, accession and
+``03-FEB-1961``, ``3 February 1961``, ``Feb 3, 1961``), e-mail addresses, URLs, UIDs
+(dotted numbers of five components or more), ID-like digit runs (six digits or more, an optional short letter prefix: MRNs, accession and
 insurance numbers), street addresses and titled names ("Dr House", "mother Anna") by one
 compiled expression, each of whose alternatives starts at a token boundary and reads a
 bounded number of characters, so a scan costs time linear in the text.
@@ -120,6 +120,8 @@ DETECTOR = re.compile(
             rf"{_STREET}\b\.?"
             rf"|(?<!\w)\d{{1,5}},?[ ]{{1,3}}{_STREET_START}(?:[ ]{{1,3}}[\w'’-]{{1,30}}+){{1,4}}"
             rf"|(?<!\w)[{_CAPITAL}][\w-]{{0,40}}+(?:{_STRASSE})\.?[ ]{{0,3}}\d{{1,5}}[a-zA-Z]?(?!\w))",
+            # UIDs and other dotted numbers of five components or more: 1.2.840.113619.2.55
+            r"(?P<uid>(?<![\w.])\d{1,39}(?:\.\d{1,39}){4,}(?![\w.]))",
             # ID-like digit runs: 1234567, MRN12345678, 123-456-789
             r"(?P<id_run>(?<![\w.])[A-Za-z]{0,4}[#:]?\d(?:[-/]?\d){5,}(?![\w]|\.\d))",
             # titled names: Dr House, mother Anna, Mrs. O'Brien-Smith
@@ -244,7 +246,7 @@ def scrub_free_text(text: str, rule: DateRule) -> str | None:
     replacements = []
     for match in DETECTOR.finditer(text):
         kind = match.lastgroup
-        if kind in ("email", "url", "street", "id_run"):
+        if kind in ("email", "url", "street", "uid", "id_run"):
             replacements.append((match.start(), match.end(), ""))
         elif kind == "name":
             replacements.append((match.start("name"), match.end("name"), ""))
