@@ -206,12 +206,10 @@ RULE = DateRule("shift", -10)
         ("03.02.1961", "24.01.1961"),
         ("3/2/1961 seen", "seen"),  # day and month cannot be told apart: removed
         ("3. März 1961", "21. Februar 1961"),
+        ("uid 1.2.840.113619.2.55.3 v10.2.3.4", "uid v10.2.3.4"),
     ],
 )
 def test_dates_in_any_spelling_are_shifted_consistently(text, expected):
-    if "März" in text:
-        assert scrub(text, frozenset(), frozenset(), DateRule("shift", -10)) == "21. Februar 1961"
-        return
     assert scrub(text, frozenset(), frozenset(), RULE) == expected
 
 
