@@ -214,6 +214,12 @@ def test_dates_in_any_spelling_are_shifted_consistently(text, expected):
     assert scrub(text, frozenset(), frozenset(), RULE) == expected
 
 
+def test_full_dates_keep_text_dates_but_not_the_header_dates_removed():
+    identifiers, words = identifiers_in(0x00100030, "DA", ["19610203"])  # Patient's Birth Date
+    text = "born Feb 3, 1961 (3.2.1961), scan 15-Jan-2024"
+    assert scrub(text, identifiers, words, DateRule("keep", 0)) == "born (), scan 15-Jan-2024"
+
+
 def test_dates_are_removed_without_the_dates_option():
     assert scrub("Feb 3, 1961 and 15-Jan-2024 ok", frozenset(), frozenset(), DateRule("remove", 0)) == "and ok"
 

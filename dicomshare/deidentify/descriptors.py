@@ -32,14 +32,6 @@ import ahocorasick
 from dicomshare.deidentify.free_text import DateRule, scrub_free_text
 from dicomshare.profile import CLEAN, table_rows
 
-DATE_FORMATS = (
-    "%Y%m%d", "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%d.%m.%Y", "%m/%d/%Y", "%d/%m/%Y", "%d-%m-%Y",
-    "%d %b %Y", "%d-%b-%Y", "%b %d %Y", "%b %d, %Y", "%d %B %Y", "%B %d, %Y", "%B %d %Y",
-)
-"""The spellings of a header date removed from free text (:func:`date_spellings`) when the
-text's own dates are kept (full-dates option); otherwise :mod:`.free_text` shifts or
-removes every date, whatever its spelling."""
-
 IDENTIFIER_PASSES = 3
 """Removing an identifier may join two pieces into another; the text is scanned again,
 up to this many times, after which a text still holding one is emptied."""
@@ -199,11 +191,22 @@ def clean_text(text: str, identifiers: frozenset[str], words: frozenset[str], da
 
 @lru_cache(maxsize=1024)
 def date_spellings(value: str) -> tuple[str, ...]:
-    """The ways a DA value may be written in free text (:data:`DATE_FORMATS`), folded."""
+    """The ways a DA value may be written in free text, folded: ISO and DICOM, numeric
+    day-month-year and month/day/year (with and without leading zeros), and with English
+    month names. They are removed from text whose own dates are kept (full-dates
+    option); otherwise :mod:`.free_text` shifts or removes every date, whatever its
+    spelling, before they are looked for."""
     if not re.fullmatch(r"\d{8}", value):
         return ()
     try:
         day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
     except ValueError:
         return ()
-    return tuple(fold(day.strftime(fmt)) for fmt in DATE_FORMATS)
+    y, m, d = day.year, day.month, day.day
+    spellings = {f"{y}{m:02d}{d:02d}", f"{y}-{m:02d}-{d:02d}", f"{y}/{m:02d}/{d:02d}", f"{y}.{m:02d}.{d:02d}"}
+    for dd in {f"{d}", f"{d:02d}"}:
+        for mm in {f"{m}", f"{m:02d}"}:
+            spellings |= {f"{dd}.{mm}.{y}", f"{mm}/{dd}/{y}", f"{dd}/{mm}/{y}", f"{dd}-{mm}-{y}"}
+        for name in (day.strftime("%b"), day.strftime("%B")):
+            spellings |= {f"{dd} {name} {y}", f"{dd}-{name}-{y}", f"{name} {dd} {y}", f"{name} {dd}, {y}"}
+    return tuple(sorted(fold(spelling) for spelling in spellings))
