@@ -46,9 +46,10 @@ _NO_SPACE = re.compile(f"[{NO_SPACE_SCRIPTS}]")
 _WORD = re.compile(f"[^\\W_{NO_SPACE_SCRIPTS}]+")
 _SEPARATORS = re.compile(r"[\s^=,.\-/()'’\"]+")
 
-WORD_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050, 0x00080080})
-"""Patient ID, Other Patient IDs, Accession Number, Institution Name: besides Person Names,
-the values whose words are identifiers one by one."""
+WORD_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050})
+"""Patient ID, Other Patient IDs, Accession Number: besides Person Names, the values whose
+words are identifiers one by one. (An institution's name is one whole identifier: its
+words, ``medical``, ``systems``, ``general``, are everyone's.)"""
 
 DESCRIPTOR_TAGS = frozenset(
     int(row["id"], 16) for row in table_rows() if row.get("cleanDescOpt") == CLEAN and "x" not in row["id"]
@@ -91,8 +92,12 @@ def _folded_with_starts(text: str) -> tuple[str, list[int] | None]:
 
 def identifiers_in(tag: int, vr: str, values: list[str]) -> tuple[frozenset[str], frozenset[str]]:
     """The identifiers and words (folded), for Clean Descriptors, in the values of an
-    element that is not kept (for :meth:`.actions.Deidentifier.add_identifiers`)."""
-    if tag in DESCRIPTOR_TAGS:
+    element that is not kept (for :meth:`.actions.Deidentifier.add_identifiers`).
+
+    Not in descriptors (:data:`DESCRIPTOR_TAGS`) nor private attributes (removed whole;
+    what they say about the patient the standard attributes say too, and the rest is
+    vendor vocabulary, ``WHOLE BODY``, that must not clean the kept values)."""
+    if tag in DESCRIPTOR_TAGS or (tag >> 16) & 1:
         return frozenset(), frozenset()
     identifiers: set[str] = set()
     words: set[str] = set()

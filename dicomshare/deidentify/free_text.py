@@ -238,7 +238,7 @@ def scrub_free_text(text: str, rule: DateRule) -> str | None:
     for candidate in _PHONE_CANDIDATE.finditer(text):
         start = max(0, candidate.start() - _PHONE_CONTEXT)
         window = text[start : candidate.end() + _PHONE_CONTEXT]
-        matches = phonenumbers.PhoneNumberMatcher(window, PHONE_REGION, leniency=phonenumbers.Leniency.POSSIBLE)
+        matches = phonenumbers.PhoneNumberMatcher(window, PHONE_REGION, leniency=phonenumbers.Leniency.VALID)
         phones.extend((start + m.start, start + m.end) for m in matches)
     if phones:
         text = _replace(text, [(start, end, "") for start, end in _merged(phones)])
