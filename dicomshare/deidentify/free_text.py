@@ -4,8 +4,8 @@ any text, whether or not the header holds it.
 Phone numbers are found by ``phonenumbers`` (libphonenumber's matcher); dates in the
 common spellings (``19610203``, ``1961-02-03``, ``03.02.1961``, ``3/2/1961``,
 ``03-FEB-1961``, ``3 February 1961``, ``Feb 3, 1961``), e-mail addresses, URLs, UIDs
-(dotted numbers of five components or more), ID-like digit runs (six digits or more, an optional short letter prefix: MRNs, accession and
-insurance numbers), street addresses and titled names ("Dr House", "mother Anna") by one
+(dotted numbers of five components or more), ID-like digit runs (six digits or more, an
+optional short letter prefix: MRNs, accession and insurance numbers), street addresses and titled names ("Dr House", "mother Anna") by one
 compiled expression, each of whose alternatives starts at a token boundary and reads a
 bounded number of characters, so a scan costs time linear in the text.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import re
+
 import phonenumbers
 
 PHONE_REGION = "US"
