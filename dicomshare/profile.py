@@ -100,6 +100,10 @@ class Profile:
     name: str = "clinical"
     options: tuple[str, ...] = PROFILES["clinical"]
     revision: str = REVISION
+    keep_free_text: bool = False
+    """Under Clean Descriptors, keep (cleaned) the long free texts too (histories, comments:
+    :data:`dicomshare.deidentify.actions.FREE_TEXT_TAGS`), which otherwise take the basic
+    profile's action. A partner opts in with ``keep_free_text`` in the configuration."""
     actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
     repeating: Mapping[tuple[int, int, int], str] = field(init=False, repr=False, compare=False)
     basic_actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
@@ -163,7 +167,8 @@ class Profile:
     @property
     def method(self) -> list[str]:
         """De-identification Method (0012,0063, LO, VM 1-n): profile, revision, options."""
-        return [f"dicomshare {self.name} profile", f"PS3.15 {self.revision} Basic Profile", *self.options]
+        kept = ["free text kept"] if self.keep_free_text and "cleanDescOpt" in self.options else []
+        return [f"dicomshare {self.name} profile", f"PS3.15 {self.revision} Basic Profile", *self.options, *kept]
 
 
 @cache
@@ -177,9 +182,10 @@ def named(name: str) -> Profile:
     return Profile(name=name, options=PROFILES[name])
 
 
-def for_partner(partner_options: tuple[str, ...]) -> Profile:
-    """The profile for a partner's uploads (:attr:`dicomshare.settings.Partner.options`)."""
+def for_partner(partner_options: tuple[str, ...], keep_free_text: bool = False) -> Profile:
+    """The profile for a partner's uploads (:attr:`dicomshare.settings.Partner.options`
+    and :attr:`~dicomshare.settings.Partner.keep_free_text`)."""
     for name, options in PROFILES.items():
         if set(options) == set(partner_options):
-            return Profile(name=name, options=options)
-    return Profile(name="custom", options=tuple(partner_options))
+            return Profile(name=name, options=options, keep_free_text=keep_free_text)
+    return Profile(name="custom", options=tuple(partner_options), keep_free_text=keep_free_text)

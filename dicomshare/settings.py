@@ -80,6 +80,9 @@ class Partner:
     pixel_opt_in: tuple[str, ...] = ()
     """SOP classes of :attr:`Settings.high_risk_sop_classes` this partner vouches for: its
     objects of these classes are accepted without Burned In Annotation ``NO``."""
+    keep_free_text: bool = False
+    """Under Clean Descriptors, also keep (cleaned) histories and comments (see
+    docs/deidentification.md); by default they are removed."""
 
     @property
     def prefix(self) -> str:
@@ -125,7 +128,13 @@ def to_document(settings: Settings) -> dict[str, Any]:
         "version": CONFIG_VERSION,
         "environment": settings.environment,
         "partners": [
-            {"id": p.id, "principal": p.principal, "options": list(p.options), "pixel_opt_in": list(p.pixel_opt_in)}
+            {
+                "id": p.id,
+                "principal": p.principal,
+                "options": list(p.options),
+                "pixel_opt_in": list(p.pixel_opt_in),
+                "keep_free_text": p.keep_free_text,
+            }
             for p in settings.partners
         ],
         "max_object_bytes": settings.max_object_bytes,
@@ -151,8 +160,13 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         if not PARTNER_ID.match(pid):
             raise ConfigError(f"partners[{i}].id: lower-case letters, digits and '-' only")
         partners.append(
-            Partner(id=pid, principal=p.get("principal"), options=tuple(p.get("options", DEFAULT_OPTIONS)),
-                    pixel_opt_in=tuple(p.get("pixel_opt_in", ())))
+            Partner(
+                id=pid,
+                principal=p.get("principal"),
+                options=tuple(p.get("options", DEFAULT_OPTIONS)),
+                pixel_opt_in=tuple(p.get("pixel_opt_in", ())),
+                keep_free_text=bool(p.get("keep_free_text", False)),
+            )
         )
     if len({p.id for p in partners}) != len(partners):
         raise ConfigError("partners: ids must be unique")

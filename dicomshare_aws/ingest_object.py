@@ -109,9 +109,9 @@ class Destinations:
 
 
 @cache
-def partner_profile(options: tuple[str, ...]) -> Profile:
+def partner_profile(options: tuple[str, ...], keep_free_text: bool = False) -> Profile:
     """The profile of a partner's options, built once per warm Lambda (Table E.1-1 has 621 rows)."""
-    return for_partner(options)
+    return for_partner(options, keep_free_text)
 
 
 def _now() -> str:
@@ -153,7 +153,7 @@ def ingest_object(
             s3, obj.bucket, obj.key, destinations.deid_bucket,
             lambda plan: index.deidentified_object_key(
                 plan.study_instance_uid, plan.series_instance_uid, plan.sop_instance_uid),
-            profile=partner_profile(partner.options),
+            profile=partner_profile(partner.options, partner.keep_free_text),
             secret=secret(),
             settings=settings.for_partner(partner),
             size=size,

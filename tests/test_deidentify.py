@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+from datetime import date, timedelta
 from pathlib import Path
 
 import pydicom
@@ -175,7 +176,9 @@ def test_clean_descriptors_keep_the_rest_of_a_description(tmp_path):
     ds.StudyDescription = "CT chest LEAKFAMILY ACC778899 31.01.2020 follow-up"
     ds.SeriesDescription = "Axial 5mm"
     out = pydicom.dcmread(io.BytesIO(deidentified_bytes(to_file(ds, tmp_path / "a.dcm"), profiles.named("clinical"))))
-    assert out.StudyDescription == "CT chest follow-up"
+    shifted = date(2020, 1, 31) + timedelta(days=date_offset_days(SECRET, "LEAKPATIENTID"))
+    assert out.StudyDescription == f"CT chest {shifted:%d.%m.%Y} follow-up"
+    assert out.StudyDate == f"{shifted:%Y%m%d}"
     assert out.SeriesDescription == "Axial 5mm"
 
 
@@ -225,8 +228,6 @@ def test_date_shift_is_per_patient_and_keeps_intervals(tmp_path):
     clinical = profiles.named("clinical")
     a = pydicom.dcmread(io.BytesIO(deidentified_bytes(to_file(first, tmp_path / "a.dcm"), clinical)))
     b = pydicom.dcmread(io.BytesIO(deidentified_bytes(to_file(second, tmp_path / "b.dcm"), clinical)))
-    from datetime import date, timedelta
-
     shift = timedelta(days=date_offset_days(SECRET, "LEAKPATIENTID"))
     assert a.StudyDate == (date(2020, 1, 10) + shift).strftime("%Y%m%d")
     assert b.StudyDate == (date(2020, 3, 1) + shift).strftime("%Y%m%d")

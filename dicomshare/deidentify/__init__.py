@@ -17,7 +17,8 @@ The modules, as ``docs/deidentification.md`` describes them:
 
 - :mod:`.identities`: keyed UIDs, pseudonym and date shift;
 - :mod:`.actions`: the profile's action per tag and VR, and the new values;
-- :mod:`.descriptors`: Clean Descriptors;
+- :mod:`.descriptors` and :mod:`.free_text`: Clean Descriptors (identifiers, the one-pass
+  matcher, the free-text detector);
 - :mod:`.file_meta`: the rebuilt File Meta Information (PS3.10 7.1);
 - :mod:`.encoded_path` and :mod:`.encoded_values`: the fast path over encoded elements;
 - :mod:`.dataset_reader` and :mod:`.dataset_path`: the path through a pydicom data set;

@@ -9,10 +9,18 @@ times (TM) are kept under either option and emptied otherwise; UIDs are replaced
 (well-known and class UIDs are kept); free text (AE, LO, LT, SH, ST, UC, UR, UT) gets a
 dummy value unless it is a coded-entry or equipment attribute of :data:`KEPT_TEXT`;
 attributes unknown to the data dictionary are removed; everything else is kept.
+
+Every text value that is kept (code strings, coded entries, equipment text: the VRs of
+:data:`CHECKED_VRS`) is checked (:meth:`Deidentifier.check_kept`): one holding an
+identifier of the header, or what the free-text detector finds, is cleaned or replaced by
+a value valid for its VR. Under Clean Descriptors the long free texts of
+:data:`FREE_TEXT_TAGS` (histories, comments) take the basic profile's action unless the
+profile keeps free text (:attr:`.Profile.keep_free_text`).
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from pydicom.dataelem import DataElement
@@ -24,23 +32,40 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
-from dicomshare.deidentify.descriptors import clean_text, identifiers_in
+from dicomshare.deidentify.descriptors import clean_text, identifiers_in, scrub
 from dicomshare.deidentify.formatted import TIMEZONE_OFFSET_FROM_UTC, conformed, conforms, is_formatted, split_values
+from dicomshare.deidentify.free_text import DateRule
 from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym, shift_date, shift_datetime
 from dicomshare.deidentify.attributes import (
     ALWAYS_REMOVED,
     BINARY_VRS,
+    CHECKED_VRS,
+    CODE_VALUE_TAGS,
+    ENUMERATED_TAGS,
+    FREE_TEXT_TAGS,
     KEPT_BINARY,
     KEPT_TEXT,
     KEPT_UID_TAGS,
     TEXT_VRS,
     change_vr,
+    local_coding_scheme,
     vr_of,
 )
 from dicomshare.encoded_dataset import dictionary_entry
 from dicomshare.profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, UID, Profile
 
 ACTION_CACHE_SIZE = 65536
+
+def _raw_string(elem) -> str | None:
+    """An element's value as text without converting it in its data set (ASCII values)."""
+    if elem is None or elem.value is None:
+        return None
+    value = elem.value
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+_MAX_LENGTHS = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240}
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
 
 PSEUDONYM = "P"
 """The action for Patient ID and Patient's Name: the keyed pseudonym."""
@@ -64,7 +89,10 @@ _DUMMY = {
     "UT": "ANONYMIZED",
 }
 _CLEANABLE_VRS = TEXT_VRS | _DATE_VRS | {"TM", "UI", "PN"}
-_IDENTIFIER_VRS = TEXT_VRS | _DATE_VRS | {"PN", "UI"}
+_IDENTIFIER_VRS = TEXT_VRS | _DATE_VRS | {"PN"}
+"""The VRs whose values are identifiers for Clean Descriptors. Not UI: the detector removes
+every UID-like run from text, and a series' identifiers then stay the same from one
+instance to the next (its kept elements are checked once per series, not per file)."""
 _NUMERIC_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 
 def _values(value: object) -> list:
@@ -93,8 +121,10 @@ class Deidentifier:
         self.patient_key = patient_id or f"study:{study_instance_uid}"
         self.pseudonym = patient_pseudonym(secret, self.patient_key)
         self.offset = date_offset_days(secret, self.patient_key)
-        self.identifiers: set[str] = set()
-        self.words: set[str] = set()
+        self.date_rule = DateRule({KEEP: "keep", CLEAN: "shift", EMPTY: "remove"}[self.dates], self.offset)
+        self._identifiers: set[str] = set()
+        self._words: set[str] = set()
+        self._found: tuple[frozenset[str], frozenset[str]] | None = None
         self._actions = _ACTIONS.setdefault(profile, {})
 
     def action(self, tag: int, vr: str) -> str:
@@ -120,6 +150,8 @@ class Deidentifier:
         if tag in (0x00100010, 0x00100020) and self.profile.action(tag) != KEEP:
             return PSEUDONYM
         found = self.profile.action(tag)
+        if found == CLEAN and tag in FREE_TEXT_TAGS and not self.profile.keep_free_text:
+            return self.profile.basic_actions[tag]
         if 0x6000 <= group <= 0x60FF and self.profile.action((group << 16) | 0x3000) == REMOVE:
             return REMOVE
         if found is not None:
@@ -149,9 +181,17 @@ class Deidentifier:
             and vr in _IDENTIFIER_VRS
         )
 
-    def add_identifiers(self, identifiers: set[str] | frozenset[str], words: set[str] | frozenset[str]) -> None:
-        self.identifiers |= identifiers
-        self.words |= words
+    def add_identifiers(self, identifiers: frozenset[str], words: frozenset[str]) -> None:
+        self._identifiers |= identifiers
+        self._words |= words
+        self._found = None
+
+    @property
+    def found(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The identifiers and words gathered (:meth:`add_identifiers`), as one key."""
+        if self._found is None:
+            self._found = (frozenset(self._identifiers), frozenset(self._words))
+        return self._found
 
     def collect(self, ds: Dataset) -> None:
         """Gather every identifying value (anything not kept, descriptors aside) for Clean."""
@@ -166,7 +206,33 @@ class Deidentifier:
 
     def clean_text(self, text: str) -> str:
         """PS3.15 E.3.5 Clean Descriptors: remove every identifying value of the header."""
-        return clean_text(text, self.identifiers, self.words)
+        return clean_text(text, *self.found, self.date_rule)
+
+    def check_kept(self, tag: int, vr: str, values: list[str], local_codes: bool) -> list[str] | None:
+        """The new values of a kept element whose values hold an identifier of the header
+        or what the free-text detector finds; ``None`` when they hold neither (the element
+        stays as it is). ``local_codes``: the element's item names a local coding scheme.
+
+        A cleaned value stays when it is valid for the VR; otherwise (and for codes,
+        whose meaning a part of them would change) the VR's dummy value takes its place,
+        so Type 1 attributes keep a value and multi-valued ones their multiplicity.
+        """
+        if vr not in CHECKED_VRS:
+            return None
+        new, changed = [], False
+        code = tag in CODE_VALUE_TAGS
+        for value in values:
+            identifiers, words = self.found
+            words = frozenset() if tag in ENUMERATED_TAGS else words
+            found = scrub(value, identifiers, words, self.date_rule, free_text=local_codes or not code)
+            if found is None:
+                new.append(value)
+                continue
+            changed = True
+            if code or not found or vr == "AE" or (vr == "CS" and not _CODE_STRING.fullmatch(found)):
+                found = _DUMMY.get(vr, "")
+            new.append(found[: _MAX_LENGTHS.get(vr, len(found))])
+        return new if changed else None
 
     def replace_uid(self, tag: int, value: str) -> str:
         """A new UID (:func:`.identities.new_uid`); well-known UIDs and the class, syntax and
@@ -202,6 +268,7 @@ class Deidentifier:
 
     def apply(self, ds: Dataset) -> None:
         """Apply the profile to every element of ``ds`` and, recursively, its sequences."""
+        local_codes = local_coding_scheme(_raw_string(ds.get_item(0x00080102)))
         for tag in list(ds.keys()):
             vr = vr_of(ds, tag)
             action = self.action(int(tag), vr)
@@ -211,6 +278,8 @@ class Deidentifier:
             if action == KEEP and vr != "SQ":
                 if is_formatted(int(tag), vr):
                     self._conform(ds, int(tag), vr)
+                elif vr in CHECKED_VRS:
+                    self._check_kept_element(ds, tag, vr, local_codes)
                 continue
             elem = ds[tag]
             if elem.VR == "SQ":
@@ -238,6 +307,17 @@ class Deidentifier:
         fixed = conformed(tag, vr, values)
         if fixed is not None:
             ds[tag] = DataElement(tag, raw.VR or vr, None if not any(fixed) else fixed[0] if len(fixed) == 1 else fixed)
+
+    def _check_kept_element(self, ds: Dataset, tag: int, vr: str, local_codes: bool) -> None:
+        """:meth:`check_kept` on ``ds[tag]``; an element that stays is left as read (raw)."""
+        raw = ds.get_item(tag)
+        elem = ds[tag]
+        values = [str(v) for v in _values(elem.value) if v is not None]
+        new = self.check_kept(int(tag), vr, values, local_codes)
+        if new is not None:
+            elem.value = new[0] if len(new) == 1 else new
+        elif raw.is_raw:
+            ds[tag] = raw
 
     def _dummy(self, vr: str) -> list | None:
         if vr in _NUMERIC_VRS:

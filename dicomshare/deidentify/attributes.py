@@ -1,6 +1,8 @@
-"""What the safety policy knows about attributes outside PS3.15 Table E.1-1: text and
+"""What the safety policy knows about attributes: outside PS3.15 Table E.1-1 the text and
 UIDs that are kept, binary values that rendering needs, attributes that always go, and the
-VR every rule is applied with (the data dictionary's, not the file's)."""
+VR every rule is applied with (the data dictionary's, not the file's); for the checks of
+kept text (:meth:`.actions.Deidentifier.check_kept`) the VRs checked, codes and coding
+schemes, enumerated code strings, and the long free texts Clean Descriptors removes."""
 
 from __future__ import annotations
 
@@ -69,6 +71,56 @@ KEPT_UID_KEYWORDS = frozenset(
 )
 """UI attributes naming a class, syntax or scheme, never an instance: always kept."""
 KEPT_UID_TAGS = frozenset(tag_for_keyword(keyword) for keyword in KEPT_UID_KEYWORDS)
+
+CODE_VALUE_TAGS = frozenset({0x00080100, 0x00080119, 0x00080120})
+"""Code Value, Long Code Value, URN Code Value: replaced whole when they hold an
+identifier; checked by the free-text detector only in a local coding scheme
+(:func:`local_coding_scheme`), since standard codes are digit runs (SNOMED CT)."""
+
+STANDARD_CODING_SCHEMES = frozenset(
+    {"DCM", "SCT", "SRT", "LN", "UCUM", "FMA", "RADLEX", "NCIt", "UMLS", "MDC", "NEU", "UBERON", "ICD10", "I10",
+     "I9C", "I10P", "ACR", "SNM3", "99SDM", "NCDR", "BARI", "DCMUID", "ISO3166_1", "ISO639_1", "ISO639_2", "HPC",
+     "CD2", "C4", "ITIS_TSN", "MGI", "PUBCHEM_CID", "NYUMCCG", "MAYONRISBIOR", "IBSI", "RXNORM", "ATC"}
+)
+"""Coding scheme designators of PS3.16 Table 8-1 whose codes are vocabulary. Any other
+(``99...`` private schemes, ``L``, ``LOCAL``, anything unknown) is local: a site may put
+anything in its codes."""
+
+
+def local_coding_scheme(designator: str | None) -> bool:
+    """Whether the codes of an item with this Coding Scheme Designator are local (PS3.16 8)."""
+    return (designator or "").strip(" \x00") not in STANDARD_CODING_SCHEMES
+
+
+FREE_TEXT_KEYWORDS = (
+    "AcquisitionComments", "AdditionalPatientHistory", "AdmittingDiagnosesDescription", "Allergies",
+    "CommentsOnRadiationDose", "CommentsOnThePerformedProcedureStep", "DischargeDiagnosisDescription",
+    "FrameComments", "IdentifyingComments", "ImageComments", "ImagingServiceRequestComments", "Impressions",
+    "InterpretationDiagnosisDescription", "InterpretationText", "MedicalAlerts", "Occupation", "PatientComments",
+    "PatientState", "ReasonForStudy", "ReasonForTheImagingServiceRequest", "ReasonForTheRequestedProcedure",
+    "ReasonForVisit", "RequestedProcedureComments", "ResultsComments", "ServiceEpisodeDescription",
+    "SpecimenDetailedDescription", "StudyComments", "VisitComments", "FractionationNotes", "PrescriptionNotes",
+    "RTPhysicianIntentNarrative", "TreatmentTechniqueNotes", "MakerNote",
+)
+"""Histories, comments, reasons, impressions and notes: long free text written about the
+patient rather than a descriptor a clinician reads to find an image. Clean Descriptors
+keeps the descriptors (Study, Series, Performed Procedure Step and Requested Procedure
+Description, Protocol Name, labels, ...) cleaned; these take the basic profile's action
+unless the profile keeps free text."""
+FREE_TEXT_TAGS = frozenset(tag_for_keyword(keyword) for keyword in FREE_TEXT_KEYWORDS)
+
+ENUMERATED_KEYWORDS = (
+    "ValueType", "RelationshipType", "ContinuityOfContent", "Modality", "PhotometricInterpretation",
+    "PatientPosition", "ConversionType", "PixelPresentation", "VolumetricProperties", "Laterality",
+    "ImageLaterality", "PresentationIntentType", "RescaleType", "CompletionFlag", "VerificationFlag",
+)
+"""Code strings with enumerated values (PS3.3): one word of a name (``Text``, ``Primary``)
+must not replace the term the object's structure needs; whole identifiers and the
+free-text detector still apply."""
+ENUMERATED_TAGS = frozenset(tag_for_keyword(keyword) for keyword in ENUMERATED_KEYWORDS)
+
+CHECKED_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+"""The VRs of kept values that :meth:`Deidentifier.check_kept` checks."""
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"})
 """Values no text check can read: outside Table E.1-1 removed unless in :data:`KEPT_BINARY`."""

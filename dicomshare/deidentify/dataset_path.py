@@ -89,8 +89,7 @@ def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
             deidentifier = Deidentifier(
                 profile, secret, str(ds.get("PatientID", "") or "").strip(), str(ds.get("StudyInstanceUID", ""))
             )
-            if profile.cleans:
-                deidentifier.collect(ds)
+            deidentifier.collect(ds)
             deidentifier.apply(ds)
             _single_character_set(ds)
             deidentifier.record(ds, transfer_syntax_encoding(transfer_syntax))

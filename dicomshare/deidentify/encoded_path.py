@@ -13,7 +13,13 @@ from typing import BinaryIO
 from pydicom.datadict import tag_for_keyword
 
 from dicomshare.deidentify.actions import Deidentifier, record_elements
-from dicomshare.deidentify.attributes import TEXT_VRS, change_vr, effective_vr
+from dicomshare.deidentify.attributes import (
+    CHECKED_VRS,
+    CODE_VALUE_TAGS,
+    change_vr,
+    effective_vr,
+    local_coding_scheme,
+)
 from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
 from dicomshare.deidentify.formatted import conformed, is_formatted
@@ -38,7 +44,7 @@ from dicomshare.encoded_dataset import (
     read_data_set,
     sequence_bytes,
 )
-from dicomshare.profile import CLEAN, EMPTY, KEEP, REMOVE, Profile
+from dicomshare.profile import EMPTY, KEEP, REMOVE, Profile
 from dicomshare.pixel_data import GEOMETRY, overlay_in_pixel_data, pixel_data_end
 from dicomshare.settings import Settings
 from dicomshare.validation import (
@@ -122,12 +128,12 @@ def _rewrite_encoded_bytes(
     deidentifier = Deidentifier(
         profile, secret, single_string(top.get(0x00100020)).strip(), checked["StudyInstanceUID"]
     )
-    noted, encoded_cache = _element_caches(profile, secret, deidentifier.patient_key, implicit)
-    if profile.cleans:
-        deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
+    noted, encoded_caches = _element_caches(profile, secret, deidentifier.patient_key, implicit)
+    deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
+    encoded_cache = _identifiers_cache(encoded_caches, deidentifier)
     records = _record_bytes(profile, deidentifier.dates, implicit)
     kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
-    data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
+    data_set = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
     uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
     if not all(uids):
         return None
@@ -194,15 +200,31 @@ again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
 @lru_cache(maxsize=4)
 def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
     """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
-    element and what :func:`_encode_elements` made of it, by the element's encoding.
+    element, by the element's encoding, and, per set of identifiers found
+    (:func:`_identifiers_cache`), what :func:`_encode_elements` made of it.
 
-    Both depend on nothing else (Clean Descriptors text aside, which is never cached, nor
-    is a sequence holding some), and most elements repeat from one object of a series to
-    the next: a remembered element, sequences included, is neither decoded nor checked
+    Both depend on nothing else (a kept or cleaned text depends on the identifiers it is
+    checked against, hence a cache per set), and most elements repeat from one object of
+    a series to the next: a remembered element, sequences included, is neither decoded nor checked
     again. In memory only; elements over :data:`ELEMENT_CACHE_ELEMENT_BYTES` are not
     cached, and each cache is emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
     """
     return {}, {}
+
+
+IDENTIFIER_SETS_CACHED = 4
+
+
+def _identifiers_cache(caches: dict, deidentifier: Deidentifier) -> dict:
+    """The cache of :func:`_encode_elements` for the identifiers of ``deidentifier``: one
+    of up to :data:`IDENTIFIER_SETS_CACHED` per patient (a study's objects share them)."""
+    key = deidentifier.found
+    found = caches.get(key)
+    if found is None:
+        if len(caches) >= IDENTIFIER_SETS_CACHED:
+            caches.clear()
+        found = caches[key] = {}
+    return found
 
 
 _NOTHING_NOTED = (frozenset(), frozenset())
@@ -218,12 +240,16 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
         if found is None:
             vr = effective_vr(element.tag, element.vr)
             if element.vr == "SQ":
-                items = element.value
-                found = _NOTHING_NOTED
-                for item in items:
+                nested_identifiers: set[str] = set()
+                nested_words: set[str] = set()
+                for item in element.value:
                     nested = _note_encoded(deidentifier, item.elements, noted)
-                    if nested is not _NOTHING_NOTED:
-                        found = (found[0] | nested[0], found[1] | nested[1])
+                    nested_identifiers |= nested[0]
+                    nested_words |= nested[1]
+                found = (
+                    (frozenset(nested_identifiers), frozenset(nested_words))
+                    if nested_identifiers or nested_words else _NOTHING_NOTED
+                )
             else:
                 check_plain(element)
                 action = deidentifier.action(element.tag, vr)
@@ -243,60 +269,75 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
 
 def _encode_elements(
     deidentifier: Deidentifier, elements: list[Element], implicit: bool, encoded_cache: dict, extra: dict[int, bytes] | None = None
-) -> tuple[bytes, bool]:
+) -> bytes:
     """:meth:`Deidentifier.apply` and the encoding of its result, in tag order (the
     elements are in tag order: :mod:`~dicomshare.encoded_dataset` accepts no other).
 
-    Also says whether the result may be remembered: not when it holds cleaned text.
+    Each element's result is remembered by its encoding, except a code of a local coding
+    scheme, whose check depends on its item (:func:`_local_codes`).
     """
     encoded = list(extra.items()) if extra else []
-    cacheable = True
+    local_codes = None
     for element in elements:
-        new = encoded_cache.get(element.raw, _UNCACHED) if element.size <= ELEMENT_CACHE_ELEMENT_BYTES else _UNCACHED
+        in_context = False
+        if element.tag in CODE_VALUE_TAGS:
+            local_codes = _local_codes(elements) if local_codes is None else local_codes
+            in_context = local_codes
+        cacheable = not in_context and element.size <= ELEMENT_CACHE_ELEMENT_BYTES
+        new = encoded_cache.get(element.raw, _UNCACHED) if cacheable else _UNCACHED
         if new is _UNCACHED:
-            new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache)
-            if rememberable:
+            new = _encode_element(deidentifier, element, implicit, encoded_cache, bool(local_codes))
+            if cacheable:
                 remember(encoded_cache, element, new)
-            else:
-                cacheable = False
         if new is not None:
             encoded.append((element.tag, new))
     if extra:
         encoded.sort()
-    return b"".join([value for _, value in encoded]), cacheable
+    return b"".join([value for _, value in encoded])
 
 
-def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict) -> tuple[bytes | None, bool]:
-    """One element of :func:`_encode_elements`: its new encoding (``None``: removed) and
-    whether that may be remembered."""
+def _local_codes(elements: list[Element]) -> bool:
+    """Whether the item of ``elements`` names a local coding scheme (:func:`local_coding_scheme`)."""
+    designator = next((e for e in elements if e.tag == 0x00080102), None)
+    return local_coding_scheme(None if designator is None else designator.value.decode("latin-1"))
+
+
+def _encode_element(
+    deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict, local_codes: bool
+) -> bytes | None:
+    """One element of :func:`_encode_elements`: its new encoding (``None``: removed).
+    ``local_codes``: its item names a local coding scheme."""
     tag = element.tag
     vr = effective_vr(tag, element.vr)
     if element.vr == "SQ":
         items = element.value
         action = deidentifier.action(tag, vr)
         if action == REMOVE:
-            return None, True
+            return None
         if action == EMPTY:
-            return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit), True
-        content, cacheable = [], True
-        for item in items:
-            item_content, item_cacheable = _encode_elements(deidentifier, item.elements, implicit, encoded_cache)
-            content.append(item_bytes(item_content, undefined_length=item.undefined_length))
-            cacheable = cacheable and item_cacheable
-        value = b"".join(content)
-        return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit), cacheable
+            return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit)
+        value = b"".join(
+            item_bytes(_encode_elements(deidentifier, item.elements, implicit, encoded_cache), undefined_length=item.undefined_length)
+            for item in items
+        )
+        return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit)
     check_plain(element)
     action = deidentifier.action(tag, vr)
     if action == REMOVE:
-        return None, True
+        return None
     if action == KEEP:
-        fixed = conformed(tag, vr, decoded_strings(element.vr, element.value)) if is_formatted(tag, vr) else None
+        if is_formatted(tag, vr):
+            fixed = conformed(tag, vr, decoded_strings(element.vr, element.value))
+            fixed = fixed if fixed is None or any(fixed) else []
+        elif vr in CHECKED_VRS:
+            fixed = deidentifier.check_kept(tag, vr, decoded_strings(element.vr, element.value), local_codes)
+        else:
+            fixed = None
         if fixed is None:
-            return element_bytes(tag, element.vr, element.value, implicit=implicit), True
-        return element_bytes(tag, element.vr, _text_bytes(fixed if any(fixed) else [], element.vr), implicit=implicit), True
+            return element_bytes(tag, element.vr, element.value, implicit=implicit)
+        return element_bytes(tag, element.vr, _text_bytes(fixed, element.vr), implicit=implicit)
     value = _changed(deidentifier, element, action, vr)
-    new = None if value is None else element_bytes(tag, element.vr, value, implicit=implicit)
-    return new, not (action == CLEAN and vr in TEXT_VRS)
+    return None if value is None else element_bytes(tag, element.vr, value, implicit=implicit)
 
 
 _UNCACHED = object()
