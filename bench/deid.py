@@ -108,7 +108,7 @@ def _tool(tool: str, dst: Path):
         from dicomshare.deidentify import deidentify_file
 
         clinical = profile.named("clinical")
-        return lambda i, path: deidentify_file(path, dst, profile=clinical, secret=b"bench" * 8)
+        return lambda i, path: deidentify_file(path, dst, profile=clinical, secret=b"bench" * 8, partner="bench")
     if tool == "dicognito":
         from dicognito.anonymizer import Anonymizer
 

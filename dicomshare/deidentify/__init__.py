@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from dicomshare import profile as profiles
 from dicomshare.deidentify.dataset_path import rewrite_dataset
@@ -61,9 +61,17 @@ def deidentify_header(
     profile: Profile,
     secret: bytes,
     settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None = None,
     size: int | None = None,
 ) -> Plan:
-    """Validate and de-identify the object readable from the seekable ``fp``.
+    """Validate and de-identify the object readable from the seekable ``fp``, sent by ``partner``.
+
+    New UIDs, the pseudonym and the date shift are keyed with ``secret`` and scoped to
+    ``partner`` (:mod:`.identities`). An object without Patient ID takes its study's
+    patient: ``study_patient(new_study_instance_uid)`` gives that patient's pseudonym, or
+    ``None`` when nobody knows it (the pseudonym is then keyed from the study); whatever
+    it raises propagates, never as a refusal.
 
     Reads the header only (up to Pixel Data, whose element header and, if encapsulated,
     item headers are read to find its end). Raises :class:`DeidentificationRefused` with a
@@ -77,9 +85,9 @@ def deidentify_header(
     size = _size(fp) if size is None else size
     check_size(size, settings)
     check_preamble(fp)
-    plan = rewrite_encoded(fp, size, profile, secret, settings)
+    plan = rewrite_encoded(fp, size, profile, secret, settings, partner, study_patient)
     if plan is None:
-        plan = rewrite_dataset(fp, size, profile, secret, settings)
+        plan = rewrite_dataset(fp, size, profile, secret, settings, partner, study_patient)
     return plan
 
 
@@ -112,15 +120,20 @@ def deidentify_file(
     *,
     profile: Profile | None = None,
     secret: bytes,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None = None,
     settings: Settings | None = None,
 ) -> Plan:
-    """De-identify a local file into ``dst``: a directory (the file goes to
+    """De-identify a local file sent by ``partner`` into ``dst``: a directory (the file goes to
     ``dst/<study>/<series>/<sop>.dcm``, written atomically) or a writable binary file object.
+    ``study_patient`` as for :func:`deidentify_header`.
     """
     profile = profile or profiles.named("clinical")
     settings = settings or Settings()
     with open(src_path, "rb") as src:
-        plan = deidentify_header(src, profile=profile, secret=secret, settings=settings)
+        plan = deidentify_header(
+            src, profile=profile, secret=secret, settings=settings, partner=partner, study_patient=study_patient
+        )
         if not isinstance(dst, (str, os.PathLike)):
             write_output(plan, src, dst)
             return plan

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from functools import lru_cache
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from pydicom.datadict import tag_for_keyword
 
@@ -17,6 +17,7 @@ from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
 from dicomshare.deidentify.encoded_values import STRING_VRS, check_plain, decoded_strings, remember, single_string
 from dicomshare.deidentify.file_meta import header_bytes
+from dicomshare.deidentify.identities import object_pseudonym
 from dicomshare.deidentify.plan import Plan
 from dicomshare.encoded_dataset import (
     VRS,
@@ -56,7 +57,15 @@ _UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
 _NUMBER_SIZES = {"FL": 4, "FD": 8, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8}
 
 
-def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings) -> Plan | None:
+def rewrite_encoded(
+    fp: BinaryIO,
+    size: int,
+    profile: Profile,
+    secret: bytes,
+    settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None,
+) -> Plan | None:
     """De-identify from the encoded elements (:mod:`dicomshare.encoded_dataset`).
 
     ``None`` when the object is not plain (see that module), declares a character set
@@ -69,7 +78,9 @@ def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
         fp.seek(0)
         data = fp.read(chunk)
         try:
-            return _rewrite_encoded_bytes(data, len(data) >= size, fp, size, profile, secret, settings)
+            return _rewrite_encoded_bytes(
+                data, len(data) >= size, fp, size, profile, secret, settings, partner, study_patient
+            )
         except Incomplete:
             if chunk >= min(size, ENCODED_MAX_BYTES):
                 return None
@@ -79,7 +90,15 @@ def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
 
 
 def _rewrite_encoded_bytes(
-    data: bytes, complete: bool, fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings
+    data: bytes,
+    complete: bool,
+    fp: BinaryIO,
+    size: int,
+    profile: Profile,
+    secret: bytes,
+    settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None,
 ) -> Plan | None:
     meta, meta_end = _file_meta_elements(data, complete)
     transfer_syntax = single_string(meta.get(0x00020010))
@@ -104,10 +123,16 @@ def _rewrite_encoded_bytes(
     top = {element.tag: element for element in elements}
     checked = {keyword: single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
     check_attributes({"MediaStorageSOPClassUID": single_string(meta.get(0x00020002)), **checked}, settings)
-    deidentifier = Deidentifier(
-        profile, secret, single_string(top.get(0x00100020)).strip(), checked["StudyInstanceUID"]
+    pseudonym = object_pseudonym(
+        secret,
+        partner,
+        single_string(top.get(0x00100021)).strip(),
+        single_string(top.get(0x00100020)).strip(),
+        checked["StudyInstanceUID"],
+        study_patient,
     )
-    noted, encoded_cache = _element_caches(profile, secret, deidentifier.patient_key, implicit)
+    deidentifier = Deidentifier(profile, secret, partner, pseudonym)
+    noted, encoded_cache = _element_caches(profile, secret, partner, pseudonym, implicit)
     if profile.cleans:
         deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
     records = _record_bytes(profile, deidentifier.dates, implicit)
@@ -150,8 +175,8 @@ the objects of a series repeat most of each other's elements, which are then not
 again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
 
 @lru_cache(maxsize=4)
-def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
-    """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
+def _element_caches(profile: Profile, secret: bytes, partner: str, pseudonym: str, implicit: bool) -> tuple[dict, dict]:
+    """For one patient's objects at one partner (a series, a study): what :func:`_note_encoded` found in an
     element and what :func:`_encode_elements` made of it, by the element's encoding.
 
     Both depend on nothing else (Clean Descriptors text aside, which is never cached, nor
