@@ -1,7 +1,10 @@
 """De-identification from the encoded elements (:mod:`dicomshare.encoded_dataset`): the
 fast path for ordinary objects (implicit or explicit VR little endian, the default
-character repertoire, elements in ascending tag order), which gives the same bytes as the
-pydicom path (:mod:`.dataset_path`) without decoding kept values.
+character repertoire or one single-valued character set of
+:data:`.encoded_values.CODECS`, elements in ascending tag order), which gives the same
+bytes as the pydicom path (:mod:`.dataset_path`). In the default repertoire kept values
+are not decoded; in another character set they are written as the pydicom path writes
+them, text in UTF-8 (:func:`.encoded_values.reencoded`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ from pydicom.datadict import tag_for_keyword
 from dicomshare.deidentify.actions import TEXT_VRS, Deidentifier, record_elements
 from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
-from dicomshare.deidentify.encoded_values import STRING_VRS, check_plain, decoded_strings, remember, single_string
+from dicomshare.deidentify.encoded_values import (
+    DEFAULT_CODEC,
+    STRING_VRS,
+    character_set_codec,
+    check_plain,
+    decoded_strings,
+    reencoded,
+    remember,
+    single_string,
+)
 from dicomshare.deidentify.file_meta import header_bytes
 from dicomshare.deidentify.identities import object_pseudonym
 from dicomshare.deidentify.plan import Plan
@@ -69,8 +81,9 @@ def rewrite_encoded(
     """De-identify from the encoded elements (:mod:`dicomshare.encoded_dataset`).
 
     ``None`` when the object is not plain (see that module), declares a character set
-    other than the default repertoire, holds a value this path does not decode (not ASCII,
-    VR UN or an ambiguous VR that would change), or would be refused: :func:`.dataset_path.rewrite_dataset`
+    this path does not decode (code extensions: several values, ISO 2022), holds a value
+    this path does not decode or write as pydicom does (bytes its character set does not
+    decode, VR UN or an ambiguous VR that would change), or would be refused: :func:`.dataset_path.rewrite_dataset`
     then decides, so refusals and their reasons come from one place.
     """
     chunk = min(size, ENCODED_READ_BYTES)
@@ -121,23 +134,25 @@ def _rewrite_encoded_bytes(
     else:
         raise Incomplete()
     top = {element.tag: element for element in elements}
+    codec = character_set_codec(top.get(0x00080005))
     checked = {keyword: single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
     check_attributes({"MediaStorageSOPClassUID": single_string(meta.get(0x00020002)), **checked}, settings)
     pseudonym = object_pseudonym(
         secret,
         partner,
-        single_string(top.get(0x00100021)).strip(),
-        single_string(top.get(0x00100020)).strip(),
+        single_string(top.get(0x00100021), codec).strip(),
+        single_string(top.get(0x00100020), codec).strip(),
         checked["StudyInstanceUID"],
         study_patient,
     )
     deidentifier = Deidentifier(profile, secret, partner, pseudonym)
-    noted, encoded_cache = _element_caches(profile, secret, partner, pseudonym, implicit)
+    noted, encoded_cache = _element_caches(profile, secret, partner, pseudonym, implicit, codec)
+    records = _record_bytes(profile, deidentifier.dates, implicit, codec != DEFAULT_CODEC)
     if profile.cleans:
-        deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
-    records = _record_bytes(profile, deidentifier.dates, implicit)
+        noted_elements = elements if codec == DEFAULT_CODEC else [e for e in elements if e.tag != 0x00080005]
+        deidentifier.add_identifiers(*_note_encoded(deidentifier, noted_elements, noted, codec))
     kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
-    data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
+    data_set, _ = _encode_elements(deidentifier, kept, implicit, encoded_cache, codec, extra=records)
     uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
     if not all(uids):
         return None
@@ -175,9 +190,12 @@ the objects of a series repeat most of each other's elements, which are then not
 again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
 
 @lru_cache(maxsize=4)
-def _element_caches(profile: Profile, secret: bytes, partner: str, pseudonym: str, implicit: bool) -> tuple[dict, dict]:
-    """For one patient's objects at one partner (a series, a study): what :func:`_note_encoded` found in an
-    element and what :func:`_encode_elements` made of it, by the element's encoding.
+def _element_caches(
+    profile: Profile, secret: bytes, partner: str, pseudonym: str, implicit: bool, codec: str
+) -> tuple[dict, dict]:
+    """For one patient's objects at one partner in one character set (a series, a study):
+    what :func:`_note_encoded` found in an element and what :func:`_encode_elements` made
+    of it, by the element's encoding.
 
     Both depend on nothing else (Clean Descriptors text aside, which is never cached, nor
     is a sequence holding some), and most elements repeat from one object of a series to
@@ -191,7 +209,9 @@ def _element_caches(profile: Profile, secret: bytes, partner: str, pseudonym: st
 _NOTHING_NOTED = (frozenset(), frozenset())
 
 
-def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: dict) -> tuple[frozenset[str], frozenset[str]]:
+def _note_encoded(
+    deidentifier: Deidentifier, elements: list[Element], noted: dict, codec: str
+) -> tuple[frozenset[str], frozenset[str]]:
     """What :meth:`Deidentifier.collect` gathers, from encoded elements (for
     :meth:`Deidentifier.add_identifiers`)."""
     identifiers: set[str] = set()
@@ -204,14 +224,14 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
                 items = element.value
                 found = _NOTHING_NOTED
                 for item in items:
-                    nested = _note_encoded(deidentifier, item.elements, noted)
+                    nested = _note_encoded(deidentifier, item.elements, noted, codec)
                     if nested is not _NOTHING_NOTED:
                         found = (found[0] | nested[0], found[1] | nested[1])
             else:
-                check_plain(element)
+                check_plain(element, codec)
                 action = deidentifier.action(element.tag, vr)
                 if deidentifier.notes(action, vr):
-                    found = identifiers_in(element.tag, vr, decoded_strings(vr, element.value))
+                    found = identifiers_in(element.tag, vr, decoded_strings(vr, element.value, codec))
                     found = found if found[0] or found[1] else _NOTHING_NOTED
                 else:
                     found = _NOTHING_NOTED
@@ -225,7 +245,12 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
 
 
 def _encode_elements(
-    deidentifier: Deidentifier, elements: list[Element], implicit: bool, encoded_cache: dict, extra: dict[int, bytes] | None = None
+    deidentifier: Deidentifier,
+    elements: list[Element],
+    implicit: bool,
+    encoded_cache: dict,
+    codec: str,
+    extra: dict[int, bytes] | None = None,
 ) -> tuple[bytes, bool]:
     """:meth:`Deidentifier.apply` and the encoding of its result, in tag order (the
     elements are in tag order: :mod:`~dicomshare.encoded_dataset` accepts no other).
@@ -237,7 +262,7 @@ def _encode_elements(
     for element in elements:
         new = encoded_cache.get(element.raw, _UNCACHED)
         if new is _UNCACHED:
-            new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache)
+            new, rememberable = _encode_element(deidentifier, element, implicit, encoded_cache, codec)
             if rememberable:
                 remember(encoded_cache, element, new)
             else:
@@ -249,7 +274,9 @@ def _encode_elements(
     return b"".join([value for _, value in encoded]), cacheable
 
 
-def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict) -> tuple[bytes | None, bool]:
+def _encode_element(
+    deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict, codec: str
+) -> tuple[bytes | None, bool]:
     """One element of :func:`_encode_elements`: its new encoding (``None``: removed) and
     whether that may be remembered."""
     tag, vr = element.tag, element.vr
@@ -262,18 +289,19 @@ def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool
             return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit), True
         content, cacheable = [], True
         for item in items:
-            item_content, item_cacheable = _encode_elements(deidentifier, item.elements, implicit, encoded_cache)
+            item_content, item_cacheable = _encode_elements(deidentifier, item.elements, implicit, encoded_cache, codec)
             content.append(item_bytes(item_content, undefined_length=item.undefined_length))
             cacheable = cacheable and item_cacheable
         value = b"".join(content)
         return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit), cacheable
-    check_plain(element)
+    check_plain(element, codec)
     action = deidentifier.action(tag, vr)
     if action == REMOVE:
         return None, True
     if action == KEEP:
-        return element_bytes(tag, vr, element.value, implicit=implicit), True
-    value = _changed(deidentifier, element, action)
+        value = element.value if codec == DEFAULT_CODEC else reencoded(vr, element.value, codec)
+        return element_bytes(tag, vr, value, implicit=implicit), True
+    value = _changed(deidentifier, element, action, codec)
     new = None if value is None else element_bytes(tag, vr, value, implicit=implicit)
     return new, not (action == CLEAN and vr in TEXT_VRS)
 
@@ -281,13 +309,13 @@ def _encode_element(deidentifier: Deidentifier, element: Element, implicit: bool
 _UNCACHED = object()
 
 
-def _changed(deidentifier: Deidentifier, element: Element, action: str) -> bytes | None:
+def _changed(deidentifier: Deidentifier, element: Element, action: str, codec: str) -> bytes | None:
     """The new value's bytes under ``action`` (:meth:`Deidentifier.change`); ``None`` to remove."""
     vr = element.vr
     if vr not in VRS:
         raise NotPlain()  # an ambiguous dictionary VR (implicit VR): pydicom resolves it
     if vr in STRING_VRS:
-        values = decoded_strings(vr, element.value)
+        values = decoded_strings(vr, element.value, codec)
         empty = values == [""]
     else:
         values, empty = [], not element.value
@@ -298,7 +326,7 @@ def _changed(deidentifier: Deidentifier, element: Element, action: str) -> bytes
         return b""
     if vr in _NUMBER_SIZES:
         return bytes(_NUMBER_SIZES[vr])
-    text = "\\".join(new).encode("ascii")
+    text = "\\".join(new).encode(DEFAULT_CODEC if codec == DEFAULT_CODEC else "utf-8")
     return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
 
 
@@ -315,10 +343,14 @@ def _output_string(deidentifier: Deidentifier, element: Element | None) -> str:
 
 
 @lru_cache(maxsize=64)
-def _record_bytes(profile: Profile, dates: str, implicit: bool) -> dict[int, bytes]:
-    """:func:`record_elements`, encoded, by tag."""
-    return {
+def _record_bytes(profile: Profile, dates: str, implicit: bool, utf8: bool) -> dict[int, bytes]:
+    """:func:`record_elements`, encoded, by tag; with ``utf8``, also the Specific Character
+    Set of an output re-encoded as UTF-8 (``ISO_IR 192``, as the pydicom path declares it)."""
+    records = {
         int(elem.tag): element_bytes(int(elem.tag), elem.VR or "UN", elem.value, implicit=implicit)
         for elem in record_elements(profile, dates, True, implicit)
     }
+    if utf8:
+        records[0x00080005] = element_bytes(0x00080005, "CS", b"ISO_IR 192", implicit=implicit)
+    return records
 
