@@ -1,4 +1,5 @@
-"""Writes of the ingest side to the index table: instance items and quarantine records.
+"""The ingest side's use of the index table: writes of instance items and quarantine
+records, and the look-up of a study's patient (:func:`study_patient`).
 
 Both are *conditional puts* (``attribute_not_exists(pk)``): the first write of an item
 wins and every later write of the same item (a duplicate upload, a redelivered event, a
@@ -13,6 +14,8 @@ from typing import Any, Mapping
 
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
+
+from dicomshare import index
 
 _serializer = TypeSerializer()
 
@@ -35,3 +38,23 @@ def put_new(dynamodb, table_name: str, item: Mapping[str, Any]) -> bool:
             return False
         raise
     return True
+
+
+def study_patient(dynamodb, table_name: str, study_uid: str, partner: str) -> str | None:
+    """The patient pseudonym of the (de-identified) study ``study_uid`` of ``partner``, as
+    the index records it; ``None`` when the index has no such study (or it is another
+    partner's).
+
+    For an object without Patient ID (:func:`dicomshare.deidentify.deidentify_header`'s
+    ``study_patient``). One strongly consistent ``GetItem`` of the study's item, whose
+    ``partner`` and ``patient_pseudonym`` come from its first instance.
+    """
+    found = dynamodb.get_item(
+        TableName=table_name,
+        Key=to_attribute_values(index.study_key(study_uid)),
+        ConsistentRead=True,
+        ProjectionExpression="partner, patient_pseudonym",
+    ).get("Item", {})
+    if found.get("partner", {}).get("S") != partner:
+        return None
+    return found.get("patient_pseudonym", {}).get("S") or None

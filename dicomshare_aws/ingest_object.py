@@ -2,7 +2,9 @@
 
 For each object named by an S3 event notification: **validate** and **de-identify** it
 (:func:`dicomshare_aws.s3_deidentify.deidentify_object`, with the partner's PS3.15 E.3
-options), **store** the result in the de-identified bucket under a key built from the new
+options and identities scoped to the partner of the key's prefix; an object without
+Patient ID takes the patient its study has in the index,
+:func:`dicomshare_aws.index_store.study_patient`), **store** the result in the de-identified bucket under a key built from the new
 UIDs only (:func:`dicomshare.index.deidentified_object_key`), **index** it (an instance
 item), then delete the original. A refused object is **moved** to the quarantine bucket
 (server-side copy, the reason as object tag and metadata, a quarantine record), then
@@ -156,6 +158,9 @@ def ingest_object(
             profile=partner_profile(partner.options, partner.keep_free_text),
             secret=secret(),
             settings=settings.for_partner(partner),
+            partner=partner.id,
+            study_patient=lambda study_uid: index_store.study_patient(
+                dynamodb, destinations.table_name, study_uid, partner.id),
             size=size,
         )
     except DeidentificationRefused as refused:

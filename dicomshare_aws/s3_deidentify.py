@@ -82,9 +82,13 @@ def deidentify_object(
     profile: Profile,
     secret: bytes,
     settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None = None,
     size: int,
 ) -> RewriteResult:
-    """De-identify ``s3://src_bucket/src_key`` (``size`` bytes) into ``dst_bucket``.
+    """De-identify ``s3://src_bucket/src_key`` (``size`` bytes), sent by ``partner``, into ``dst_bucket``.
+
+    ``partner`` and ``study_patient`` as for :func:`dicomshare.deidentify.deidentify_header`.
 
     ``dst_key_fn(plan)`` names the destination from the de-identified data set (for example
     :func:`dicomshare.index.deidentified_object_key` of the new UIDs). Raises
@@ -93,11 +97,13 @@ def deidentify_object(
     """
     if size < SMALL_OBJECT_BYTES:
         body = s3_client.get_object(Bucket=src_bucket, Key=src_key)["Body"].read()
-        plan = deidentify_header(io.BytesIO(body), profile=profile, secret=secret, settings=settings, size=len(body))
+        plan = deidentify_header(io.BytesIO(body), profile=profile, secret=secret, settings=settings,
+                                 partner=partner, study_patient=study_patient, size=len(body))
         pixels = body[plan.pixel_offset : plan.pixel_end] if plan.pixel_offset is not None else b""
         return _put_whole(s3_client, plan, dst_bucket, dst_key_fn(plan), plan.new_header + pixels, len(body))
     reader = S3RangeReader(s3_client, src_bucket, src_key, size)
-    plan = deidentify_header(reader, profile=profile, secret=secret, settings=settings, size=size)
+    plan = deidentify_header(reader, profile=profile, secret=secret, settings=settings,
+                             partner=partner, study_patient=study_patient, size=size)
     key = dst_key_fn(plan)
     if plan.pixel_offset is None or plan.output_size < SMALL_OBJECT_BYTES:
         pixels = reader.fetch(plan.pixel_offset, plan.pixel_end) if plan.pixel_offset is not None else b""

@@ -23,12 +23,13 @@ from dicomshare.validation import MALFORMED, MAX_SEQUENCE_DEPTH, Deidentificatio
 import hostile
 
 SECRET = b"h" * 32
+PARTNER = "hospital-a"
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 CLINICAL = profiles.named("clinical")
 
 
 def deidentify(data: bytes, profile: profiles.Profile = CLINICAL, **settings) -> bytes:
-    plan = deidentify_header(io.BytesIO(data), profile=profile, secret=SECRET, settings=Settings(**settings))
+    plan = deidentify_header(io.BytesIO(data), profile=profile, secret=SECRET, partner=PARTNER, settings=Settings(**settings))
     return plan.new_header + (b"" if plan.pixel_offset is None else data[plan.pixel_offset : plan.pixel_end])
 
 
@@ -41,9 +42,9 @@ def refusal(data: bytes, profile: profiles.Profile = CLINICAL, **settings) -> st
 def both_paths(data: bytes, profile: profiles.Profile = CLINICAL, **settings):
     """The encoded path's plan (``None`` when it declines) and the pydicom path's plan or
     refusal reason."""
-    encoded = rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings))
+    encoded = rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings), PARTNER, None)
     try:
-        dataset = rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings))
+        dataset = rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings), PARTNER, None)
     except DeidentificationRefused as refused:
         dataset = refused.reason
     return encoded, dataset
@@ -395,10 +396,10 @@ def test_unused_bits_checked_from_a_real_file_too(tmp_path):
     path = tmp_path / "overlay.dcm"
     path.write_bytes(_pixels([0x8000] * 16))
     with pytest.raises(DeidentificationRefused) as refused:
-        deidentify_file(path, tmp_path / "out", secret=SECRET)
+        deidentify_file(path, tmp_path / "out", secret=SECRET, partner=PARTNER)
     assert refused.value.reason == "overlay_in_pixel_data"
     path.write_bytes(_pixels([0x0FFF] * 16))
-    assert deidentify_file(path, tmp_path / "out", secret=SECRET)
+    assert deidentify_file(path, tmp_path / "out", secret=SECRET, partner=PARTNER)
 
 
 def test_kept_numbers_and_class_uids_follow_the_grammar():

@@ -23,10 +23,10 @@ from dicomshare import settings as settings_module
 from dicomshare.deidentify import deidentify_file
 from dicomshare.deidentify.descriptors import Matcher, fold, identifiers_in, scrub
 from dicomshare.deidentify.free_text import DateRule
-from dicomshare.deidentify.identities import date_offset_days
+from dicomshare.deidentify.identities import date_offset_days, patient_pseudonym
 from dicomshare.settings import Settings
 
-from test_deidentify import SECRET, _both_paths, base_dataset, to_file
+from test_deidentify import PARTNER, SECRET, _both_paths, base_dataset, to_file
 
 PATIENT_ID = "PID99887766"
 PATIENTS = {
@@ -141,7 +141,7 @@ def test_nothing_planted_survives_the_file_entry_point(tmp_path, charset, profil
     src = to_file(hostile_dataset(charset, name, text_name), tmp_path / "hostile.dcm")
     assert leaks(src.read_bytes(), names)  # the search finds what was planted
     out = io.BytesIO()
-    deidentify_file(src, out, profile=profiles.named(profile_name), secret=SECRET)
+    deidentify_file(src, out, profile=profiles.named(profile_name), secret=SECRET, partner=PARTNER)
     assert leaks(out.getvalue(), names) == []
     ds = pydicom.dcmread(io.BytesIO(out.getvalue()))
     assert list(ds.ImageType[:3]) == ["ORIGINAL", "PRIMARY", "AXIAL"] and len(ds.ImageType) == 4
@@ -152,7 +152,7 @@ def test_nothing_planted_survives_the_file_entry_point(tmp_path, charset, profil
     assert ds.Manufacturer.startswith("ACME for Dr")
     assert "ImageComments" not in ds and "AdditionalPatientHistory" not in ds
     if profile_name == "clinical":
-        shifted = date(2024, 1, 15) + timedelta(days=date_offset_days(SECRET, PATIENT_ID))
+        shifted = date(2024, 1, 15) + timedelta(days=date_offset_days(SECRET, patient_pseudonym(SECRET, PARTNER, "", PATIENT_ID)))
         assert ds.StudyDate == f"{shifted:%Y%m%d}"
         assert ds.SeriesDescription.startswith("Axial ") and ds.SeriesDescription.endswith(f"{shifted:%d-%b-%Y}")
         assert ds.StudyDescription.startswith("CT chest")
@@ -183,7 +183,7 @@ def test_partner_opts_in_to_free_text(tmp_path):
     partner = settings_module.from_document({"partners": [{"id": "p1", "keep_free_text": True}]}).partners[0]
     assert partner.keep_free_text and not settings_module.from_document({"partners": [{"id": "p1"}]}).partners[0].keep_free_text
     profile = profiles.for_partner(partner.options, partner.keep_free_text)
-    deidentify_file(src, out, profile=profile, secret=SECRET)
+    deidentify_file(src, out, profile=profile, secret=SECRET, partner=PARTNER)
     ds = pydicom.dcmread(io.BytesIO(out.getvalue()))
     assert ds.ImageComments.startswith("Comment about")
     assert ds.AdditionalPatientHistory.startswith("History of")

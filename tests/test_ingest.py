@@ -75,8 +75,8 @@ class Pipeline:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def study(self, original_study_uid: str) -> dict:
-        new = new_uid(self.secret, original_study_uid)
+    def study(self, original_study_uid: str, partner: str = CLINICAL) -> dict:
+        new = new_uid(self.secret, partner, original_study_uid)
         return next(i for i in self.items() if i[index.PK] == f"STUDY#{new}" and i[index.SK] == "STUDY")
 
     def instances(self, study_uid: str) -> list[dict]:
@@ -192,7 +192,8 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
 
     s3, r = pipeline.client("s3"), pipeline.resources
     assert _gone_from_ingest(pipeline, [*accepted, *duplicates, *refused])
-    studies = {pipeline.study(ds.StudyInstanceUID)["study_uid"] for ds in (ct[0], mr, ct_small)}
+    studies = {pipeline.study(ds.StudyInstanceUID, partner)["study_uid"]
+               for ds, partner in ((ct[0], CLINICAL), (mr, CLINICAL), (ct_small, BASIC))}
     instances = [i for study in studies for i in pipeline.instances(study)]
     assert len(instances) == len(accepted)
     deid_keys = [k for study in studies for k in pipeline.keys(r.deid_bucket, f"studies/{study}/")]
@@ -226,7 +227,7 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
                   and i[index.SK].startswith("SERIES#"))
     assert (series["instance_count"], series["total_bytes"]) == (20, study["total_bytes"])
     assert pipeline.study(mr.StudyInstanceUID)["modalities"] == {"MR"}
-    small = pipeline.study(ct_small.StudyInstanceUID)
+    small = pipeline.study(ct_small.StudyInstanceUID, BASIC)
     assert (small["instance_count"], small["series_count"], small["partner"]) == (1, 1, BASIC)
 
     index_dump = json.dumps(pipeline.items(), default=str)
@@ -285,7 +286,7 @@ def test_killed_after_storing_before_indexing_converges(pipeline):
         s3, SCRATCH, "first.dcm", r.deid_bucket,
         lambda plan: index.deidentified_object_key(plan.study_instance_uid, plan.series_instance_uid,
                                                    plan.sop_instance_uid),
-        profile=for_partner(settings.partner(CLINICAL).options), secret=pipeline.secret, settings=settings,
+        profile=for_partner(settings.partner(CLINICAL).options), secret=pipeline.secret, settings=settings, partner=CLINICAL,
         size=len(_bytes(series[0])))
     for n, ds in enumerate(series):
         pipeline.upload(f"{CLINICAL}/killed/{n}.dcm", _bytes(ds))
@@ -371,3 +372,33 @@ def test_a_failing_message_does_not_fail_its_batch(pipeline):
     pipeline.run()
     assert pipeline.study(ds.StudyInstanceUID)["instance_count"] == 1
     assert not s3.list_object_versions(Bucket=SCRATCH, Prefix=f"{CLINICAL}/partial/").get("Versions")
+
+
+def test_identities_are_scoped_per_partner_and_a_file_without_patient_id_joins_its_study(pipeline):
+    """Two partners upload the same MRN with the same original UIDs: two studies, two
+    pseudonyms, two date shifts. A later file of the first partner's study without Patient
+    ID takes the patient its study has in the index."""
+    first, second, no_id = _series(3, "SCOPED")
+    first.PatientID = second.PatientID = "SCOPED-MRN-100234"
+    no_id.PatientID = ""
+    pipeline.upload(f"{CLINICAL}/scoped/a.dcm", _bytes(first))
+    pipeline.upload(f"{BASIC}/scoped/a.dcm", _bytes(first))
+    pipeline.upload(f"{CLINICAL}/scoped/b.dcm", _bytes(second))
+    pipeline.run()
+    pipeline.upload(f"{CLINICAL}/scoped/no id.dcm", _bytes(no_id))
+    pipeline.run()
+
+    mine, theirs = pipeline.study(first.StudyInstanceUID), pipeline.study(first.StudyInstanceUID, BASIC)
+    assert mine["study_uid"] != theirs["study_uid"]
+    assert mine["patient_pseudonym"] != theirs["patient_pseudonym"]
+    assert (mine["partner"], theirs["partner"], mine["instance_count"]) == (CLINICAL, BASIC, 3)
+    assert {i["patient_pseudonym"] for i in pipeline.instances(mine["study_uid"])} == {mine["patient_pseudonym"]}
+    s3 = pipeline.client("s3")
+    stored = {i["sop_instance_uid"]: pydicom.dcmread(io.BytesIO(
+        s3.get_object(Bucket=pipeline.resources.deid_bucket, Key=i["s3_key"])["Body"].read()))
+        for i in pipeline.instances(mine["study_uid"])}
+    (joined,) = [ds for ds in stored.values() if str(ds.PatientName) == mine["patient_pseudonym"]
+                 and ds.SOPInstanceUID == new_uid(pipeline.secret, CLINICAL, no_id.SOPInstanceUID)]
+    assert joined.PatientID == mine["patient_pseudonym"] and joined.StudyDate == mine["study_date"]
+    (other,) = pipeline.instances(theirs["study_uid"])
+    assert other["sop_instance_uid"] != new_uid(pipeline.secret, CLINICAL, first.SOPInstanceUID)

@@ -32,7 +32,7 @@ import filecmp
 import os
 import secrets
 from contextlib import suppress
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from dicomshare import profile as profiles
 from dicomshare.deidentify.dataset_path import rewrite_dataset
@@ -72,9 +72,17 @@ def deidentify_header(
     profile: Profile,
     secret: bytes,
     settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None = None,
     size: int | None = None,
 ) -> Plan:
-    """Validate and de-identify the object readable from the seekable ``fp``.
+    """Validate and de-identify the object readable from the seekable ``fp``, sent by ``partner``.
+
+    New UIDs, the pseudonym and the date shift are keyed with ``secret`` and scoped to
+    ``partner`` (:mod:`.identities`). An object without Patient ID takes its study's
+    patient: ``study_patient(new_study_instance_uid)`` gives that patient's pseudonym, or
+    ``None`` when nobody knows it (the pseudonym is then keyed from the study); whatever
+    it raises propagates, never as a refusal.
 
     Reads the header only (up to Pixel Data, whose element header and, if encapsulated,
     item headers are read to find its end). Raises :class:`DeidentificationRefused` with a
@@ -94,9 +102,9 @@ def deidentify_header(
     check_size(size, settings)
     check_preamble(fp)
     try:
-        plan = rewrite_encoded(fp, size, profile, secret, settings)
+        plan = rewrite_encoded(fp, size, profile, secret, settings, partner, study_patient)
         if plan is None:
-            plan = rewrite_dataset(fp, size, profile, secret, settings)
+            plan = rewrite_dataset(fp, size, profile, secret, settings, partner, study_patient)
     except RecursionError as exc:
         raise DeidentificationRefused(MALFORMED) from exc
     except MemoryError as exc:
@@ -141,20 +149,25 @@ def deidentify_file(
     *,
     profile: Profile | None = None,
     secret: bytes,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None = None,
     settings: Settings | None = None,
 ) -> Plan:
-    """De-identify a local file into ``dst``: a directory (the file goes to
+    """De-identify a local file sent by ``partner`` into ``dst``: a directory (the file goes to
     ``dst/<study>/<series>/<sop>.dcm``, written atomically) or a writable binary file object.
 
     In a directory the first stored instance wins, as in the pipeline: when that path
     already holds the same bytes :class:`DuplicateInstance` is raised, when it holds other
     bytes (another object with the same SOP Instance UID) the file is refused
     ``conflicting_instance``; an existing file is never replaced.
+    ``study_patient`` as for :func:`deidentify_header`.
     """
     profile = profile or profiles.named("clinical")
     settings = settings or Settings()
     with open(src_path, "rb") as src:
-        plan = deidentify_header(src, profile=profile, secret=secret, settings=settings)
+        plan = deidentify_header(
+            src, profile=profile, secret=secret, settings=settings, partner=partner, study_patient=study_patient
+        )
         if not isinstance(dst, (str, os.PathLike)):
             write_output(plan, src, dst)
             return plan

@@ -35,7 +35,7 @@ from pydicom.uid import UID_dictionary
 from dicomshare.deidentify.descriptors import clean_text, identifiers_in, scrub
 from dicomshare.deidentify.formatted import TIMEZONE_OFFSET_FROM_UTC, conformed, conforms, is_formatted, split_values
 from dicomshare.deidentify.free_text import DateRule
-from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym, shift_date, shift_datetime
+from dicomshare.deidentify.identities import IDENTITIES_VERSION, date_offset_days, new_uid, shift_date, shift_datetime
 from dicomshare.deidentify.attributes import (
     ALWAYS_REMOVED,
     BINARY_VRS,
@@ -106,21 +106,23 @@ _ACTIONS: dict[Profile, dict[tuple[int, str], str]] = {}
 class Deidentifier:
     """One object's de-identification: the profile, the keys and the values to clean out.
 
+    ``partner`` scopes the new UIDs and ``pseudonym`` is the patient's
+    (:func:`.identities.object_pseudonym`), which also gives the date shift.
     The rules work on an element's tag, VR and decoded string values, so the pydicom path
     (:meth:`collect`, :meth:`apply`) and the encoded path (:func:`.encoded_path.rewrite_encoded`) share them.
     """
 
-    def __init__(self, profile: Profile, secret: bytes, patient_id: str, study_instance_uid: str) -> None:
+    def __init__(self, profile: Profile, secret: bytes, partner: str, pseudonym: str) -> None:
         self.profile = profile
         self.secret = secret
+        self.partner = partner
         self.dates = (
             KEEP if "rtnLongFullDatesOpt" in profile.options
             else CLEAN if "rtnLongModifDatesOpt" in profile.options
             else EMPTY
         )
-        self.patient_key = patient_id or f"study:{study_instance_uid}"
-        self.pseudonym = patient_pseudonym(secret, self.patient_key)
-        self.offset = date_offset_days(secret, self.patient_key)
+        self.pseudonym = pseudonym
+        self.offset = date_offset_days(secret, pseudonym)
         self.date_rule = DateRule({KEEP: "keep", CLEAN: "shift", EMPTY: "remove"}[self.dates], self.offset)
         self._identifiers: set[str] = set()
         self._words: set[str] = set()
@@ -241,7 +243,7 @@ class Deidentifier:
             return value
         if tag in KEPT_UID_TAGS:
             return value if conforms("UI", value) else ""
-        return new_uid(self.secret, value)
+        return new_uid(self.secret, self.partner, value)
 
     def change(self, tag: int, vr: str, action: str, values: list[str], empty: bool) -> list | str | None:
         """The new value of a (non-sequence) element under ``action``, neither remove nor keep.
@@ -358,7 +360,7 @@ def record_elements(profile: Profile, dates: str, little_endian: bool, implicit_
     """
     ds = Dataset()
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = profile.method
+    ds.DeidentificationMethod = [*profile.method, IDENTITIES_VERSION]
     items = []
     for code in profile.codes:
         item = Dataset()

@@ -9,7 +9,7 @@ simple elements' bytes written directly (as pydicom writes them).
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import pydicom
 from pydicom.charset import default_encoding
@@ -24,6 +24,7 @@ from dicomshare.deidentify.actions import Deidentifier
 from dicomshare.deidentify.attributes import vr_of
 from dicomshare.deidentify.dataset_reader import at_pixel_data, quiet_pydicom, read_object
 from dicomshare.deidentify.file_meta import file_meta_dataset, header_bytes
+from dicomshare.deidentify.identities import object_pseudonym
 from dicomshare.deidentify.plan import Plan
 from dicomshare.profile import Profile
 from dicomshare.pixel_data import (
@@ -52,7 +53,15 @@ DEFLATED_MAX_BYTES = 64 * 1024**2
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
-def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings) -> Plan:
+def rewrite_dataset(
+    fp: BinaryIO,
+    size: int,
+    profile: Profile,
+    secret: bytes,
+    settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None,
+) -> Plan:
     """De-identify through a pydicom data set: any supported object, and every refusal."""
     fp.seek(0)
     with quiet_pydicom():
@@ -86,9 +95,15 @@ def rewrite_dataset(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
             media_storage_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
             checked = {keyword: str(ds.get(keyword, "") or "") for keyword in CHECKED[1:]}
             check_attributes({"MediaStorageSOPClassUID": media_storage_class, **checked}, settings)
-            deidentifier = Deidentifier(
-                profile, secret, str(ds.get("PatientID", "") or "").strip(), str(ds.get("StudyInstanceUID", ""))
-            )
+            patient = [str(ds.get(keyword, "") or "").strip() for keyword in ("IssuerOfPatientID", "PatientID")]
+        except DeidentificationRefused:
+            raise
+        except Exception as exc:  # a value pydicom cannot parse: refuse, never crash
+            raise DeidentificationRefused(MALFORMED) from exc
+        # outside the refusals: the caller's look-up of the study's patient fails as it fails
+        pseudonym = object_pseudonym(secret, partner, *patient, checked["StudyInstanceUID"], study_patient)
+        try:
+            deidentifier = Deidentifier(profile, secret, partner, pseudonym)
             deidentifier.collect(ds)
             deidentifier.apply(ds)
             _single_character_set(ds)

@@ -1,14 +1,17 @@
 """De-identification from the encoded elements (:mod:`dicomshare.encoded_dataset`): the
 fast path for ordinary objects (implicit or explicit VR little endian, the default
-character repertoire, elements in ascending tag order), which gives the same bytes as the
-pydicom path (:mod:`.dataset_path`) without decoding kept values.
+character repertoire or one single-valued character set of
+:data:`.encoded_values.CODECS`, elements in ascending tag order), which gives the same
+bytes as the pydicom path (:mod:`.dataset_path`). In the default repertoire kept values
+are not decoded; in another character set they are written as the pydicom path writes
+them, text in UTF-8 (:func:`.encoded_values.reencoded`).
 """
 
 from __future__ import annotations
 
 import struct
 from functools import lru_cache
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from pydicom.datadict import tag_for_keyword
 
@@ -24,14 +27,18 @@ from dicomshare.deidentify.dataset_reader import PIXEL_DATA_TAG_SET
 from dicomshare.deidentify.descriptors import identifiers_in
 from dicomshare.deidentify.formatted import conformed, is_formatted
 from dicomshare.deidentify.encoded_values import (
+    DEFAULT_CODEC,
     ELEMENT_CACHE_ELEMENT_BYTES,
     STRING_VRS,
+    character_set_codec,
     check_plain,
     decoded_strings,
+    reencoded,
     remember,
     single_string,
 )
 from dicomshare.deidentify.file_meta import header_bytes
+from dicomshare.deidentify.identities import object_pseudonym
 from dicomshare.deidentify.plan import Plan
 from dicomshare.encoded_dataset import (
     VRS,
@@ -73,12 +80,21 @@ _UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
 _NUMBER_SIZES = {"FL": 4, "FD": 8, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8}
 
 
-def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings) -> Plan | None:
+def rewrite_encoded(
+    fp: BinaryIO,
+    size: int,
+    profile: Profile,
+    secret: bytes,
+    settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None,
+) -> Plan | None:
     """De-identify from the encoded elements (:mod:`dicomshare.encoded_dataset`).
 
     ``None`` when the object is not plain (see that module), declares a character set
-    other than the default repertoire, holds a value this path does not decode (not ASCII,
-    VR UN or an ambiguous VR that would change), or would be refused: :func:`.dataset_path.rewrite_dataset`
+    this path does not decode (code extensions: several values, ISO 2022), holds a value
+    this path does not decode or write as pydicom does (bytes its character set does not
+    decode, VR UN or an ambiguous VR that would change), or would be refused: :func:`.dataset_path.rewrite_dataset`
     then decides, so refusals and their reasons come from one place; except an object of
     more than :data:`~dicomshare.encoded_dataset.MAX_ELEMENTS` elements, refused
     ``too_large`` here rather than read again, at greater cost, by pydicom.
@@ -88,7 +104,9 @@ def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
         fp.seek(0)
         data = fp.read(chunk)
         try:
-            return _rewrite_encoded_bytes(data, len(data) >= size, fp, size, profile, secret, settings)
+            return _rewrite_encoded_bytes(
+                data, len(data) >= size, fp, size, profile, secret, settings, partner, study_patient
+            )
         except Incomplete:
             if chunk >= min(size, ENCODED_MAX_BYTES):
                 return None
@@ -100,7 +118,15 @@ def rewrite_encoded(fp: BinaryIO, size: int, profile: Profile, secret: bytes, se
 
 
 def _rewrite_encoded_bytes(
-    data: bytes, complete: bool, fp: BinaryIO, size: int, profile: Profile, secret: bytes, settings: Settings
+    data: bytes,
+    complete: bool,
+    fp: BinaryIO,
+    size: int,
+    profile: Profile,
+    secret: bytes,
+    settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None,
 ) -> Plan | None:
     meta, meta_end = _file_meta_elements(data, complete)
     transfer_syntax = single_string(meta.get(0x00020010))
@@ -123,17 +149,25 @@ def _rewrite_encoded_bytes(
         pixel_offset, pixel_end = None, 0
     else:
         raise Incomplete()
+    codec = character_set_codec(top.get(0x00080005))
     checked = {keyword: single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
     check_attributes({"MediaStorageSOPClassUID": single_string(meta.get(0x00020002)), **checked}, settings)
-    deidentifier = Deidentifier(
-        profile, secret, single_string(top.get(0x00100020)).strip(), checked["StudyInstanceUID"]
+    pseudonym = object_pseudonym(
+        secret,
+        partner,
+        single_string(top.get(0x00100021), codec).strip(),
+        single_string(top.get(0x00100020), codec).strip(),
+        checked["StudyInstanceUID"],
+        study_patient,
     )
-    noted, encoded_caches = _element_caches(profile, secret, deidentifier.patient_key, implicit)
-    deidentifier.add_identifiers(*_note_encoded(deidentifier, elements, noted))
+    deidentifier = Deidentifier(profile, secret, partner, pseudonym)
+    noted, encoded_caches = _element_caches(profile, secret, partner, pseudonym, implicit, codec)
+    noted_elements = elements if codec == DEFAULT_CODEC else [e for e in elements if e.tag != 0x00080005]
+    deidentifier.add_identifiers(*_note_encoded(deidentifier, noted_elements, noted, codec))
     encoded_cache = _identifiers_cache(encoded_caches, deidentifier)
-    records = _record_bytes(profile, deidentifier.dates, implicit)
+    records = _record_bytes(profile, deidentifier.dates, implicit, codec != DEFAULT_CODEC)
     kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
-    data_set = _encode_elements(deidentifier, kept, implicit, encoded_cache, extra=records)
+    data_set = _encode_elements(deidentifier, kept, implicit, encoded_cache, codec, extra=records)
     uids = [_output_string(deidentifier, top.get(tag)) for tag in _UID_TAGS]
     if not all(uids):
         return None
@@ -198,10 +232,12 @@ the objects of a series repeat most of each other's elements, which are then not
 again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
 
 @lru_cache(maxsize=4)
-def _element_caches(profile: Profile, secret: bytes, patient_key: str, implicit: bool) -> tuple[dict, dict]:
-    """For one patient's objects (a series, a study): what :func:`_note_encoded` found in an
-    element, by the element's encoding, and, per set of identifiers found
-    (:func:`_identifiers_cache`), what :func:`_encode_elements` made of it.
+def _element_caches(
+    profile: Profile, secret: bytes, partner: str, pseudonym: str, implicit: bool, codec: str
+) -> tuple[dict, dict]:
+    """For one patient's objects at one partner in one character set (a series, a study):
+    what :func:`_note_encoded` found in an element, by the element's encoding, and, per set
+    of identifiers found (:func:`_identifiers_cache`), what :func:`_encode_elements` made of it.
 
     Both depend on nothing else (a kept or cleaned text depends on the identifiers it is
     checked against, hence a cache per set), and most elements repeat from one object of
@@ -230,7 +266,9 @@ def _identifiers_cache(caches: dict, deidentifier: Deidentifier) -> dict:
 _NOTHING_NOTED = (frozenset(), frozenset())
 
 
-def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: dict) -> tuple[frozenset[str], frozenset[str]]:
+def _note_encoded(
+    deidentifier: Deidentifier, elements: list[Element], noted: dict, codec: str
+) -> tuple[frozenset[str], frozenset[str]]:
     """What :meth:`Deidentifier.collect` gathers, from encoded elements (for
     :meth:`Deidentifier.add_identifiers`)."""
     identifiers: set[str] = set()
@@ -243,7 +281,7 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
                 nested_identifiers: set[str] = set()
                 nested_words: set[str] = set()
                 for item in element.value:
-                    nested = _note_encoded(deidentifier, item.elements, noted)
+                    nested = _note_encoded(deidentifier, item.elements, noted, codec)
                     nested_identifiers |= nested[0]
                     nested_words |= nested[1]
                 found = (
@@ -251,10 +289,10 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
                     if nested_identifiers or nested_words else _NOTHING_NOTED
                 )
             else:
-                check_plain(element)
+                check_plain(element, codec)
                 action = deidentifier.action(element.tag, vr)
                 if deidentifier.notes(action, vr):
-                    found = identifiers_in(element.tag, vr, decoded_strings(element.vr, element.value))
+                    found = identifiers_in(element.tag, vr, decoded_strings(element.vr, element.value, codec))
                     found = found if found[0] or found[1] else _NOTHING_NOTED
                 else:
                     found = _NOTHING_NOTED
@@ -268,7 +306,12 @@ def _note_encoded(deidentifier: Deidentifier, elements: list[Element], noted: di
 
 
 def _encode_elements(
-    deidentifier: Deidentifier, elements: list[Element], implicit: bool, encoded_cache: dict, extra: dict[int, bytes] | None = None
+    deidentifier: Deidentifier,
+    elements: list[Element],
+    implicit: bool,
+    encoded_cache: dict,
+    codec: str,
+    extra: dict[int, bytes] | None = None,
 ) -> bytes:
     """:meth:`Deidentifier.apply` and the encoding of its result, in tag order (the
     elements are in tag order: :mod:`~dicomshare.encoded_dataset` accepts no other).
@@ -286,7 +329,7 @@ def _encode_elements(
         cacheable = not in_context and element.size <= ELEMENT_CACHE_ELEMENT_BYTES
         new = encoded_cache.get(element.raw, _UNCACHED) if cacheable else _UNCACHED
         if new is _UNCACHED:
-            new = _encode_element(deidentifier, element, implicit, encoded_cache, bool(local_codes))
+            new = _encode_element(deidentifier, element, implicit, encoded_cache, codec, bool(local_codes))
             if cacheable:
                 remember(encoded_cache, element, new)
         if new is not None:
@@ -303,7 +346,7 @@ def _local_codes(elements: list[Element]) -> bool:
 
 
 def _encode_element(
-    deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict, local_codes: bool
+    deidentifier: Deidentifier, element: Element, implicit: bool, encoded_cache: dict, codec: str, local_codes: bool
 ) -> bytes | None:
     """One element of :func:`_encode_elements`: its new encoding (``None``: removed).
     ``local_codes``: its item names a local coding scheme."""
@@ -317,40 +360,42 @@ def _encode_element(
         if action == EMPTY:
             return sequence_bytes(tag, b"", undefined_length=element.undefined_length, implicit=implicit)
         value = b"".join(
-            item_bytes(_encode_elements(deidentifier, item.elements, implicit, encoded_cache), undefined_length=item.undefined_length)
+            item_bytes(_encode_elements(deidentifier, item.elements, implicit, encoded_cache, codec), undefined_length=item.undefined_length)
             for item in items
         )
         return sequence_bytes(tag, value, undefined_length=element.undefined_length, implicit=implicit)
-    check_plain(element)
+    check_plain(element, codec)
     action = deidentifier.action(tag, vr)
     if action == REMOVE:
         return None
     if action == KEEP:
+        values = decoded_strings(element.vr, element.value, codec) if is_formatted(tag, vr) or vr in CHECKED_VRS else None
         if is_formatted(tag, vr):
-            fixed = conformed(tag, vr, decoded_strings(element.vr, element.value))
+            fixed = conformed(tag, vr, values)
             fixed = fixed if fixed is None or any(fixed) else []
         elif vr in CHECKED_VRS:
-            fixed = deidentifier.check_kept(tag, vr, decoded_strings(element.vr, element.value), local_codes)
+            fixed = deidentifier.check_kept(tag, vr, values, local_codes)
         else:
             fixed = None
-        if fixed is None:
-            return element_bytes(tag, element.vr, element.value, implicit=implicit)
-        return element_bytes(tag, element.vr, _text_bytes(fixed, element.vr), implicit=implicit)
-    value = _changed(deidentifier, element, action, vr)
+        if fixed is not None:
+            return element_bytes(tag, element.vr, _text_bytes(fixed, element.vr, codec), implicit=implicit)
+        value = element.value if codec == DEFAULT_CODEC else reencoded(element.vr, element.value, codec)
+        return element_bytes(tag, element.vr, value, implicit=implicit)
+    value = _changed(deidentifier, element, action, vr, codec)
     return None if value is None else element_bytes(tag, element.vr, value, implicit=implicit)
 
 
 _UNCACHED = object()
 
 
-def _changed(deidentifier: Deidentifier, element: Element, action: str, vr: str) -> bytes | None:
+def _changed(deidentifier: Deidentifier, element: Element, action: str, vr: str, codec: str) -> bytes | None:
     """The new value's bytes under ``action`` (:meth:`Deidentifier.change`), ``vr`` being
     the element's :func:`~.attributes.effective_vr`; ``None`` to remove."""
     encoded_vr = element.vr
     if encoded_vr not in VRS:
         raise NotPlain()  # an ambiguous dictionary VR (implicit VR): pydicom resolves it
     if encoded_vr in STRING_VRS:
-        values = decoded_strings(encoded_vr, element.value)
+        values = decoded_strings(encoded_vr, element.value, codec)
         empty = values == [""]
     else:
         values, empty = [], not element.value
@@ -361,12 +406,13 @@ def _changed(deidentifier: Deidentifier, element: Element, action: str, vr: str)
         return b""
     if encoded_vr in _NUMBER_SIZES:
         return bytes(_NUMBER_SIZES[encoded_vr])
-    return _text_bytes(new, encoded_vr)
+    return _text_bytes(new, encoded_vr, codec)
 
 
-def _text_bytes(values: list[str], vr: str) -> bytes:
-    """String values as pydicom writes them: joined with ``\\``, padded to even length."""
-    text = "\\".join(values).encode("ascii")
+def _text_bytes(values: list[str], vr: str, codec: str) -> bytes:
+    """String values as pydicom writes them: joined with ``\\``, padded to even length; in
+    UTF-8 unless the data set is in the default repertoire."""
+    text = "\\".join(values).encode(DEFAULT_CODEC if codec == DEFAULT_CODEC else "utf-8")
     return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
 
 
@@ -384,10 +430,14 @@ def _output_string(deidentifier: Deidentifier, element: Element | None) -> str:
 
 
 @lru_cache(maxsize=64)
-def _record_bytes(profile: Profile, dates: str, implicit: bool) -> dict[int, bytes]:
-    """:func:`record_elements`, encoded, by tag."""
-    return {
+def _record_bytes(profile: Profile, dates: str, implicit: bool, utf8: bool) -> dict[int, bytes]:
+    """:func:`record_elements`, encoded, by tag; with ``utf8``, also the Specific Character
+    Set of an output re-encoded as UTF-8 (``ISO_IR 192``, as the pydicom path declares it)."""
+    records = {
         int(elem.tag): element_bytes(int(elem.tag), elem.VR or "UN", elem.value, implicit=implicit)
         for elem in record_elements(profile, dates, True, implicit)
     }
+    if utf8:
+        records[0x00080005] = element_bytes(0x00080005, "CS", b"ISO_IR 192", implicit=implicit)
+    return records
 

@@ -1,12 +1,31 @@
-"""Values of encoded elements decoded as pydicom 3 decodes them (``pydicom.values``), for
-the encoded path; and the bounded caches by an element's encoding."""
+"""Values of encoded elements decoded as pydicom 3 decodes them (``pydicom.values``), and
+kept values written as the pydicom path writes them, for the encoded path; and the bounded
+caches by an element's encoding."""
 
 from __future__ import annotations
+
+import re
+import struct
+
+from pydicom.charset import python_encoding
 
 from dicomshare.deidentify.attributes import STRING_VRS
 from dicomshare.encoded_dataset import Element, NotPlain, implicit_vr
 
+CHARACTER_SET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+"""The VRs whose values use the Specific Character Set (PS3.5 6.1.2.3); pydicom decodes
+every other string VR as the default repertoire."""
+DEFAULT_CODEC = "ascii"
+"""The codec of the default character repertoire, the only one whose values are kept as
+they are (every other is re-encoded as UTF-8, as the pydicom path does)."""
 _DEFAULT_CHARACTER_SETS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+CODECS = {term: codec for term, codec in python_encoding.items() if not term.startswith("ISO 2022")} | dict.fromkeys(
+    _DEFAULT_CHARACTER_SETS, DEFAULT_CODEC
+)
+"""Python codec by single-valued Specific Character Set (0008,0005), as pydicom decodes
+it: the default repertoire, the single-byte sets (ISO_IR 100, 101, 109, 110, 126, 127,
+138, 144, 148, 166, 13), UTF-8 (ISO_IR 192), GB18030 and GBK. ISO 2022 code extensions
+(escape sequences, several values) are not here: the pydicom path decodes them."""
 
 ELEMENT_CACHE_SIZE = 4096
 ELEMENT_CACHE_ELEMENT_BYTES = 256
@@ -16,13 +35,16 @@ cache and four patients' caches, the caches hold at most about 25 MiB."""
 
 
 
-def decoded_strings(vr: str, value: bytes) -> list[str]:
-    """The values of a string element, as pydicom 3 decodes them (``pydicom.values``).
+def decoded_strings(vr: str, value: bytes, codec: str = DEFAULT_CODEC) -> list[str]:
+    """The values of a string element, as pydicom 3 decodes them (``pydicom.values``):
+    :data:`CHARACTER_SET_VRS` with ``codec`` (of :data:`CODECS`), the others as ASCII.
 
-    ASCII only: any other byte raises :class:`UnicodeDecodeError` (the pydicom path then
-    decodes it with the object's character set).
+    A byte the codec does not decode raises :class:`UnicodeDecodeError` (the pydicom path
+    then decides, with replacement characters), as does an escape sequence (ISO 2022).
     """
-    text = value.decode("ascii")
+    text = value.decode(codec if vr in CHARACTER_SET_VRS else DEFAULT_CODEC)
+    if "\x1b" in text:
+        raise UnicodeDecodeError(codec, value, 0, len(value), "escape sequence")
     if vr in ("LT", "ST", "UT"):
         return [text.rstrip("\x00 ")]
     if vr == "UR":
@@ -38,15 +60,20 @@ _SINGLE_STRINGS: dict[bytes, str] = {}
 """What :func:`single_string` decoded, by encoding; bounded as :func:`.encoded_path._element_caches` are."""
 
 
-def single_string(element: Element | None) -> str:
+def single_string(element: Element | None, codec: str = DEFAULT_CODEC) -> str:
     """A single-valued string element's value (``""`` when absent); :class:`NotPlain` when
     it holds several values or is not a plain string (pydicom would give another text).
 
     Remembered by the element's encoding in :data:`_SINGLE_STRINGS`: the UIDs, class and
-    patient of a series repeat.
+    patient of a series repeat (text in another codec than ASCII is not remembered).
     """
     if element is None:
         return ""
+    if codec != DEFAULT_CODEC and element.vr in CHARACTER_SET_VRS:
+        values = decoded_strings(element.vr, element.value, codec)
+        if len(values) != 1:
+            raise NotPlain()
+        return values[0]
     found = _SINGLE_STRINGS.get(element.raw)
     if found is None:
         if element.vr not in STRING_VRS:
@@ -68,12 +95,67 @@ def remember(cache: dict, element: Element, result: object) -> None:
         cache[element.raw] = result
 
 
-def check_plain(element: Element) -> None:
+def check_plain(element: Element, codec: str) -> None:
     """:class:`NotPlain` for VR UN on a tag the data dictionary knows (pydicom would decode
-    it with the dictionary's VR) and for a character set other than the default."""
+    it with the dictionary's VR) and for a Specific Character Set in an item (the data set
+    declares it at the top; an item may declare only the default, and only when the data
+    set does too): the pydicom path decodes each item with its own."""
     if element.vr == "UN" and implicit_vr(element.tag) != "UN":
         raise NotPlain()
-    if element.tag == 0x00080005 and single_string(element) not in _DEFAULT_CHARACTER_SETS:
+    if element.tag == 0x00080005 and (codec != DEFAULT_CODEC or single_string(element) not in _DEFAULT_CHARACTER_SETS):
         raise NotPlain()
+
+
+def character_set_codec(element: Element | None) -> str:
+    """The codec (of :data:`CODECS`) of the data set's Specific Character Set (0008,0005);
+    :class:`NotPlain` for code extensions (several values, ISO 2022) and unknown terms."""
+    codec = CODECS.get(single_string(element))
+    if codec is None:
+        raise NotPlain()
+    return codec
+
+
+_NUMBER_FORMATS = {"FD": "d", "FL": "f", "SL": "l", "SS": "h", "SV": "q", "UL": "L", "US": "H", "UV": "Q"}
+_EVEN_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "US or SS", "OB or OW", "US or OW", "US or SS or OW"})
+_NUMBER_STRINGS = {
+    "DS": re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
+    "IS": re.compile(r"[+-]?\d+"),
+    "UI": re.compile(r"[0-9.]*"),
+}
+"""Values the pydicom path writes back stripped of spaces; anything else it keeps in odd
+ways (tabs, NULs, garbage), which :func:`reencoded` leaves to it."""
+
+
+def reencoded(vr: str, value: bytes, codec: str) -> bytes:
+    """A kept value as the pydicom path writes it when the data set declares a character
+    set: every element converted (``pydicom.values``) and written again (``pydicom.filewriter``),
+    text in UTF-8 (ISO_IR 192). :class:`NotPlain` for values whose conversion is not
+    reproduced here (the pydicom path then writes or refuses them).
+
+    Numbers go through ``struct`` as pydicom's do (a signalling NaN in FL comes back quiet);
+    DS, IS and UI values lose their surrounding spaces; text loses trailing spaces and NULs
+    per value; the rest is joined, UTF-8 and padded to even length.
+    """
+    number = _NUMBER_FORMATS.get(vr)
+    if number is not None:
+        size = struct.calcsize("<" + number)
+        if len(value) % size:
+            raise NotPlain()
+        layout = f"<{len(value) // size}{number}"
+        return struct.pack(layout, *struct.unpack(layout, value))
+    if vr == "AT" or vr in _EVEN_VRS:
+        if len(value) % (4 if vr == "AT" else 2):
+            raise NotPlain()
+        return value
+    if vr not in STRING_VRS or vr == "PN":
+        raise NotPlain()
+    values = decoded_strings(vr, value, codec)
+    pattern = _NUMBER_STRINGS.get(vr)
+    if pattern is not None:
+        values = [v.strip(" ") or v for v in values]
+        if not all(pattern.fullmatch(v) or not v for v in values):
+            raise NotPlain()
+    text = "\\".join(values).encode("utf-8")
+    return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
 
 
