@@ -33,9 +33,13 @@ from dicomshare.deidentify.encoded_values import (
     character_set_codec,
     check_plain,
     decoded_strings,
+    element_caches,
+    identifiers_cache,
     reencoded,
     remember,
     single_string,
+    pixel_geometry,
+    text_bytes,
 )
 from dicomshare.deidentify.file_meta import header_bytes
 from dicomshare.deidentify.identities import object_pseudonym
@@ -52,7 +56,7 @@ from dicomshare.encoded_dataset import (
     sequence_bytes,
 )
 from dicomshare.profile import EMPTY, KEEP, REMOVE, Profile
-from dicomshare.pixel_data import GEOMETRY, overlay_in_pixel_data, pixel_data_end
+from dicomshare.pixel_data import pixel_data_end
 from dicomshare.settings import Settings
 from dicomshare.validation import (
     CHECKED,
@@ -144,7 +148,7 @@ def _rewrite_encoded_bytes(
     top = {element.tag: element for element in elements}
     if stop < len(data):
         pixel_offset = stop
-        pixel_end = pixel_data_end(fp, pixel_offset, size, transfer_syntax=transfer_syntax, geometry=_geometry(top))
+        pixel_end = pixel_data_end(fp, pixel_offset, size, transfer_syntax=transfer_syntax, geometry=pixel_geometry(top))
     elif complete:
         pixel_offset, pixel_end = None, 0
     else:
@@ -161,10 +165,10 @@ def _rewrite_encoded_bytes(
         study_patient,
     )
     deidentifier = Deidentifier(profile, secret, partner, pseudonym)
-    noted, encoded_caches = _element_caches(profile, secret, partner, pseudonym, implicit, codec)
+    noted, encoded_caches = element_caches(profile, secret, partner, pseudonym, implicit, codec)
     noted_elements = elements if codec == DEFAULT_CODEC else [e for e in elements if e.tag != 0x00080005]
     deidentifier.add_identifiers(*_note_encoded(deidentifier, noted_elements, noted, codec))
-    encoded_cache = _identifiers_cache(encoded_caches, deidentifier)
+    encoded_cache = identifiers_cache(encoded_caches, deidentifier.found)
     records = _record_bytes(profile, deidentifier.dates, implicit, codec != DEFAULT_CODEC)
     kept = elements if records.keys().isdisjoint(top) else [e for e in elements if e.tag not in records]
     data_set = _encode_elements(deidentifier, kept, implicit, encoded_cache, codec, extra=records)
@@ -174,33 +178,6 @@ def _rewrite_encoded_bytes(
     pixel_data = None if pixel_offset is None else (pixel_offset, pixel_end)
     new_header = header_bytes(uids[3], uids[2], transfer_syntax, data_set, pixel_data)
     return Plan(new_header, pixel_offset, pixel_end, deidentifier.pseudonym, *uids)
-
-
-_GEOMETRY_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in GEOMETRY)
-
-
-def _geometry(top: dict[int, Element]) -> dict[str, int | None]:
-    """:func:`~dicomshare.pixel_data.check_pixel_geometry`'s values from the top-level
-    elements, read as pydicom reads them (:class:`NotPlain` for anything else)."""
-    geometry: dict[str, int | None] = {keyword: _whole_number(top.get(tag)) for keyword, tag in _GEOMETRY_TAGS}
-    geometry["OverlayInPixelData"] = any(
-        overlay_in_pixel_data(tag, value) for tag, element in top.items()
-        if tag >> 24 == 0x60 and tag & 0xFFFF in (0x0100, 0x0102) and (value := _whole_number(element)) is not None
-    )
-    return geometry
-
-
-def _whole_number(element: Element | None) -> int | None:
-    """A single US or IS value; ``None`` when absent or empty."""
-    if element is None or not element.value:
-        return None
-    if element.vr == "US" and len(element.value) == 2:
-        return int.from_bytes(element.value, "little")
-    if element.vr == "IS":
-        text = single_string(element).strip()
-        if text.lstrip("+-").isdigit():
-            return int(text)
-    raise NotPlain()
 
 
 def _file_meta_elements(data: bytes, complete: bool) -> tuple[dict[int, Element], int]:
@@ -230,38 +207,6 @@ _PREVIOUS_ELEMENTS: dict[bool | str, list[Element]] = {}
 VR), and of its File Meta Information (``"meta"``); for :func:`read_data_set`'s ``like``:
 the objects of a series repeat most of each other's elements, which are then not read
 again. Only data sets up to :data:`PREVIOUS_ELEMENTS_MAX_BYTES` are kept."""
-
-@lru_cache(maxsize=4)
-def _element_caches(
-    profile: Profile, secret: bytes, partner: str, pseudonym: str, implicit: bool, codec: str
-) -> tuple[dict, dict]:
-    """For one patient's objects at one partner in one character set (a series, a study):
-    what :func:`_note_encoded` found in an element, by the element's encoding, and, per set
-    of identifiers found (:func:`_identifiers_cache`), what :func:`_encode_elements` made of it.
-
-    Both depend on nothing else (a kept or cleaned text depends on the identifiers it is
-    checked against, hence a cache per set), and most elements repeat from one object of
-    a series to the next: a remembered element, sequences included, is neither decoded nor checked
-    again. In memory only; elements over :data:`ELEMENT_CACHE_ELEMENT_BYTES` are not
-    cached, and each cache is emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
-    """
-    return {}, {}
-
-
-IDENTIFIER_SETS_CACHED = 4
-
-
-def _identifiers_cache(caches: dict, deidentifier: Deidentifier) -> dict:
-    """The cache of :func:`_encode_elements` for the identifiers of ``deidentifier``: one
-    of up to :data:`IDENTIFIER_SETS_CACHED` per patient (a study's objects share them)."""
-    key = deidentifier.found
-    found = caches.get(key)
-    if found is None:
-        if len(caches) >= IDENTIFIER_SETS_CACHED:
-            caches.clear()
-        found = caches[key] = {}
-    return found
-
 
 _NOTHING_NOTED = (frozenset(), frozenset())
 
@@ -378,7 +323,7 @@ def _encode_element(
         else:
             fixed = None
         if fixed is not None:
-            return element_bytes(tag, element.vr, _text_bytes(fixed, element.vr, codec), implicit=implicit)
+            return element_bytes(tag, element.vr, text_bytes(fixed, element.vr, codec), implicit=implicit)
         value = element.value if codec == DEFAULT_CODEC else reencoded(element.vr, element.value, codec)
         return element_bytes(tag, element.vr, value, implicit=implicit)
     value = _changed(deidentifier, element, action, vr, codec)
@@ -406,14 +351,7 @@ def _changed(deidentifier: Deidentifier, element: Element, action: str, vr: str,
         return b""
     if encoded_vr in _NUMBER_SIZES:
         return bytes(_NUMBER_SIZES[encoded_vr])
-    return _text_bytes(new, encoded_vr, codec)
-
-
-def _text_bytes(values: list[str], vr: str, codec: str) -> bytes:
-    """String values as pydicom writes them: joined with ``\\``, padded to even length; in
-    UTF-8 unless the data set is in the default repertoire."""
-    text = "\\".join(values).encode(DEFAULT_CODEC if codec == DEFAULT_CODEC else "utf-8")
-    return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
+    return text_bytes(new, encoded_vr, codec)
 
 
 def _output_string(deidentifier: Deidentifier, element: Element | None) -> str:

@@ -1,16 +1,20 @@
 """Values of encoded elements decoded as pydicom 3 decodes them (``pydicom.values``), and
-kept values written as the pydicom path writes them, for the encoded path; and the bounded
-caches by an element's encoding."""
+kept or changed values written as the pydicom path writes them, for the encoded path; the
+pixel geometry read from them; and the bounded caches by an element's encoding."""
 
 from __future__ import annotations
 
 import re
 import struct
+from functools import lru_cache
 
 from pydicom.charset import python_encoding
+from pydicom.datadict import tag_for_keyword
 
 from dicomshare.deidentify.attributes import STRING_VRS
 from dicomshare.encoded_dataset import Element, NotPlain, implicit_vr
+from dicomshare.pixel_data import GEOMETRY, overlay_in_pixel_data
+from dicomshare.profile import Profile
 
 CHARACTER_SET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 """The VRs whose values use the Specific Character Set (PS3.5 6.1.2.3); pydicom decodes
@@ -30,8 +34,10 @@ it: the default repertoire, the single-byte sets (ISO_IR 100, 101, 109, 110, 126
 ELEMENT_CACHE_SIZE = 4096
 ELEMENT_CACHE_ELEMENT_BYTES = 256
 """Only elements encoded in up to this many bytes are remembered (names, dates, UIDs, codes,
-small sequences: the ones that are decoded); with :data:`ELEMENT_CACHE_SIZE` entries per
-cache and four patients' caches, the caches hold at most about 25 MiB."""
+small sequences: the ones that are decoded). Each cache holds up to
+:data:`ELEMENT_CACHE_SIZE` entries; four patients' caches are kept, each with up to
+:data:`IDENTIFIER_SETS_CACHED` caches of encoded results, so at most 20 caches, about
+60 MiB by the 25 MiB figure measured for 8 of them."""
 
 
 
@@ -57,7 +63,7 @@ def decoded_strings(vr: str, value: bytes, codec: str = DEFAULT_CODEC) -> list[s
 
 
 _SINGLE_STRINGS: dict[bytes, str] = {}
-"""What :func:`single_string` decoded, by encoding; bounded as :func:`.encoded_path._element_caches` are."""
+"""What :func:`single_string` decoded, by encoding; bounded as :func:`element_caches` are."""
 
 
 def single_string(element: Element | None, codec: str = DEFAULT_CODEC) -> str:
@@ -87,7 +93,7 @@ def single_string(element: Element | None, codec: str = DEFAULT_CODEC) -> str:
 
 
 def remember(cache: dict, element: Element, result: object) -> None:
-    """Keep ``result`` for ``element`` in ``cache`` (one of :func:`.encoded_path._element_caches`, or
+    """Keep ``result`` for ``element`` in ``cache`` (one of :func:`element_caches`, or
     :data:`_SINGLE_STRINGS`), within their bounds."""
     if element.size <= ELEMENT_CACHE_ELEMENT_BYTES:
         if len(cache) >= ELEMENT_CACHE_SIZE:
@@ -159,3 +165,68 @@ def reencoded(vr: str, value: bytes, codec: str) -> bytes:
     return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
 
 
+def text_bytes(values: list[str], vr: str, codec: str) -> bytes:
+    """String values as pydicom writes them: joined with ``\\``, padded to even length; in
+    UTF-8 unless the data set is in the default repertoire."""
+    text = "\\".join(values).encode(DEFAULT_CODEC if codec == DEFAULT_CODEC else "utf-8")
+    return text + (b"\x00" if vr == "UI" else b" ") if len(text) % 2 else text
+
+
+_GEOMETRY_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in GEOMETRY)
+
+
+def pixel_geometry(top: dict[int, Element]) -> dict[str, int | None]:
+    """:func:`~dicomshare.pixel_data.check_pixel_geometry`'s values from the top-level
+    elements, read as pydicom reads them (:class:`NotPlain` for anything else)."""
+    geometry: dict[str, int | None] = {keyword: whole_number(top.get(tag)) for keyword, tag in _GEOMETRY_TAGS}
+    geometry["OverlayInPixelData"] = any(
+        overlay_in_pixel_data(tag, value) for tag, element in top.items()
+        if tag >> 24 == 0x60 and tag & 0xFFFF in (0x0100, 0x0102) and (value := whole_number(element)) is not None
+    )
+    return geometry
+
+
+def whole_number(element: Element | None) -> int | None:
+    """A single US or IS value; ``None`` when absent or empty."""
+    if element is None or not element.value:
+        return None
+    if element.vr == "US" and len(element.value) == 2:
+        return int.from_bytes(element.value, "little")
+    if element.vr == "IS":
+        text = single_string(element).strip()
+        if text.lstrip("+-").isdigit():
+            return int(text)
+    raise NotPlain()
+
+
+@lru_cache(maxsize=4)
+def element_caches(
+    profile: Profile, secret: bytes, partner: str, pseudonym: str, implicit: bool, codec: str
+) -> tuple[dict, dict]:
+    """For one patient's objects at one partner in one character set (a series, a study):
+    what :func:`.encoded_path._note_encoded` found in an element, by the element's
+    encoding, and, per set of identifiers found (:func:`identifiers_cache`), what
+    :func:`.encoded_path._encode_elements` made of it.
+
+    Both depend on nothing else (a kept or cleaned text depends on the identifiers it is
+    checked against, hence a cache per set), and most elements repeat from one object of
+    a series to the next: a remembered element, sequences included, is neither decoded
+    nor checked again. In memory only; elements over :data:`ELEMENT_CACHE_ELEMENT_BYTES` are not
+    cached, and each cache is emptied when it reaches :data:`ELEMENT_CACHE_SIZE` entries.
+    """
+    return {}, {}
+
+
+IDENTIFIER_SETS_CACHED = 4
+
+
+def identifiers_cache(caches: dict, found: tuple[frozenset[str], frozenset[str]]) -> dict:
+    """The cache of :func:`.encoded_path._encode_elements` for the identifiers ``found``
+    (:attr:`.actions.Deidentifier.found`): one of up to :data:`IDENTIFIER_SETS_CACHED` per
+    patient (a study's objects share them)."""
+    cache = caches.get(found)
+    if cache is None:
+        if len(caches) >= IDENTIFIER_SETS_CACHED:
+            caches.clear()
+        cache = caches[found] = {}
+    return cache
