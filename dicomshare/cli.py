@@ -7,6 +7,15 @@ names. Each refused file gets one line: its path relative to SRC and the reason.
 is printed deliberately: it is the user's own folder, on the user's own console, and they
 need it to find the file; nothing is logged or written elsewhere.
 
+Outputs never collide silently: the first file to claim an output path wins; a later file
+with the same output is reported ``duplicate``, one with another output for the same SOP
+Instance UID is refused ``conflicting_instance``; the summary counts the files written.
+
+Identities are scoped to ``--partner`` (default :data:`DEFAULT_PARTNER`), as the pipeline
+scopes them to the uploading partner. A file without Patient ID takes the patient of its
+study in the run: files with Patient ID go first, then those without, each with the
+pseudonym of another file of its (new) study, or one keyed from the study when none has it.
+
 Exit status: 0 all de-identified, 3 some refused, 2 usage error.
 
 Other packages add subcommands through the ``dicomshare.commands`` entry point group
@@ -29,13 +38,22 @@ from pathlib import Path
 from typing import Sequence
 
 from dicomshare import profile as profiles
-from dicomshare.deidentify import DeidentificationRefused, deidentify_file
+from dicomshare.deidentify import DuplicateInstance, deidentify_file
+from dicomshare.settings import PARTNER_ID
+from dicomshare.validation import DeidentificationRefused
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
 COMMANDS_GROUP = "dicomshare.commands"
 """Entry point group of subcommands other packages add: ``register(subparsers)`` callables."""
+DUPLICATE = "duplicate"
 DEFAULT_SECRET_FILE = Path(".dicomshare") / "deid-secret"
 SECRET_BYTES = 32
+DEFAULT_PARTNER = "local"
+"""The partner of ``dicomshare deid`` without ``--partner``: files de-identified on this
+machine. With the pipeline's secret and a partner's id, the command gives that partner's
+UIDs and pseudonyms."""
+_LATER = "later"
+"""What the first pass reports for a file without Patient ID: done in the second pass."""
 
 
 class UsageError(Exception):
@@ -70,16 +88,47 @@ def _inputs(src: Path, dst: Path) -> list[Path]:
     )
 
 
-def _deidentify_one(task: tuple[Path, Path, str, bytes]) -> str | None:
-    """De-identify one file; the refusal reason, or ``None`` when written."""
-    path, dst, profile_name, secret = task
+class _PatientLater(Exception):
+    """A file without Patient ID in the first pass."""
+
+
+def _patient_later(study_uid: str) -> str | None:
+    raise _PatientLater()
+
+
+def _deidentify_one(task: tuple[Path, Path, str, bytes, str, dict[str, str] | None]) -> tuple[str | None, str, str]:
+    """De-identify one file: :data:`DUPLICATE`, the refusal reason (``None`` when written,
+    :data:`_LATER` in the first pass for a file without Patient ID), the new Study Instance
+    UID and the pseudonym.
+
+    ``study_patients`` (second pass) holds the pseudonym of each new study seen in the first.
+    Nothing stops a folder run: an error this engine did not foresee is reported for its
+    file as ``internal_error`` (no value from the file in it) and the run goes on.
+    """
+    path, dst, profile_name, secret, partner, study_patients = task
     try:
-        deidentify_file(path, dst, profile=profiles.named(profile_name), secret=secret)
+        plan = deidentify_file(
+            path, dst, profile=profiles.named(profile_name), secret=secret, partner=partner,
+            study_patient=_patient_later if study_patients is None else study_patients.get,
+        )
+    except DuplicateInstance as duplicate:
+        return DUPLICATE, duplicate.plan.study_instance_uid, duplicate.plan.patient_pseudonym
     except DeidentificationRefused as refused:
-        return refused.reason
+        return refused.reason, "", ""
+    except _PatientLater:
+        return _LATER, "", ""
     except OSError:
-        return "unreadable"
-    return None
+        return "unreadable", "", ""
+    except Exception:
+        return "internal_error", "", ""
+    return None, plan.study_instance_uid, plan.patient_pseudonym
+
+
+def _run(tasks: list, jobs: int) -> list[tuple[str | None, str, str]]:
+    if jobs == 1:
+        return list(map(_deidentify_one, tasks))
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_deidentify_one, tasks, chunksize=8))
 
 
 def deid(args: argparse.Namespace) -> int:
@@ -88,22 +137,33 @@ def deid(args: argparse.Namespace) -> int:
         raise UsageError(f"{src}: no such file or folder")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if not PARTNER_ID.fullmatch(args.partner):
+        raise UsageError("--partner must be 2 to 63 lowercase letters, digits or '-', starting with a letter or digit")
     secret = read_secret_file(Path(args.secret_file))
     paths = _inputs(src, dst)
     dst.mkdir(parents=True, exist_ok=True)
-    tasks = [(p, dst, args.profile, secret) for p in paths]
-    if args.jobs == 1:
-        reasons = list(map(_deidentify_one, tasks))
-    else:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            reasons = list(pool.map(_deidentify_one, tasks, chunksize=8))
-    refused = 0
+    results = _run([(p, dst, args.profile, secret, args.partner, None) for p in paths], args.jobs)
+    later = [n for n, (reason, _, _) in enumerate(results) if reason == _LATER]
+    if later:
+        study_patients: dict[str, str] = {}
+        for reason, study_uid, pseudonym in results:
+            if reason in (None, DUPLICATE):
+                study_patients.setdefault(study_uid, pseudonym)
+        tasks = [(paths[n], dst, args.profile, secret, args.partner, study_patients) for n in later]
+        for n, result in zip(later, _run(tasks, args.jobs)):
+            results[n] = result
+    reasons = [reason for reason, _, _ in results]
+    refused = duplicates = 0
     for path, reason in zip(paths, reasons):
-        if reason is not None:
+        shown = path.relative_to(src) if path != src else Path(path.name)
+        if reason == DUPLICATE:
+            duplicates += 1
+            print(f"duplicate {shown}: the same output as another file")
+        elif reason is not None:
             refused += 1
-            shown = path.relative_to(src) if path != src else Path(path.name)
             print(f"refused {shown}: {reason}")
-    print(f"{len(paths) - refused} de-identified, {refused} refused, into {dst}")
+    written = len(paths) - refused - duplicates
+    print(f"{written} de-identified, {duplicates} duplicate, {refused} refused, into {dst}")
     return EXIT_REFUSED if refused else EXIT_OK
 
 
@@ -127,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     deid_parser.add_argument(
         "--secret-file", default=str(DEFAULT_SECRET_FILE),
         help=f"hex secret keying UIDs, pseudonyms and date shifts (default: {DEFAULT_SECRET_FILE}, created if missing)",
+    )
+    deid_parser.add_argument(
+        "--partner", default=DEFAULT_PARTNER,
+        help=f"partner id scoping UIDs, pseudonyms and date shifts, as the pipeline's partners (default: {DEFAULT_PARTNER})",
     )
     deid_parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
     deid_parser.set_defaults(func=deid)

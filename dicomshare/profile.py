@@ -17,25 +17,34 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Mapping
-
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
+from typing import Mapping, NamedTuple
 
 REVISION = "2024b"
 """PS3.15 revision the packaged table was extracted from."""
 
 REMOVE, EMPTY, DUMMY, KEEP, CLEAN, UID = "X", "Z", "D", "K", "C", "U"
 
+
+
+class Code(NamedTuple):
+    """A coded concept (PS3.3 8.8) of CID 7050 De-identification Method (PS3.16), written
+    out rather than taken from ``pydicom.sr.codedict``, whose import costs every
+    ``dicomshare deid`` run about a tenth of a second."""
+
+    value: str
+    scheme_designator: str
+    meaning: str
+
+
 OPTION_CODES: Mapping[str, Code] = MappingProxyType(
     {
-        "rtnLongFullDatesOpt": codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption,
-        "rtnLongModifDatesOpt": codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption,
-        "rtnPatCharsOpt": codes.DCM.RetainPatientCharacteristicsOption,
-        "rtnDevIdOpt": codes.DCM.RetainDeviceIdentityOption,
-        "rtnInstIdOpt": codes.DCM.RetainInstitutionIdentityOption,
-        "rtnUIDsOpt": codes.DCM.RetainUidsOption,
-        "cleanDescOpt": codes.DCM.CleanDescriptorsOption,
+        "rtnLongFullDatesOpt": Code("113106", "DCM", "Retain Longitudinal Temporal Information Full Dates Option"),
+        "rtnLongModifDatesOpt": Code("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option"),
+        "rtnPatCharsOpt": Code("113108", "DCM", "Retain Patient Characteristics Option"),
+        "rtnDevIdOpt": Code("113109", "DCM", "Retain Device Identity Option"),
+        "rtnInstIdOpt": Code("113112", "DCM", "Retain Institution Identity Option"),
+        "rtnUIDsOpt": Code("113110", "DCM", "Retain UIDs Option"),
+        "cleanDescOpt": Code("113105", "DCM", "Clean Descriptors Option"),
     }
 )
 """PS3.15 E.3 options this engine implements, with their CID 7050 codes.
@@ -44,7 +53,7 @@ OPTION_CODES: Mapping[str, Code] = MappingProxyType(
 naming one is a configuration error rather than a silent downgrade to the basic profile.
 """
 
-BASIC_PROFILE_CODE: Code = codes.DCM.BasicApplicationConfidentialityProfile
+BASIC_PROFILE_CODE = Code("113100", "DCM", "Basic Application Confidentiality Profile")
 
 PROFILES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
@@ -100,6 +109,10 @@ class Profile:
     name: str = "clinical"
     options: tuple[str, ...] = PROFILES["clinical"]
     revision: str = REVISION
+    keep_free_text: bool = False
+    """Under Clean Descriptors, keep (cleaned) the long free texts too (histories, comments:
+    :data:`dicomshare.deidentify.actions.FREE_TEXT_TAGS`), which otherwise take the basic
+    profile's action. A partner opts in with ``keep_free_text`` in the configuration."""
     actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
     repeating: Mapping[tuple[int, int, int], str] = field(init=False, repr=False, compare=False)
     basic_actions: Mapping[int, str] = field(init=False, repr=False, compare=False)
@@ -163,7 +176,8 @@ class Profile:
     @property
     def method(self) -> list[str]:
         """De-identification Method (0012,0063, LO, VM 1-n): profile, revision, options."""
-        return [f"dicomshare {self.name} profile", f"PS3.15 {self.revision} Basic Profile", *self.options]
+        kept = ["free text kept"] if self.keep_free_text and "cleanDescOpt" in self.options else []
+        return [f"dicomshare {self.name} profile", f"PS3.15 {self.revision} Basic Profile", *self.options, *kept]
 
 
 @cache
@@ -177,9 +191,10 @@ def named(name: str) -> Profile:
     return Profile(name=name, options=PROFILES[name])
 
 
-def for_partner(partner_options: tuple[str, ...]) -> Profile:
-    """The profile for a partner's uploads (:attr:`dicomshare.settings.Partner.options`)."""
+def for_partner(partner_options: tuple[str, ...], keep_free_text: bool = False) -> Profile:
+    """The profile for a partner's uploads (:attr:`dicomshare.settings.Partner.options`
+    and :attr:`~dicomshare.settings.Partner.keep_free_text`)."""
     for name, options in PROFILES.items():
         if set(options) == set(partner_options):
-            return Profile(name=name, options=options)
-    return Profile(name="custom", options=tuple(partner_options))
+            return Profile(name=name, options=options, keep_free_text=keep_free_text)
+    return Profile(name="custom", options=tuple(partner_options), keep_free_text=keep_free_text)

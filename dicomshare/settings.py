@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 CONFIG_VERSION = 1
@@ -45,6 +45,35 @@ FUNCTIONS = ("ingest", "preview", "counts", "reconcile", "api")
 """The Lambda functions whose reserved concurrency the document may set."""
 SQS_CONSUMERS = ("ingest", "preview")
 """Functions behind an SQS event source, whose maximum concurrency must be at least 2."""
+HIGH_RISK_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume Storage
+    "1.2.840.10008.5.1.4.1.1.6.3",  # Photoacoustic Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.1",  # VL Endoscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.1.1",  # Video Endoscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.2",  # VL Microscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.2.1",  # Video Microscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.3",  # VL Slide-Coordinates Microscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # Video Photographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.5.1",  # Ophthalmic Photography 8 Bit Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.5.2",  # Ophthalmic Photography 16 Bit Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.6",  # VL Whole Slide Microscopy Image Storage (slide labels)
+    "1.2.840.10008.5.1.4.1.1.77.1.7",  # Dermoscopic Photography Image Storage
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
+    "1.2.840.10008.5.1.4.1.1.104.2",  # Encapsulated CDA Storage
+)
+"""Classes whose pixels (or documents) are likely to show identifying text or faces: refused
+unless Burned In Annotation is exactly ``NO`` (never for the encapsulated documents) or the
+partner opts in (:attr:`Partner.pixel_opt_in`)."""
 
 
 class ConfigError(ValueError):
@@ -64,6 +93,12 @@ class Partner:
     tricked into using one hospital's role for another: the confused deputy)."""
     options: tuple[str, ...] = DEFAULT_OPTIONS
     """PS3.15 E.3 option keys (as in the Table E.1-1 data) for this partner's uploads."""
+    pixel_opt_in: tuple[str, ...] = ()
+    """SOP classes of :attr:`Settings.high_risk_sop_classes` this partner vouches for: its
+    objects of these classes are accepted without Burned In Annotation ``NO``."""
+    keep_free_text: bool = False
+    """Under Clean Descriptors, also keep (cleaned) histories and comments (see
+    docs/deidentification.md); by default they are removed."""
 
     @property
     def prefix(self) -> str:
@@ -105,10 +140,10 @@ class Settings:
     share_default_seconds: int = 7 * 24 * 3600
     presign_seconds: int = 900
     allow_burned_in_annotation: bool = False
-    high_risk_sop_classes: tuple[str, ...] = (
-        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
-        "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
-    )
+    high_risk_sop_classes: tuple[str, ...] = HIGH_RISK_SOP_CLASSES
+    pixel_opt_in: tuple[str, ...] = ()
+    """Not in the document: the opt-in of the partner whose upload is processed
+    (:meth:`for_partner`)."""
     retention: Mapping[str, int] = field(
         default_factory=lambda: {
             "ingest_linger_days": 7,
@@ -134,6 +169,10 @@ class Settings:
             return False
         return any((m := ROLE_ARN.match(a)) and m.groups() == caller.groups() for a in self.admins)
 
+    def for_partner(self, partner: Partner) -> Settings:
+        """The settings for one partner's uploads: with its :attr:`Partner.pixel_opt_in`."""
+        return replace(self, pixel_opt_in=partner.pixel_opt_in)
+
     def to_json(self) -> str:
         return json.dumps(to_document(self), sort_keys=True)
 
@@ -144,6 +183,7 @@ def to_document(settings: Settings) -> dict[str, Any]:
         "environment": settings.environment,
         "partners": [
             {"id": p.id, "principal": p.principal, "options": list(p.options),
+             "pixel_opt_in": list(p.pixel_opt_in), "keep_free_text": p.keep_free_text,
              **({"external_id": p.external_id} if p.external_id else {})}
             for p in settings.partners
         ],
@@ -184,7 +224,9 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         if principal is not None and ACCOUNT_ID.match(str(principal)) and not external_id:
             raise ConfigError(f"partners[{i}].external_id: required when the principal is an account")
         partners.append(Partner(id=pid, principal=principal, external_id=external_id,
-                                options=tuple(p.get("options", DEFAULT_OPTIONS))))
+                                options=tuple(p.get("options", DEFAULT_OPTIONS)),
+                                pixel_opt_in=tuple(p.get("pixel_opt_in", ())),
+                                keep_free_text=bool(p.get("keep_free_text", False))))
     if len({p.id for p in partners}) != len(partners):
         raise ConfigError("partners: ids must be unique")
     admins = tuple(doc.get("admins", ()))

@@ -5,7 +5,8 @@ Meta Information), in a transfer syntax of :data:`SUPPORTED_TRANSFER_SYNTAXES`, 
 attributes the index needs (:data:`REQUIRED`), no larger than
 :attr:`dicomshare.settings.Settings.max_object_bytes`, and complete: a native Pixel Data
 element's declared length fits in the object and encapsulated Pixel Data (PS3.5 A.4) ends
-with its Sequence Delimitation Item.
+with its Sequence Delimitation Item (:mod:`dicomshare.pixel_data` walks it, with the pixel
+policy's checks of its bytes).
 
 Every refusal is a :class:`DeidentificationRefused` whose ``reason`` is one of the
 constants below (``missing_required:<Keyword>`` names the attribute). Reasons never
@@ -14,7 +15,8 @@ contain a value from the object.
 
 from __future__ import annotations
 
-import struct
+import re
+from functools import lru_cache
 from typing import BinaryIO, Mapping
 
 from pydicom.uid import UID
@@ -29,11 +31,22 @@ TOO_LARGE = "too_large"
 UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
 UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"
 BURNED_IN_ANNOTATION = "burned_in_annotation"
+RECOGNIZABLE_VISUAL_FEATURES = "recognizable_visual_features"
+PIXEL_DATA_LENGTH = "pixel_data_length"
+OVERLAY_IN_PIXEL_DATA = "overlay_in_pixel_data"
+JPEG_METADATA = "jpeg_metadata"
+CONFLICTING_INSTANCE = "conflicting_instance"
+"""Another object with the same SOP Instance UID (other bytes) is already stored."""
 MISSING_REQUIRED = "missing_required"
 """Prefix: the full reason is ``missing_required:<Keyword>``."""
 
+MAX_SEQUENCE_DEPTH = 32
+"""Sequences nested deeper than this are refused :data:`MALFORMED` (real objects nest a
+dozen levels at most: SR content trees, code sequences); it bounds the stack and the work
+of every recursive walk over a data set."""
+
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
-CHECKED = ("MediaStorageSOPClassUID", *REQUIRED, "BurnedInAnnotation")
+CHECKED = ("MediaStorageSOPClassUID", *REQUIRED, "BurnedInAnnotation", "RecognizableVisualFeatures")
 """The attributes :func:`check_attributes` reads."""
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -66,11 +79,10 @@ SUPPORTED_TRANSFER_SYNTAXES = frozenset(
 UNSUPPORTED_SOP_CLASSES = frozenset({"1.2.840.10008.1.3.10"})
 """Media Storage Directory (DICOMDIR): its records hold identities and byte offsets."""
 
-_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UID = re.compile(r"(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*))*")
 
+ENCAPSULATED_DOCUMENTS = frozenset({"1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"})
+"""Encapsulated PDF and CDA: their text is the document, whatever Burned In Annotation says."""
 
 class DeidentificationRefused(Exception):
     """The object is not de-identified; ``reason`` says why, machine-readable."""
@@ -102,72 +114,47 @@ def check_transfer_syntax(transfer_syntax: str | None) -> None:
 
 
 def check_attributes(attributes: Mapping[str, str], settings: Settings) -> None:
-    """Required attributes, SOP class, and the burned-in annotation policy.
+    """Required attributes, SOP class, and the pixel policy (PS3.15 E.3.1: the basic
+    profile does not clean pixel data, so what cannot be shown clean is refused).
 
     ``attributes`` maps the keywords of :data:`CHECKED` to their (top-level) values as
-    strings, ``""`` when absent. Burned In Annotation (0028,0301) = YES, or a SOP class in
-    :attr:`~dicomshare.settings.Settings.high_risk_sop_classes`, is refused unless
-    :attr:`~dicomshare.settings.Settings.allow_burned_in_annotation`: the basic profile
-    does not clean pixel data (PS3.15 E.3.1, Clean Pixel Data Option).
+    strings, ``""`` when absent (a multi-valued one is not a single enumerated value).
+
+    - Recognizable Visual Features (0028,0302) other than absent or ``NO`` is refused
+      :data:`RECOGNIZABLE_VISUAL_FEATURES`;
+    - Burned In Annotation (0028,0301) other than absent, ``NO`` or ``YES`` (PS3.3
+      C.7.6.1.1.7: enumerated, single-valued) is refused :data:`BURNED_IN_ANNOTATION`;
+    - unless :attr:`~dicomshare.settings.Settings.allow_burned_in_annotation`: ``YES`` is
+      refused, and so is a class of
+      :attr:`~dicomshare.settings.Settings.high_risk_sop_classes` that does not say exactly
+      ``NO`` (absent is not ``NO``; an encapsulated document is refused whatever it says),
+      unless the uploading partner opts in for that class
+      (:attr:`~dicomshare.settings.Settings.pixel_opt_in`; ``YES`` is refused all the same).
     """
     if attributes["MediaStorageSOPClassUID"] in UNSUPPORTED_SOP_CLASSES:
         raise DeidentificationRefused(UNSUPPORTED_SOP_CLASS)
     for keyword in REQUIRED:
         if not attributes[keyword].strip():
             raise DeidentificationRefused(f"{MISSING_REQUIRED}:{keyword}")
+    if not _UID.fullmatch(attributes["SOPClassUID"].strip()):
+        raise DeidentificationRefused(MALFORMED)  # kept as it is: it must be a UID (PS3.5 9.1)
+    if attributes["RecognizableVisualFeatures"].strip() not in ("", "NO"):
+        raise DeidentificationRefused(RECOGNIZABLE_VISUAL_FEATURES)
+    burned = attributes["BurnedInAnnotation"].strip()
+    if burned not in ("", "NO", "YES"):
+        raise DeidentificationRefused(BURNED_IN_ANNOTATION)
     if settings.allow_burned_in_annotation:
         return
-    burned = attributes["BurnedInAnnotation"].strip().upper()
-    if burned == "YES" or attributes["SOPClassUID"] in settings.high_risk_sop_classes:
+    if burned == "YES":
+        raise DeidentificationRefused(BURNED_IN_ANNOTATION)
+    sop_class = attributes["SOPClassUID"].strip()
+    if sop_class not in settings.high_risk_sop_classes or sop_class in settings.pixel_opt_in:
+        return
+    if burned != "NO" or sop_class in ENCAPSULATED_DOCUMENTS:
         raise DeidentificationRefused(BURNED_IN_ANNOTATION)
 
 
-def _read_exact(fp: BinaryIO, n: int) -> bytes:
-    data = fp.read(n)
-    if len(data) != n:
-        raise DeidentificationRefused(TRUNCATED)
-    return data
-
-
-def pixel_data_end(fp: BinaryIO, offset: int, size: int, *, little_endian: bool, implicit_vr: bool) -> int:
-    """Offset just past the Pixel Data element that starts at ``offset``.
-
-    Native data (PS3.5 A.1): the declared length must fit in ``size``. Encapsulated data
-    (PS3.5 A.4, undefined length): the items are walked by their lengths (only the 8-byte
-    item headers are read) up to the Sequence Delimitation Item, which must be present.
-    """
-    endian = "<" if little_endian else ">"
-    fp.seek(offset)
-    header = _read_exact(fp, 8)
-    if implicit_vr:
-        (length,) = struct.unpack(endian + "L", header[4:8])
-        value_start = offset + 8
-    elif header[4:6] in _LONG_LENGTH_VRS:
-        (length,) = struct.unpack(endian + "L", _read_exact(fp, 4))
-        value_start = offset + 12
-    else:
-        (length,) = struct.unpack(endian + "H", header[6:8])
-        value_start = offset + 8
-    if length != _UNDEFINED_LENGTH:
-        end = value_start + length
-        if end > size:
-            raise DeidentificationRefused(TRUNCATED)
-        return end
-    position = value_start
-    while True:
-        fp.seek(position)
-        group, element, item_length = struct.unpack(endian + "HHL", _read_exact(fp, 8))
-        tag = group << 16 | element
-        position += 8
-        if tag == _SEQUENCE_DELIMITER:
-            return position
-        if tag != _ITEM or item_length == _UNDEFINED_LENGTH:
-            raise DeidentificationRefused(MALFORMED)
-        position += item_length
-        if position > size:
-            raise DeidentificationRefused(TRUNCATED)
-
-
+@lru_cache(maxsize=64)
 def transfer_syntax_encoding(transfer_syntax: str) -> tuple[bool, bool]:
     """``(little_endian, implicit_vr)`` of a transfer syntax (PS3.5 Section 10)."""
     uid = UID(transfer_syntax)

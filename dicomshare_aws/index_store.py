@@ -1,5 +1,5 @@
-"""Writes of the ingest side to the index table: instance items, quarantine records and
-study ownership items.
+"""The ingest side's use of the index table: writes of instance items, quarantine records
+and study ownership items, and the look-up of a study's patient (:func:`study_patient`).
 
 Both are *conditional puts* (``attribute_not_exists(pk)``): the first write of an item
 wins and every later write of the same item (a duplicate upload, a redelivered event, a
@@ -45,11 +45,14 @@ def claim_study(dynamodb, table_name: str, study_uid: str, *, partner: str, pati
     """Claim the study for ``partner`` and ``patient_pseudonym``; ``True`` when the study
     is (now, or already) theirs, ``False`` when another partner or pseudonym owns it.
 
-    One conditional ``UpdateItem``: the first claim creates the ownership item, a repeat by
-    the same owner changes nothing (``claimed_at`` keeps its first value), a claim by
-    anyone else is refused by DynamoDB. Concurrent first claims race inside DynamoDB, so
-    exactly one owner wins.
+    A claimed study is only read (a strongly consistent ``GetItem``: no write unit on the
+    study's partition for every instance). An unclaimed one gets one conditional
+    ``UpdateItem``: concurrent first claims race inside DynamoDB, so exactly one owner wins,
+    and a repeat by the same owner changes nothing (``claimed_at`` keeps its first value).
     """
+    owner = _owner(dynamodb, table_name, study_uid)
+    if owner is not None:
+        return owner == (partner, patient_pseudonym)
     try:
         dynamodb.update_item(
             TableName=table_name,
@@ -65,3 +68,29 @@ def claim_study(dynamodb, table_name: str, study_uid: str, *, partner: str, pati
             return False
         raise
     return True
+
+
+def study_patient(dynamodb, table_name: str, study_uid: str, partner: str) -> str | None:
+    """The patient pseudonym of the (de-identified) study ``study_uid`` of ``partner``, as
+    the index records it; ``None`` when the index has no such study (or it is another
+    partner's).
+
+    For an object without Patient ID (:func:`dicomshare.deidentify.deidentify_header`'s
+    ``study_patient``): the study's ownership item (:func:`claim_study`), claimed by its
+    first instance before anything was stored.
+    """
+    owner = _owner(dynamodb, table_name, study_uid)
+    return owner[1] if owner is not None and owner[0] == partner else None
+
+
+def _owner(dynamodb, table_name: str, study_uid: str) -> tuple[str, str] | None:
+    """``(partner, patient_pseudonym)`` of a claimed study (strongly consistent read)."""
+    found = dynamodb.get_item(
+        TableName=table_name,
+        Key=to_attribute_values(index.study_owner_key(study_uid)),
+        ConsistentRead=True,
+        ProjectionExpression="partner, patient_pseudonym",
+    ).get("Item")
+    if not found:
+        return None
+    return found.get("partner", {}).get("S", ""), found.get("patient_pseudonym", {}).get("S", "")

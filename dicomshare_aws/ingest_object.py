@@ -2,7 +2,9 @@
 
 For each object named by an S3 event notification: **validate** and **de-identify** it
 (:func:`dicomshare_aws.s3_deidentify.deidentify_object`, with the partner's PS3.15 E.3
-options), **store** the result in the de-identified bucket under a key built from the new
+options and identities scoped to the partner of the key's prefix; an object without
+Patient ID takes the patient its study has in the index,
+:func:`dicomshare_aws.index_store.study_patient`), **store** the result in the de-identified bucket under a key built from the new
 UIDs only (:func:`dicomshare.index.deidentified_object_key`), **index** it (an instance
 item), then delete the original. Before anything is stored, the instance's study is
 **claimed** for the uploading partner and the patient pseudonym (a conditional write of
@@ -122,9 +124,9 @@ class Destinations:
 
 
 @cache
-def partner_profile(options: tuple[str, ...]) -> Profile:
+def partner_profile(options: tuple[str, ...], keep_free_text: bool = False) -> Profile:
     """The profile of a partner's options, built once per warm Lambda (Table E.1-1 has 621 rows)."""
-    return for_partner(options)
+    return for_partner(options, keep_free_text)
 
 
 def _now() -> str:
@@ -178,9 +180,12 @@ def ingest_object(
 
         result = deidentify_object(
             s3, obj.bucket, obj.key, destinations.deid_bucket, owned_key,
-            profile=partner_profile(partner.options),
+            profile=partner_profile(partner.options, partner.keep_free_text),
             secret=secret(),
-            settings=settings,
+            settings=settings.for_partner(partner),
+            partner=partner.id,
+            study_patient=lambda study_uid: index_store.study_patient(
+                dynamodb, destinations.table_name, study_uid, partner.id),
             size=size,
         )
     except DeidentificationRefused as refused:

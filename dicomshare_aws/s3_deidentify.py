@@ -43,10 +43,11 @@ from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from dicomshare.deidentify import Plan, deidentify_header
+from dicomshare.deidentify import deidentify_header
+from dicomshare.deidentify.plan import Plan
 from dicomshare.profile import Profile
 from dicomshare.settings import Settings
-from dicomshare.validation import DeidentificationRefused
+from dicomshare.validation import CONFLICTING_INSTANCE, DeidentificationRefused
 from dicomshare_aws.s3_reader import S3RangeReader
 
 SMALL_OBJECT_BYTES = 8 * 1024**2
@@ -57,8 +58,6 @@ COPY_CONCURRENCY = 8
 """Part copies in flight at once for one object (boto3 clients are thread-safe; botocore's
 connection pool holds 10)."""
 CONTENT_TYPE = "application/dicom"
-CONFLICTING_INSTANCE = "conflicting_instance"
-"""Refusal reason: another object with this (de-identified) SOP Instance UID is stored."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,13 @@ def deidentify_object(
     profile: Profile,
     secret: bytes,
     settings: Settings,
+    partner: str,
+    study_patient: Callable[[str], str | None] | None = None,
     size: int,
 ) -> RewriteResult:
-    """De-identify ``s3://src_bucket/src_key`` (``size`` bytes) into ``dst_bucket``.
+    """De-identify ``s3://src_bucket/src_key`` (``size`` bytes), sent by ``partner``, into ``dst_bucket``.
+
+    ``partner`` and ``study_patient`` as for :func:`dicomshare.deidentify.deidentify_header`.
 
     ``dst_key_fn(plan)`` names the destination from the de-identified data set (for example
     :func:`dicomshare.index.deidentified_object_key` of the new UIDs). Raises
@@ -101,11 +104,13 @@ def deidentify_object(
     """
     if size < SMALL_OBJECT_BYTES:
         body = s3_client.get_object(Bucket=src_bucket, Key=src_key)["Body"].read()
-        plan = deidentify_header(io.BytesIO(body), profile=profile, secret=secret, settings=settings, size=len(body))
+        plan = deidentify_header(io.BytesIO(body), profile=profile, secret=secret, settings=settings,
+                                 partner=partner, study_patient=study_patient, size=len(body))
         pixels = body[plan.pixel_offset : plan.pixel_end] if plan.pixel_offset is not None else b""
         return _put_whole(s3_client, plan, dst_bucket, dst_key_fn(plan), plan.new_header + pixels, len(body))
     reader = S3RangeReader(s3_client, src_bucket, src_key, size)
-    plan = deidentify_header(reader, profile=profile, secret=secret, settings=settings, size=size)
+    plan = deidentify_header(reader, profile=profile, secret=secret, settings=settings,
+                             partner=partner, study_patient=study_patient, size=size)
     key = dst_key_fn(plan)
     if plan.pixel_offset is None or plan.output_size < SMALL_OBJECT_BYTES:
         pixels = reader.fetch(plan.pixel_offset, plan.pixel_end) if plan.pixel_offset is not None else b""

@@ -295,7 +295,8 @@ def item_conditions(writes: dict) -> dict:
 def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.PolicyStatement]:
     """Read and remove uploads; write de-identified instances and quarantined files; index them
     (instance items, study ownership items, quarantine records, receipts:
-    ``index.INGEST_WRITES``); read back a receipt already stored (a redelivered object's).
+    ``index.INGEST_WRITES``); read a study's owner (claims, and the patient of a file without
+    Patient ID) and a receipt already stored (a redelivered object's).
 
     An upload is removed by deleting exactly the version that was processed
     (``DeleteObjectVersion``), so a newer upload to the same key stays in place. A stored
@@ -336,10 +337,10 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             conditions=item_conditions(index.INGEST_WRITES),
         ),
         iam.PolicyStatement(
-            sid="ReadStoredReceipts",
+            sid="ReadStudyOwnersAndStoredReceipts",
             actions=["dynamodb:GetItem"],
             resources=[storage.imported_arns["TableArn"]],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RECEIPT#*"]}},
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["STUDY#*", "RECEIPT#*"]}},
         ),
         iam.PolicyStatement(
             sid="UseTableKey",

@@ -19,11 +19,13 @@ from pydicom.data import get_testdata_file
 
 from dicomshare import index
 from dicomshare.index_items import key_fingerprint
-from dicomshare.deidentify import new_uid
+from dicomshare.deidentify.identities import new_uid
 from dicomshare.profile import for_partner
 from dicomshare_aws import batch_deadline, resources
 from dicomshare_aws.s3_deidentify import deidentify_object
 from dicomshare_local import demo, pollers, system as local
+
+import hostile
 
 CLINICAL, BASIC = "demo-partner", "basic-partner"
 SCRATCH = "test-ingest-scratch"
@@ -75,8 +77,8 @@ class Pipeline:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def study(self, original_study_uid: str) -> dict:
-        new = new_uid(self.secret, original_study_uid)
+    def study(self, original_study_uid: str, partner: str = CLINICAL) -> dict:
+        new = new_uid(self.secret, partner, original_study_uid)
         return next(i for i in self.items() if i[index.PK] == f"STUDY#{new}" and i[index.SK] == "STUDY")
 
     def instances(self, study_uid: str) -> list[dict]:
@@ -180,6 +182,7 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
         f"{CLINICAL}/notes/readme ZQXPLANTSURNAME.txt": (b"Patient ZQXPLANTSURNAME, not DICOM\n", "not_dicom"),
         f"{CLINICAL}/empty.dcm": (b"", "empty_object"),
         f"{CLINICAL}/burned in.dcm": (_bytes(burned), "burned_in_annotation"),
+        f"{CLINICAL}/nested 1000 deep.dcm": (hostile.deep_object(1000), "malformed"),
         "someone-else/ZQXPLANTSURNAME.dcm": (_bytes(ct_small), "unknown_partner"),
         "loose ZQXPLANTSURNAME file.dcm": (_bytes(ct_small), "unknown_partner"),
     }
@@ -191,7 +194,8 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
 
     s3, r = pipeline.client("s3"), pipeline.resources
     assert _gone_from_ingest(pipeline, [*accepted, *duplicates, *refused])
-    studies = {pipeline.study(ds.StudyInstanceUID)["study_uid"] for ds in (ct[0], mr, ct_small)}
+    studies = {pipeline.study(ds.StudyInstanceUID, partner)["study_uid"]
+               for ds, partner in ((ct[0], CLINICAL), (mr, CLINICAL), (ct_small, BASIC))}
     instances = [i for study in studies for i in pipeline.instances(study)]
     assert len(instances) == len(accepted)
     deid_keys = [k for study in studies for k in pipeline.keys(r.deid_bucket, f"studies/{study}/")]
@@ -226,7 +230,7 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
                   and i[index.SK].startswith("SERIES#"))
     assert (series["instance_count"], series["total_bytes"]) == (20, study["total_bytes"])
     assert pipeline.study(mr.StudyInstanceUID)["modalities"] == {"MR"}
-    small = pipeline.study(ct_small.StudyInstanceUID)
+    small = pipeline.study(ct_small.StudyInstanceUID, BASIC)
     assert (small["instance_count"], small["series_count"], small["partner"]) == (1, 1, BASIC)
 
     index_dump = json.dumps(pipeline.items(), default=str)
@@ -285,7 +289,7 @@ def test_killed_after_storing_before_indexing_converges(pipeline):
         s3, SCRATCH, "first.dcm", r.deid_bucket,
         lambda plan: index.deidentified_object_key(plan.study_instance_uid, plan.series_instance_uid,
                                                    plan.sop_instance_uid),
-        profile=for_partner(settings.partner(CLINICAL).options), secret=pipeline.secret, settings=settings,
+        profile=for_partner(settings.partner(CLINICAL).options), secret=pipeline.secret, settings=settings, partner=CLINICAL,
         size=len(_bytes(series[0])))
     for n, ds in enumerate(series):
         pipeline.upload(f"{CLINICAL}/killed/{n}.dcm", _bytes(ds))
@@ -474,3 +478,33 @@ def test_time_needed_grows_with_the_object(pipeline):
     assert batch_deadline.seconds_needed(None) == batch_deadline.START_MARGIN_SECONDS
     assert batch_deadline.START_MARGIN_SECONDS + 30 < four_gib < resources.INGEST_TIMEOUT_SECONDS, \
         "the largest object allowed by default still fits in one invocation"
+
+
+def test_identities_are_scoped_per_partner_and_a_file_without_patient_id_joins_its_study(pipeline):
+    """Two partners upload the same MRN with the same original UIDs: two studies, two
+    pseudonyms, two date shifts. A later file of the first partner's study without Patient
+    ID takes the patient its study has in the index."""
+    first, second, no_id = _series(3, "SCOPED")
+    first.PatientID = second.PatientID = "SCOPED-MRN-100234"
+    no_id.PatientID = ""
+    pipeline.upload(f"{CLINICAL}/scoped/a.dcm", _bytes(first))
+    pipeline.upload(f"{BASIC}/scoped/a.dcm", _bytes(first))
+    pipeline.upload(f"{CLINICAL}/scoped/b.dcm", _bytes(second))
+    pipeline.run()
+    pipeline.upload(f"{CLINICAL}/scoped/no id.dcm", _bytes(no_id))
+    pipeline.run()
+
+    mine, theirs = pipeline.study(first.StudyInstanceUID), pipeline.study(first.StudyInstanceUID, BASIC)
+    assert mine["study_uid"] != theirs["study_uid"]
+    assert mine["patient_pseudonym"] != theirs["patient_pseudonym"]
+    assert (mine["partner"], theirs["partner"], mine["instance_count"]) == (CLINICAL, BASIC, 3)
+    assert {i["patient_pseudonym"] for i in pipeline.instances(mine["study_uid"])} == {mine["patient_pseudonym"]}
+    s3 = pipeline.client("s3")
+    stored = {i["sop_instance_uid"]: pydicom.dcmread(io.BytesIO(
+        s3.get_object(Bucket=pipeline.resources.deid_bucket, Key=i["s3_key"])["Body"].read()))
+        for i in pipeline.instances(mine["study_uid"])}
+    (joined,) = [ds for ds in stored.values() if str(ds.PatientName) == mine["patient_pseudonym"]
+                 and ds.SOPInstanceUID == new_uid(pipeline.secret, CLINICAL, no_id.SOPInstanceUID)]
+    assert joined.PatientID == mine["patient_pseudonym"] and joined.StudyDate == mine["study_date"]
+    (other,) = pipeline.instances(theirs["study_uid"])
+    assert other["sop_instance_uid"] != new_uid(pipeline.secret, CLINICAL, first.SOPInstanceUID)

@@ -67,6 +67,15 @@ def test_clinical_options_override_the_basic_profile():
     assert "2024b" in " ".join(clinical.method)
 
 
+def test_method_codes_are_those_of_cid_7050():
+    """The codes are written out in :mod:`dicomshare.profile`; pydicom's dictionary agrees."""
+    from pydicom.sr.codedict import codes
+
+    known = {c.value: c for c in (getattr(codes.DCM, name) for name in codes.DCM.dir())}
+    for code in (profile.BASIC_PROFILE_CODE, *profile.OPTION_CODES.values()):
+        assert (code.scheme_designator, code.meaning) == (known[code.value].scheme_designator, known[code.value].meaning)
+
+
 def test_keep_wins_over_clean_and_uids_can_be_retained():
     both = profile.Profile(name="custom", options=("rtnLongModifDatesOpt", "rtnLongFullDatesOpt", "rtnUIDsOpt"))
     assert both.action(tag("StudyDate")) == "K"

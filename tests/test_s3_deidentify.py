@@ -75,12 +75,12 @@ def rewrite(s3, key: str, data: bytes):
     return deidentify_object(
         s3, SRC, key, DST,
         lambda plan: index.deidentified_object_key(plan.study_instance_uid, plan.series_instance_uid, plan.sop_instance_uid),
-        profile=profile.named("clinical"), secret=SECRET, settings=Settings(), size=len(data),
+        profile=profile.named("clinical"), secret=SECRET, settings=Settings(), partner="partner", size=len(data),
     )
 
 
 def expected_output(data: bytes) -> bytes:
-    plan = deidentify_header(io.BytesIO(data), profile=profile.named("clinical"), secret=SECRET, settings=Settings())
+    plan = deidentify_header(io.BytesIO(data), profile=profile.named("clinical"), secret=SECRET, settings=Settings(), partner="partner")
     return plan.new_header + data[plan.pixel_offset : plan.pixel_end]
 
 
@@ -134,7 +134,7 @@ def test_refused_object_writes_nothing(s3):
     with pytest.raises(DeidentificationRefused) as refused:
         deidentify_object(
             s3, SRC, "partner/truncated.dcm", DST, lambda plan: "never",
-            profile=profile.named("clinical"), secret=SECRET, settings=Settings(), size=len(truncated),
+            profile=profile.named("clinical"), secret=SECRET, settings=Settings(), partner="partner", size=len(truncated),
         )
     assert refused.value.reason == "truncated"
     assert s3.list_objects_v2(Bucket=DST).get("KeyCount", 0) == before
@@ -151,7 +151,7 @@ def test_source_overwritten_mid_rewrite_aborts_the_upload(s3):
     with pytest.raises(Exception):
         deidentify_object(
             s3, SRC, "partner/overwritten.dcm", DST, key_after_overwrite,
-            profile=profile.named("clinical"), secret=SECRET, settings=Settings(), size=len(data),
+            profile=profile.named("clinical"), secret=SECRET, settings=Settings(), partner="partner", size=len(data),
         )
     assert s3.list_multipart_uploads(Bucket=DST).get("Uploads", []) == []
     assert s3.list_objects_v2(Bucket=DST, Prefix="studies/overwritten").get("KeyCount", 0) == 0

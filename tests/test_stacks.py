@@ -504,7 +504,7 @@ def test_ingest_reads_uploads_and_writes_outputs_only(ingest):
     assert write["Condition"]["StringEqualsIfExists"] == {"dynamodb:ReturnValues": "NONE"}
     (read,) = [s for s in statements if "dynamodb:GetItem" in s["Action"]]
     assert (read["Action"], read["Condition"]) == (
-        ["dynamodb:GetItem"], {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RECEIPT#*"]}})
+        ["dynamodb:GetItem"], {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["STUDY#*", "RECEIPT#*"]}})
     assert not [a for s in statements for a in s["Action"]
                 if a.startswith("dynamodb:") and a not in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem")]
     assert len(granted(statements, "secretsmanager:GetSecretValue")) == 1

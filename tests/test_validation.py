@@ -46,7 +46,8 @@ def encode(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
 
 def reason(data: bytes, settings: Settings = Settings()) -> str:
     with pytest.raises(DeidentificationRefused) as refused:
-        deidentify_header(io.BytesIO(data), profile=profile.named("basic"), secret=b"k" * 32, settings=settings)
+        deidentify_header(io.BytesIO(data), profile=profile.named("basic"), secret=b"k" * 32, partner="partner",
+                          settings=settings)
     return refused.value.reason
 
 
@@ -77,7 +78,8 @@ def test_encapsulated_pixel_data_must_end_with_a_sequence_delimiter():
     data = encode(ds, RLELossless)
     assert data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
     assert reason(data[:-8]) == validation.TRUNCATED
-    plan = deidentify_header(io.BytesIO(data), profile=profile.named("basic"), secret=b"k" * 32, settings=Settings())
+    plan = deidentify_header(io.BytesIO(data), profile=profile.named("basic"), secret=b"k" * 32, partner="partner",
+                             settings=Settings())
     assert plan.pixel_end == len(data)
 
 
@@ -106,10 +108,12 @@ def test_damaged_files_are_refused_never_crash(name):
         else:
             damaged[position : position + 4] = b"\xff\xff\xff\xff"
         try:
-            deidentify_header(io.BytesIO(bytes(damaged)), profile=profile.named("clinical"), secret=b"k" * 32,
+            deidentify_header(io.BytesIO(bytes(damaged)), profile=profile.named("clinical"), secret=b"k" * 32, partner="partner",
                               settings=settings)
         except DeidentificationRefused as refused:
             assert refused.reason.split(":")[0] in {
                 validation.TRUNCATED, validation.MALFORMED, validation.MISSING_REQUIRED,
                 validation.UNSUPPORTED_TRANSFER_SYNTAX, validation.NOT_DICOM, validation.UNSUPPORTED_SOP_CLASS,
+                validation.PIXEL_DATA_LENGTH, validation.BURNED_IN_ANNOTATION, validation.JPEG_METADATA,
+                validation.RECOGNIZABLE_VISUAL_FEATURES, validation.OVERLAY_IN_PIXEL_DATA,
             }
