@@ -129,10 +129,13 @@ class Matcher:
             self.automaton.make_automaton()
 
     def spans(self, folded: str):
-        """The ``(start, end)`` of identifiers in ``folded``, by start: the leftmost
-        longest substrings (not overlapping) and every whole word."""
+        """The ``(start, end)`` of identifiers in ``folded``, by start: every occurrence of
+        every substring (overlapping ones too: :meth:`remove` joins them) and every whole
+        word. ``Automaton.iter`` rather than ``iter_long``, whose leftmost-longest matching
+        has missed matches in pyahocorasick releases (issues 133 and 185) and crashed here
+        once under threads."""
         substrings = (
-            ((end - length + 1, end + 1) for end, length in self.automaton.iter_long(folded))
+            sorted((end - length + 1, end + 1) for end, length in self.automaton.iter(folded))
             if self.automaton is not None else ()
         )
         words = (m.span() for m in _WORD.finditer(folded) if m.group() in self.words) if self.words else ()
