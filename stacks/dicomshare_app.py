@@ -1,5 +1,5 @@
-"""The dicomshare CDK app: which configuration document, which removal policies, the three
-stacks and how they reference each other (storage <- ingest <- share API, no cycles).
+"""The dicomshare CDK app: which configuration document, which removal policies, the four
+stacks and how they reference each other (storage <- ingest <- share API <- web, no cycles).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dicomshare.settings import ConfigError, Settings, from_document
 from stacks.ingest import IngestStack
 from stacks.share_api import ShareApiStack
 from stacks.storage import StorageStack
+from stacks.web import WebStack
 
 CONTEXT_KEY = "dicomshare"
 """``cdk.json`` context: the default configuration document (the local system reads it too)."""
@@ -31,6 +32,7 @@ class DicomshareStacks:
     storage: StorageStack
     ingest: IngestStack
     share_api: ShareApiStack
+    web: WebStack
 
 
 def configuration(app: cdk.App) -> Settings:
@@ -63,7 +65,9 @@ def build(app: cdk.App) -> DicomshareStacks:
                          description=f"dicomshare {settings.environment}: ingest, preview and counts pipeline")
     share_api = ShareApiStack(app, f"{prefix}-share-api", storage=storage, bus=ingest.bus, removal=removal,
                               description=f"dicomshare {settings.environment}: share API and clinician page")
-    for stack in (storage, ingest, share_api):
+    web = WebStack(app, f"{prefix}-web", storage=storage, share_api=share_api, removal=removal,
+                   description=f"dicomshare {settings.environment}: share origin (CloudFront: viewer and share API)")
+    for stack in (storage, ingest, share_api, web):
         cdk.Tags.of(stack).add("application", "dicomshare")
         cdk.Tags.of(stack).add("environment", settings.environment)
-    return DicomshareStacks(storage, ingest, share_api)
+    return DicomshareStacks(storage, ingest, share_api, web)
