@@ -1,6 +1,6 @@
-"""The dicomshare CDK app: which configuration document, which removal policies, the three
-stacks and how they reference each other (storage <- ingest <- share API, no cycles), and
-the optional hosted DICOM gateway (storage <- gateway), when the configuration enables it.
+"""The dicomshare CDK app: which configuration document, which removal policies, the four
+stacks and how they reference each other (storage <- ingest <- share API <- web, no cycles),
+and the optional hosted DICOM gateway (storage <- gateway), when the configuration enables it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from stacks.gateway_service import GatewayServiceStack
 from stacks.ingest import IngestStack
 from stacks.share_api import ShareApiStack
 from stacks.storage import StorageStack
+from stacks.web import WebStack
 
 CONTEXT_KEY = "dicomshare"
 """``cdk.json`` context: the default configuration document (the local system reads it too)."""
@@ -33,6 +34,7 @@ class DicomshareStacks:
     storage: StorageStack
     ingest: IngestStack
     share_api: ShareApiStack
+    web: WebStack
     gateway: GatewayServiceStack | None = None
 
 
@@ -66,12 +68,14 @@ def build(app: cdk.App) -> DicomshareStacks:
                          description=f"dicomshare {settings.environment}: ingest, preview and counts pipeline")
     share_api = ShareApiStack(app, f"{prefix}-share-api", storage=storage, bus=ingest.bus, removal=removal,
                               description=f"dicomshare {settings.environment}: share API and clinician page")
+    web = WebStack(app, f"{prefix}-web", storage=storage, share_api=share_api, removal=removal,
+                   description=f"dicomshare {settings.environment}: share origin (CloudFront: viewer and share API)")
     gateway = GatewayServiceStack(
         app, f"{prefix}-gateway", storage=storage, service=settings.gateway, removal=removal,
         description=f"dicomshare {settings.environment}: hosted DICOM gateway for partners over VPN",
     ) if settings.gateway else None
-    for stack in (storage, ingest, share_api, gateway):
+    for stack in (storage, ingest, share_api, web, gateway):
         if stack is not None:
             cdk.Tags.of(stack).add("application", "dicomshare")
             cdk.Tags.of(stack).add("environment", settings.environment)
-    return DicomshareStacks(storage, ingest, share_api, gateway)
+    return DicomshareStacks(storage, ingest, share_api, web, gateway)

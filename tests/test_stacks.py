@@ -705,9 +705,28 @@ def test_every_acknowledgement_gives_a_specific_reason(synthesized):
         assert len(reason) >= 60, where
 
 
+def test_share_origin_serves_the_viewer_privately_and_routes_the_api(synthesized):
+    web = template(synthesized, "dicomshare-dev-web")
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
+    config = distribution["Properties"]["DistributionConfig"]
+    assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
+    assert [b["PathPattern"] for b in config["CacheBehaviors"]] == ["/v1/*"]
+    assert all("OriginAccessControlId" in o for o in config["Origins"] if "S3OriginConfig" in o)
+    web.resource_count_is("AWS::CloudFront::OriginAccessControl", 1)
+    [bucket] = web.find_resources("AWS::S3::Bucket").values()
+    assert bucket["Properties"]["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+    policies = [p["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
+                for p in web.find_resources("AWS::CloudFront::ResponseHeadersPolicy").values()]
+    assert all(p["ReferrerPolicy"]["ReferrerPolicy"] == "no-referrer" and p["StrictTransportSecurity"]
+               and p["ContentTypeOptions"] for p in policies)
+    [csp] = [p["ContentSecurityPolicy"]["ContentSecurityPolicy"] for p in policies if "ContentSecurityPolicy" in p]
+    hashes = json.loads((PROJECT_ROOT / "web" / "build" / "viewer" / "csp.json").read_text())["script_sha256"]
+    assert all(f"'sha256-{h}'" in render(csp) for h in hashes) and " 'unsafe-eval'" not in render(csp)
+
+
 def test_cfn_lint_finds_no_error(synthesized):
     templates = sorted(str(p) for p in synthesized[0].glob("*.template.json"))
-    assert len(templates) == 3
+    assert len(templates) == 4
     result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
                             capture_output=True, text=True)
     errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
@@ -801,7 +820,7 @@ def test_hosted_gateway_is_nag_and_cfn_lint_clean(with_gateway):
     outdir, nag_error = with_gateway
     assert nag_error is None, nag_error
     templates = sorted(str(p) for p in outdir.glob("*.template.json"))
-    assert len(templates) == 4
+    assert len(templates) == 5, "storage, ingest, share API, web and the gateway"
     result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
                             capture_output=True, text=True)
     errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
