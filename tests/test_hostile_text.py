@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 from dicomshare import profile as profiles
 from dicomshare import settings as settings_module
 from dicomshare.deidentify import deidentify_file
-from dicomshare.deidentify.descriptors import Matcher, fold, identifiers_in, scrub
+from dicomshare.deidentify.descriptors import AUTOMATON_MAX_CHARACTERS, Matcher, fold, identifiers_in, scrub
 from dicomshare.deidentify.free_text import DateRule
 from dicomshare.deidentify.identities import date_offset_days, patient_pseudonym
 from dicomshare.settings import Settings
@@ -268,6 +268,30 @@ def test_one_pass_over_the_text_whatever_the_number_of_identifiers():
     assert len(spans) == 2 * 160 * 50
     assert matcher.remove(text).split() == ["clean"] * 160 * 50
     assert matcher.automaton.get_stats()["words_count"] == 16000
+
+
+def test_a_huge_removed_value_is_still_an_identifier_and_crashes_nothing(tmp_path):
+    """A removed value of a million characters is an identifier like any other (a kept
+    text holding it loses it), and freeing its matcher does not crash the process (the
+    automaton frees its trie one C stack frame per character: such identifiers are
+    searched outside it). In a child process, so that a crash fails this test only; the
+    matchers are dropped as a long-running process drops them from its cache."""
+    long = "zq" + "x" * AUTOMATON_MAX_CHARACTERS + "qz"  # a long one, still safe to free
+    matcher = Matcher(frozenset({long, "smith"}), frozenset())
+    assert matcher.remove(f"before {long} between {long}{long} and smith after") == "before  between  and  after"
+    assert matcher.automaton.get_stats()["words_count"] == 1
+    ds = base_dataset()
+    ds.StudyDescription = "CT chest"
+    ds.TextValue = "ZQ" + "X" * 1_000_000 + "QZ"  # removed, so an identifier (not a descriptor)
+    src = to_file(ds, tmp_path / "huge.dcm")
+    script = (
+        "import gc, io, sys; from dicomshare import profile; from dicomshare.deidentify import deidentify_file; "
+        "from dicomshare.deidentify.descriptors import matcher; "
+        "deidentify_file(sys.argv[1], io.BytesIO(), profile=profile.named('clinical'), secret=b's' * 32, partner='p'); "
+        "assert matcher.cache_info().currsize; matcher.cache_clear(); gc.collect(); print('done')"
+    )
+    child = subprocess.run([sys.executable, "-c", script, str(src)], capture_output=True, text=True, check=False)
+    assert child.returncode == 0 and child.stdout.strip() == "done", child.stderr[-2000:]
 
 
 def _coded(value: str, scheme: str, meaning: str) -> Dataset:

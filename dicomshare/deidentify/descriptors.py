@@ -115,12 +115,22 @@ def identifiers_in(tag: int, vr: str, values: list[str]) -> tuple[frozenset[str]
     return frozenset(identifiers), frozenset(words)
 
 
+AUTOMATON_MAX_CHARACTERS = 10240
+"""The longest identifier in the automaton (an LT value's maximum length). The automaton
+frees its trie recursively, one C stack frame per character of its longest word: a
+1,000,000-character identifier (a hostile removed value) crashed the process when the
+matcher was freed. Longer identifiers are searched one by one (:func:`_found_long`); there
+are at most a header's size divided by this many of them."""
+
+
 class Matcher:
     """Every identifier of a header, found in one pass over a folded text."""
 
     def __init__(self, identifiers: frozenset[str], words: frozenset[str]) -> None:
         substrings = identifiers | {w for w in words if _NO_SPACE.search(w)}
         self.words = frozenset(w for w in words if not _NO_SPACE.search(w))
+        self.long = tuple(sorted(s for s in substrings if len(s) > AUTOMATON_MAX_CHARACTERS))
+        substrings = {s for s in substrings if len(s) <= AUTOMATON_MAX_CHARACTERS}
         self.automaton = None
         if substrings:
             self.automaton = ahocorasick.Automaton()
@@ -130,16 +140,17 @@ class Matcher:
 
     def spans(self, folded: str):
         """The ``(start, end)`` of identifiers in ``folded``, by start: every occurrence of
-        every substring (overlapping ones too: :meth:`remove` joins them) and every whole
-        word. ``Automaton.iter`` rather than ``iter_long``, whose leftmost-longest matching
-        has missed matches in pyahocorasick releases (issues 133 and 185) and crashed here
-        once under threads."""
+        every substring, every whole word, and every occurrence of a long identifier (spans
+        may overlap: :meth:`remove` joins them). ``Automaton.iter`` rather than
+        ``iter_long``, whose leftmost-longest matching has missed matches in pyahocorasick
+        releases (its issues 133 and 185)."""
         substrings = (
             sorted((end - length + 1, end + 1) for end, length in self.automaton.iter(folded))
             if self.automaton is not None else ()
         )
         words = (m.span() for m in _WORD.finditer(folded) if m.group() in self.words) if self.words else ()
-        return heapq.merge(substrings, words)
+        longs = [_found_long(folded, identifier) for identifier in self.long if len(identifier) <= len(folded)]
+        return heapq.merge(substrings, words, *longs)
 
     def remove(self, text: str) -> str | None:
         """``text`` without the identifiers found in it; ``None`` when there is none."""
@@ -159,6 +170,14 @@ class Matcher:
             return None
         pieces.append(text[position:])
         return "".join(pieces)
+
+
+def _found_long(folded: str, identifier: str):
+    """The ``(start, end)`` of each occurrence of ``identifier`` in ``folded``, by start."""
+    start = folded.find(identifier)
+    while start >= 0:
+        yield start, start + len(identifier)
+        start = folded.find(identifier, start + len(identifier))
 
 
 @lru_cache(maxsize=16)
