@@ -778,7 +778,7 @@ def assert_bytecode_for_the_runtime(asset: Path) -> None:
     magic = bytes.fromhex(subprocess.run(
         [lambda_python(), "-c", "import importlib.util; print(importlib.util.MAGIC_NUMBER.hex())"],
         capture_output=True, text=True, check=True).stdout.strip())
-    for module in ("lambdas/ingest/handler.py", "dicomshare/deidentify.py", "pydicom/dataset.py",
+    for module in ("lambdas/ingest/handler.py", "dicomshare/deidentify/__init__.py", "pydicom/dataset.py",
                    "aws_lambda_powertools/logging/logger.py"):
         source = asset / module
         cached = source.parent / "__pycache__" / f"{source.stem}.cpython-{LAMBDA_PYTHON_VERSION.replace('.', '')}.pyc"
