@@ -280,13 +280,19 @@ def objects(storage: StorageStack, exported_arn: str, pattern: str) -> str:
     return f"{storage.imported_arns[exported_arn]}/{pattern}"
 
 
+def leading_keys(patterns) -> dict:
+    """IAM condition limiting DynamoDB requests to items whose partition key matches one of
+    ``patterns`` (``dynamodb:LeadingKeys``)."""
+    return {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(patterns)}}
+
+
 def item_conditions(writes: dict) -> dict:
     """IAM conditions limiting DynamoDB writes to items whose partition key matches one of
     ``writes["leading_keys"]`` and to the attributes in ``writes["attributes"]``, returning
     nothing (``dynamodb:LeadingKeys``, ``dynamodb:Attributes``, ``dynamodb:ReturnValues``).
     They hold inside ``TransactWriteItems`` too: each item is authorized by its own action."""
     return {
-        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(writes["leading_keys"])},
+        **leading_keys(writes["leading_keys"]),
         "ForAllValues:StringEquals": {"dynamodb:Attributes": list(writes["attributes"])},
         "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
     }
@@ -340,7 +346,7 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             sid="ReadStudyOwnersAndStoredReceipts",
             actions=["dynamodb:GetItem"],
             resources=[storage.imported_arns["TableArn"]],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["STUDY#*", "RECEIPT#*"]}},
+            conditions=leading_keys(["STUDY#*", "RECEIPT#*"]),
         ),
         iam.PolicyStatement(
             sid="UseTableKey",
@@ -400,7 +406,7 @@ def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             sid="ReadStudies",
             actions=["dynamodb:GetItem", "dynamodb:BatchGetItem"],
             resources=[storage.imported_arns["TableArn"]],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(index.COUNTS_WRITES["leading_keys"])}},
+            conditions=leading_keys(index.COUNTS_WRITES["leading_keys"]),
         ),
         iam.PolicyStatement(
             sid="UpdateCounts",
@@ -426,7 +432,7 @@ def reconcile_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
             sid="ReadStudies",
             actions=["dynamodb:Query"],
             resources=[storage.imported_arns["TableArn"]],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(index.COUNTS_WRITES["leading_keys"])}},
+            conditions=leading_keys(index.COUNTS_WRITES["leading_keys"]),
         ),
         iam.PolicyStatement(
             sid="RecountStudies",
