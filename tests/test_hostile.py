@@ -402,6 +402,38 @@ def test_unused_bits_checked_from_a_real_file_too(tmp_path):
     assert deidentify_file(path, tmp_path / "out", secret=SECRET, partner=PARTNER)
 
 
+def test_unused_bits_of_a_large_file_are_checked_in_bounded_memory(tmp_path):
+    """256 MiB of native Pixel Data with Bits Stored 12 of 16 is checked to its last sample
+    (an overlay bit there is found) while the process stays far below the value's size:
+    a real file is mapped a window at a time (mapping it whole took the process's peak
+    resident memory past the size of the value). In a child process, which reads its own
+    peak (VmHWM: ``ru_maxrss`` would carry over the test process's)."""
+    ds = hostile.base_dataset()
+    ds.Rows = ds.Columns = 1024
+    ds.NumberOfFrames = 128
+    length = 1024 * 1024 * 2 * 128
+    path = tmp_path / "large.dcm"
+    with open(path, "wb") as out:
+        out.write(hostile.part10(ds, pixel_data=None) + hostile.element(0x7FE00010, "OW", b"")[:-4])
+        out.write(length.to_bytes(4, "little"))
+        for _ in range(128):
+            out.write(bytes(2 * 1024**2))
+    script = (
+        "import sys; from pathlib import Path; from dicomshare.deidentify import deidentify_file; "
+        "from dicomshare.validation import DeidentificationRefused\n"
+        "path = Path(sys.argv[1]); deidentify_file(path, path.parent / 'out', secret=b's' * 32, partner='p')\n"
+        "with open(path, 'r+b') as f: f.seek(-2, 2); f.write(b'\\x00\\x80')\n"
+        "try: deidentify_file(path, path.parent / 'out2', secret=b's' * 32, partner='p'); print('accepted')\n"
+        "except DeidentificationRefused as refused: print(refused.reason)\n"
+        "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')) // 1024)"
+    )
+    child = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    reason, peak_mib = child.stdout.split()
+    assert reason == "overlay_in_pixel_data"
+    assert int(peak_mib) < 200  # the value is 256 MiB; about 100 MiB with pydicom and numpy loaded
+
+
 def test_kept_numbers_and_class_uids_follow_the_grammar():
     ds = hostile.base_dataset()
     hostile.set_raw(ds, 0x00180050, "DS", b"1.5 ZQXNUMBER")  # Slice Thickness
