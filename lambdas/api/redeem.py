@@ -78,7 +78,7 @@ def redeem(authorization: Token = None, pin: Pin = None,
 def instances(study_uid: StudyUid, series_uid: SeriesUid, authorization: Token = None, pin: Pin = None,
               next: Next = None):
     share, now = reader(authorization, pin)
-    series = shared_series(share, study_uid, series_uid)
+    series = shared_series(share, study_uid, series_uid)[1]
     prefix = f"INSTANCE#{series_uid}#"
     after = cursor(next, prefix)[0]
     items, more = deps.store().instance_page(study_uid, prefix, after, manifest.INSTANCES_PER_PAGE,
@@ -101,14 +101,13 @@ def dicomjson(study_uid: StudyUid, series_uid: SeriesUid, authorization: Token =
     share, now = reader(authorization, pin)
     if not share.allow_download:
         raise ApiError(403, "view_only", "This share is view-only: previews, no DICOM objects.")
-    series = shared_series(share, study_uid, series_uid)
+    item, series = shared_series(share, study_uid, series_uid)
     prefix = f"INSTANCE#{series_uid}#"
     after, frame = cursor(next, prefix)
     page, more = deps.store().instance_page(study_uid, prefix, after, manifest.INSTANCES_PER_PAGE,
                                             series["instance_count"])
     items = [i for i in page if shares.owns(share, i)]
     lifetime = shares.presign_seconds(share, now, deps.settings())
-    item = deps.store().study(study_uid) or {}
     study = {**manifest.study_summary(study_uid, item, [], prior=False),
              "instance_count": int(item.get("instance_count", 0)),
              "modalities": [series["modality"]] if series["modality"] else []}
@@ -190,14 +189,15 @@ def owned_study(share: shares.Share, study_uid: str) -> dict[str, Any] | None:
     return study if study is not None and shares.owns(share, study) else None
 
 
-def shared_series(share: shares.Share, study_uid: str, series_uid: str) -> dict[str, Any]:
-    """The series summary, if the series belongs to a study of this share."""
-    if owned_study(share, study_uid) is None:
+def shared_series(share: shares.Share, study_uid: str, series_uid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The study item and the series summary, if the series belongs to a study of this share."""
+    study = owned_study(share, study_uid)
+    if study is None:
         raise ApiError(404, "unknown_study", "This share has no such study.")
     item = deps.store().series_item(study_uid, series_uid)
     if item is None:
         raise ApiError(404, "unknown_series", "This study has no such series.")
-    return manifest.series_summary(item)
+    return study, manifest.series_summary(item)
 
 
 def cursor(token: str | None, prefix: str) -> tuple[str | None, int]:
