@@ -6,7 +6,6 @@ counts, against DynamoDB and EventBridge on a moto server."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 

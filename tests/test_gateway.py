@@ -226,7 +226,7 @@ def test_killed_mid_transfer_and_restarted_loses_nothing(local_system, api, tmp_
     process, port = start_subprocess_gateway(config_file, log)
     assert f"spool holds {spooled} files" in log.read_text()
     deadline = time.monotonic() + 60
-    while f"upload failed, will retry" not in log.read_text():
+    while "upload failed, will retry" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
