@@ -69,6 +69,14 @@ def page_cors(origin: str) -> dict:
     }]}
 
 
+def share_origin_parameter(prefix: str) -> str:
+    """Name of the SSM parameter that holds the share origin, where share links point:
+    ``https://<CloudFront domain>`` on AWS (written by the web stack), the local gateway's
+    origin locally (written by the local system). ``prefix``: ``dicomshare-<environment>``
+    on AWS, the local system's resource prefix locally."""
+    return f"/{prefix}/share-origin"
+
+
 VIEWER_PATH = "/viewer"
 """OHIF's route on the share origin (its npm build works only at the root path ``/``)."""
 

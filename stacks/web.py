@@ -3,7 +3,12 @@
 share API (``/v1/*``: the share page, ``/redeem``, the ``/share/*`` pages) to API Gateway,
 so page, viewer and API share one origin. A response-headers policy sets the viewer's
 Content-Security-Policy (script hashes from the build), HSTS, nosniff and
-``Referrer-Policy: no-referrer``.
+``Referrer-Policy: no-referrer``; the edge stack's WAF web ACL guards every path.
+
+The share API stack is deployed first and cannot reference the distribution (a cycle), so
+this stack writes what depends on the distribution's address: the share origin, in the
+SSM parameter the API function reads to build share links, and the de-identified bucket's
+CORS rule, which names that origin only.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ from pathlib import Path
 import aws_cdk as cdk
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
+from aws_cdk import aws_ssm as ssm
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge
+from stacks.edge import EDGE_REGION, EdgeStack
 from stacks.share_api import STAGE_NAME, ShareApiStack
 from stacks.storage import StorageStack
 
@@ -35,8 +44,9 @@ SPA_ROUTES = """function handler(event) {
 
 class WebStack(cdk.Stack):
     def __init__(self, scope: Construct, id: str, *, storage: StorageStack, share_api: ShareApiStack,
-                 removal: cdk.RemovalPolicy, **kwargs) -> None:
+                 edge: EdgeStack, share_origin_parameter: str, removal: cdk.RemovalPolicy, **kwargs) -> None:
         super().__init__(scope, id, **kwargs)
+        self.add_dependency(edge, "reads the edge stack's web ACL ARN from its SSM parameter")
         hashes = json.loads((VIEWER_BUILD / "csp.json").read_text())["script_sha256"]
         deid_bucket = cdk.Fn.select(5, cdk.Fn.split(":", storage.imported_arns["DeidentifiedBucketArn"]))
         object_origin = f"https://{deid_bucket}.s3.{self.region}.{self.url_suffix}"
@@ -106,11 +116,10 @@ class WebStack(cdk.Stack):
             default_root_object="index.html",
             http_version=cloudfront.HttpVersion.HTTP2_AND_3,
             price_class=cloudfront.PriceClass.PRICE_CLASS_100,
+            web_acl_id=edge_web_acl_arn(self, edge.web_acl_parameter),
         )
         acknowledge(self.distribution, {
             "AwsSolutions-CFR1": "Clinicians open shares from anywhere (second opinions across borders).",
-            "AwsSolutions-CFR2": "Share API requests pass the API stage's regional WAF (redeem rate limit); a "
-            "CloudFront-scoped web ACL must live in us-east-1 and is not yet part of this app.",
             "AwsSolutions-CFR3": "Access logs: the API stage logs every API request (never the token); viewer "
             "files are public program code.",
             "AwsSolutions-CFR4": "The default *.cloudfront.net certificate; a custom domain brings its own "
@@ -140,5 +149,74 @@ class WebStack(cdk.Stack):
             )
         })
 
-        cdk.CfnOutput(self, "ShareOrigin", value=f"https://{self.distribution.distribution_domain_name}")
+        share_origin = f"https://{self.distribution.distribution_domain_name}"
+        ssm.StringParameter(self, "ShareOriginParameter", parameter_name=share_origin_parameter,
+                            string_value=share_origin,
+                            description="Where dicomshare's share links point (read by the API function)")
+        page_origin_cors(self, storage, share_origin)
+
+        cdk.CfnOutput(self, "ShareOrigin", value=share_origin)
         cdk.CfnOutput(self, "SharePageUrl", value=f"https://{self.distribution.distribution_domain_name}/{STAGE_NAME}/view")
+
+
+AWS_CUSTOM_RESOURCE_FUNCTION = "AWS679f53fac002430cb0da5b7982bd2287"
+"""Construct id of the singleton function behind every ``AwsCustomResource`` of a stack."""
+DEPLOY_TIME = ("CDK's AwsCustomResource function, run by CloudFormation only while this stack deploys, to make "
+               "one SDK call; it handles no data and no request.")
+
+
+def edge_web_acl_arn(stack: cdk.Stack, parameter: str) -> str:
+    """The edge stack's web ACL ARN, read from its SSM parameter in us-east-1 while this
+    stack deploys (one ``GetParameter`` call; the ARN is stable: the ACL has a generated
+    name and a fixed scope, so CloudFormation never replaces it)."""
+    call = cr.AwsSdkCall(
+        service="SSM", action="getParameter", parameters={"Name": parameter}, region=EDGE_REGION,
+        physical_resource_id=cr.PhysicalResourceId.of(parameter), output_paths=["Parameter.Value"],
+    )
+    reader = cr.AwsCustomResource(
+        stack, "EdgeWebAclArn",
+        on_create=call, on_update=call,
+        policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+            actions=["ssm:GetParameter"],
+            resources=[stack.format_arn(service="ssm", region=EDGE_REGION, resource="parameter",
+                                        resource_name=parameter.lstrip("/"))])]),
+        install_latest_aws_sdk=False,
+    )
+    acknowledge(reader, {"HIPAA.Security-IAMNoInlinePolicy": "The custom resource's own policy: ssm:GetParameter "
+                         "on the edge stack's one parameter, attached to CDK's deploy-time function alone."})
+    acknowledge_custom_resource_function(stack)
+    return reader.get_response_field("Parameter.Value")
+
+
+def page_origin_cors(stack: cdk.Stack, storage: StorageStack, origin: str) -> cr.AwsCustomResource:
+    """CORS on the de-identified bucket for the share origin only (``GET``/``HEAD``, which
+    the page's in-browser ZIP download and the viewer need). The bucket is in the storage
+    stack and the distribution, whose domain makes the origin, is created after it, so this
+    stack sets the rule with one ``PutBucketCors`` call when it is deployed."""
+    call = cr.AwsSdkCall(
+        service="S3",
+        action="putBucketCors",
+        parameters={"Bucket": storage.deid_bucket.bucket_name, "CORSConfiguration": resources.page_cors(origin)},
+        physical_resource_id=cr.PhysicalResourceId.of("deidentified-bucket-cors"),
+    )
+    cors = cr.AwsCustomResource(
+        stack, "DeidentifiedBucketCors",
+        on_create=call, on_update=call,
+        policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+            actions=["s3:PutBucketCORS"], resources=[storage.imported_arns["DeidentifiedBucketArn"]])]),
+        install_latest_aws_sdk=False,
+    )
+    acknowledge(cors, {"HIPAA.Security-IAMNoInlinePolicy": "The custom resource's own policy: s3:PutBucketCORS "
+                       "on the de-identified bucket only, attached to CDK's deploy-time function alone."})
+    acknowledge_custom_resource_function(stack)
+    return cors
+
+
+def acknowledge_custom_resource_function(stack: cdk.Stack) -> None:
+    acknowledge(stack.node.find_child(AWS_CUSTOM_RESOURCE_FUNCTION), {
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]":
+            DEPLOY_TIME + " Its role (CloudWatch Logs only) is defined by CDK.",
+        "HIPAA.Security-LambdaConcurrency": DEPLOY_TIME + " Invoked once per deployment.",
+        "HIPAA.Security-LambdaDLQ": DEPLOY_TIME + " CloudFormation reports a failure and rolls back.",
+        "HIPAA.Security-LambdaInsideVPC": DEPLOY_TIME + " It reaches only the S3 and SSM APIs.",
+    })

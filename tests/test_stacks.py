@@ -241,16 +241,18 @@ def test_lifecycle_rules_follow_the_retention_settings(storage):
     assert not [r for r in lifecycle(storage, "DeidentifiedBucket") if "ExpirationInDays" in r]
 
 
-def test_deidentified_bucket_allows_cross_origin_gets_from_the_page_origin_only(storage, share_api):
+def test_deidentified_bucket_allows_cross_origin_gets_from_the_share_origin_only(synthesized, storage, share_api):
     assert not [b for b in storage.find_resources("AWS::S3::Bucket").values() if "CorsConfiguration" in b["Properties"]]
-    (cors,) = share_api.find_resources("Custom::AWS").values()
+    assert not share_api.find_resources("Custom::AWS")
+    web = template(synthesized, "dicomshare-dev-web")
+    [cors] = [c for c in web.find_resources("Custom::AWS").values() if "putBucketCors" in render(c["Properties"]["Create"])]
     call = json.loads(render(cors["Properties"]["Create"]))
     assert (call["service"], call["action"]) == ("S3", "putBucketCors")
     assert call["parameters"]["Bucket"] == "import:dicomshare-dev-storage:ExportsOutputRefDeidentifiedBucketD0355DFD3FFFE1EF"
     (rule,) = call["parameters"]["CORSConfiguration"]["CORSRules"]
     assert rule["AllowedMethods"] == ["GET", "HEAD"]
-    assert re.fullmatch(r"https://<RestApi\w+>\.execute-api\.<AWS::Region>\.<AWS::URLSuffix>", rule["AllowedOrigins"][0])
-    assert len(rule["AllowedOrigins"]) == 1
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution")
+    assert rule["AllowedOrigins"] == [f"https://<{distribution}.DomainName>"]
     assert render(cors["Properties"]["Update"]) == render(cors["Properties"]["Create"])
 
 
@@ -643,8 +645,17 @@ def test_stage_is_traced_throttled_and_logged_without_tokens(share_api):
     assert not any(s["DataTraceEnabled"] for s in stage["Properties"]["MethodSettings"])
 
 
-def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_api):
-    (acl,) = share_api.find_resources("AWS::WAFv2::WebACL").values()
+@pytest.fixture(scope="module")
+def edge(synthesized):
+    return template(synthesized, "dicomshare-dev-edge")
+
+
+@pytest.mark.parametrize("stack_name, waf_scope", [
+    ("dicomshare-dev-share-api", "REGIONAL"), ("dicomshare-dev-edge", "CLOUDFRONT")])
+def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(synthesized, stack_name, waf_scope):
+    t = template(synthesized, stack_name)
+    (acl,) = t.find_resources("AWS::WAFv2::WebACL").values()
+    assert acl["Properties"]["Scope"] == waf_scope
     rules = {r["Name"]: r for r in acl["Properties"]["Rules"]}
     for group in ("AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet",
                   "AWSManagedRulesAmazonIpReputationList"):
@@ -671,11 +682,68 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_a
         "Statement"]["RateBasedStatement"]["Limit"]
     assert len({r["Priority"] for r in rules.values()}) == len(rules)
     assert max(rules[g]["Priority"] for g in rules if g.startswith("AWSManaged")) < rules["public-rate-limit"]["Priority"]
-    share_api.has_resource_properties("AWS::WAFv2::WebACLAssociation", {
-        "ResourceArn": Match.any_value(), "WebACLArn": {"Fn::GetAtt": [Match.string_like_regexp("WebAcl"), "Arn"]}})
-    share_api.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
+    (logs,) = t.find_resources("AWS::Logs::LogGroup", {"Properties": {
+        "LogGroupName": Match.string_like_regexp("^aws-waf-logs-")}}).values()
+    assert "KmsKeyId" in logs["Properties"]
+    t.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
         "RedactedFields": [{"UriPath": {}}, {"QueryString": {}}, {"SingleHeader": {"Name": "authorization"}},
                            {"SingleHeader": {"Name": shares.PIN_HEADER.lower()}}]})
+
+
+def test_api_stage_is_guarded_by_the_regional_web_acl(share_api):
+    share_api.has_resource_properties("AWS::WAFv2::WebACLAssociation", {
+        "ResourceArn": Match.any_value(), "WebACLArn": {"Fn::GetAtt": [Match.string_like_regexp("WebAcl"), "Arn"]}})
+
+
+def test_share_origin_web_acl_also_limits_viewer_files_per_ip(edge):
+    (acl,) = edge.find_resources("AWS::WAFv2::WebACL").values()
+    rule = {r["Name"]: r for r in acl["Properties"]["Rules"]}["viewer-files-rate-limit"]
+    rate = rule["Statement"]["RateBasedStatement"]
+    assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
+    match = rate["ScopeDownStatement"]["NotStatement"]["Statement"]["RegexMatchStatement"]
+    assert match["FieldToMatch"] == {"UriPath": {}}
+    viewer_files = ["/", "/index.html", "/viewer/dicomjson", "/app-config.js", "/dicomshare-viewer.js", "/v1.js"]
+    assert not [path for path in viewer_files if re.search(match["RegexString"], path)]
+    assert all(re.search(match["RegexString"], f"/v1{path}") for _, path in resources.PUBLIC_ROUTES)
+
+
+def test_share_origin_web_acl_lives_in_us_east_1_and_guards_the_distribution(synthesized, edge):
+    stacks = synthesized[1]
+    assert stacks.edge.region == "us-east-1"
+    assert cdk.Token.is_unresolved(stacks.web.region), "the rest of the app stays region-agnostic"
+    assert stacks.edge in stacks.web.dependencies
+    [acl] = edge.find_resources("AWS::WAFv2::WebACL")
+    [parameter] = edge.find_resources("AWS::SSM::Parameter").values()
+    assert parameter["Properties"]["Value"] == {"Fn::GetAtt": [acl, "Arn"]}
+    name = parameter["Properties"]["Name"]
+    assert name == stacks.edge.web_acl_parameter
+
+    web = template(synthesized, "dicomshare-dev-web")
+    [(reader_id, reader)] = [(k, c) for k, c in web.find_resources("Custom::AWS").items()
+                             if "getParameter" in render(c["Properties"]["Create"])]
+    call = json.loads(render(reader["Properties"]["Create"]))
+    assert (call["service"], call["region"], call["parameters"]) == ("SSM", "us-east-1", {"Name": name})
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
+    assert distribution["Properties"]["DistributionConfig"]["WebACLId"] == {
+        "Fn::GetAtt": [reader_id, "Parameter.Value"]}
+    reads = [s for p in web.find_resources("AWS::IAM::Policy").values()
+             for s in p["Properties"]["PolicyDocument"]["Statement"] if "ssm:GetParameter" in s["Action"]]
+    assert [render(s["Resource"]) for s in reads] == [
+        f"arn:<AWS::Partition>:ssm:us-east-1:<AWS::AccountId>:parameter{name}"]
+
+
+def test_share_links_use_the_origin_the_web_stack_writes_and_the_api_may_read_only_that(synthesized, share_api):
+    name = resources.share_origin_parameter("dicomshare-dev")
+    web = template(synthesized, "dicomshare-dev-web")
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution")
+    web.has_resource_properties("AWS::SSM::Parameter", {
+        "Name": name, "Type": "String", "Value": {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [distribution, "DomainName"]}]]}})
+    [api] = functions(share_api).values()
+    assert api["Properties"]["Environment"]["Variables"]["SHARE_ORIGIN_PARAMETER"] == name
+    statements = role_statements(share_api, "ApiFunction")
+    assert [a for s in statements for a in s["Action"] if a.startswith("ssm:")] == ["ssm:GetParameter"]
+    assert granted(statements, "ssm:GetParameter") == [
+        f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{name}"]
 
 
 def test_outputs_name_what_an_engineer_needs(storage, share_api):
@@ -726,7 +794,7 @@ def test_share_origin_serves_the_viewer_privately_and_routes_the_api(synthesized
 
 def test_cfn_lint_finds_no_error(synthesized):
     templates = sorted(str(p) for p in synthesized[0].glob("*.template.json"))
-    assert len(templates) == 4
+    assert len(templates) == 5, "storage, ingest, share API, edge and web"
     result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
                             capture_output=True, text=True)
     errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
@@ -820,7 +888,7 @@ def test_hosted_gateway_is_nag_and_cfn_lint_clean(with_gateway):
     outdir, nag_error = with_gateway
     assert nag_error is None, nag_error
     templates = sorted(str(p) for p in outdir.glob("*.template.json"))
-    assert len(templates) == 5, "storage, ingest, share API, web and the gateway"
+    assert len(templates) == 6, "storage, ingest, share API, edge, web and the gateway"
     result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
                             capture_output=True, text=True)
     errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
