@@ -1,6 +1,7 @@
 """Share API: the REST API (IAM-authorized admin routes limited to the named admin roles,
 public share-token routes), its WAF web ACL (AWS managed rule groups, per-client-IP rate
-limits on the public paths), access logs, throttling and tracing, and
+limits on the public paths; the same rules guard the share origin, :mod:`stacks.edge`),
+access logs, throttling and tracing, and
 the api function: reads the index, writes only share/token/audit items, presigns GETs of
 de-identified objects.
 """

@@ -139,8 +139,9 @@ def test_cdk_json_documents_are_valid_configurations():
 
 def test_stack_names_carry_the_environment(synthesized):
     stacks = synthesized[1]
-    assert [s.stack_name for s in (stacks.storage, stacks.ingest, stacks.share_api)] == [
-        "dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api"]
+    assert [s.stack_name for s in (stacks.storage, stacks.ingest, stacks.share_api, stacks.edge, stacks.web)] == [
+        "dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api", "dicomshare-dev-edge",
+        "dicomshare-dev-web"]
 
 
 def test_prod_selects_its_document_and_retains_data():
