@@ -14,6 +14,7 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
@@ -46,6 +47,12 @@ walks a 100,000-instance study's 1,000 pages of 100."""
 
 VIEWER_FILES_LIMIT_PER_5_MINUTES = 3000
 """WAF (CloudFront): requests for the viewer's files one client IP may make in 5 minutes."""
+
+ORIGIN_VERIFY_HEADER = "X-Origin-Verify"
+"""Header the share origin (CloudFront) adds to every request it forwards to the stage, with
+a secret value. Those requests come from CloudFront's addresses, many clinicians each, and
+the share origin's web ACL has limited them per client IP already: the stage's web ACL
+skips its per-IP limits for them, and keeps them for every other caller."""
 
 SHARE_ITEM_KEYS = ("SHARE#*", "TOKEN#*")
 """Partition keys of the items the API may write: shares, their tokens and audit records."""
@@ -150,7 +157,23 @@ class ShareApiStack(cdk.Stack):
                 "policy is the one AWS documents for it.",
         })
 
-        self.web_acl = web_acl(self, "WebAcl", name=f"dicomshare-{settings.environment}", waf_scope="REGIONAL")
+        origin_key = kms.Key(self, "OriginVerifyKey", description="dicomshare: the share origin's secret header",
+                             enable_key_rotation=True, removal_policy=removal)
+        self.origin_verify = secretsmanager.Secret(
+            self, "OriginVerifySecret",
+            description=f"dicomshare: value of the {ORIGIN_VERIFY_HEADER} header CloudFront sends to the API",
+            encryption_key=origin_key,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=48, exclude_punctuation=True, include_space=False),
+            removal_policy=removal,
+        )
+        rotation = ("CloudFormation puts the value into the distribution and this web ACL when they deploy, so "
+                    "it is rotated by a new value then deploying this stack and the web stack; a mismatch "
+                    "meanwhile only subjects CloudFront's requests to the per-IP limits, never refuses them.")
+        acknowledge(self.origin_verify, {"AwsSolutions-SMG4": rotation,
+                                         "HIPAA.Security-SecretsManagerRotationEnabled": rotation})
+        self.web_acl = web_acl(self, "WebAcl", name=f"dicomshare-{settings.environment}", waf_scope="REGIONAL",
+                               trusted_header=(ORIGIN_VERIFY_HEADER, self.origin_verify.secret_value.unsafe_unwrap()))
         wafv2.CfnWebACLAssociation(self, "WebAclAssociation",
                                    resource_arn=self.api.deployment_stage.stage_arn,
                                    web_acl_arn=self.web_acl.attr_arn)
@@ -259,15 +282,18 @@ API_PATHS_REGEX = rf"^/{STAGE_NAME}(/|$)"
 """The share API's paths on the share origin; every other path there is a viewer file."""
 
 
-def web_acl(scope: Construct, id: str, *, name: str, waf_scope: str) -> wafv2.CfnWebACL:
+def web_acl(scope: Construct, id: str, *, name: str, waf_scope: str,
+            trusted_header: tuple[str, str] | None = None) -> wafv2.CfnWebACL:
     """Web ACL: AWS managed rule groups, then per-client-IP rate limits on every public
     path (so one client flooding the page or redemption is blocked alone, instead of using
     up the stage's throttle for every clinician) and a stricter one on redemption.
 
     ``waf_scope`` ``REGIONAL`` guards the API stage; ``CLOUDFRONT`` guards the share origin
     (:mod:`stacks.edge`), where one more limit covers the viewer's files (every path outside
-    the stage). Paths are matched after URL-decoding and lower-casing (``/v1/%52edeem`` is
-    ``/v1/redeem``); both see the stage in the path, so the match is on its end.
+    the stage). Requests carrying ``trusted_header`` (name, exact value) skip the per-IP
+    limits (:data:`ORIGIN_VERIFY_HEADER`). Paths are matched after URL-decoding and
+    lower-casing (``/v1/%52edeem`` is ``/v1/redeem``); both see the stage in the path, so
+    the match is on its end.
     """
     def visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
         return wafv2.CfnWebACL.VisibilityConfigProperty(
@@ -282,6 +308,17 @@ def web_acl(scope: Construct, id: str, *, name: str, waf_scope: str) -> wafv2.Cf
                 wafv2.CfnWebACL.TextTransformationProperty(priority=1, type="LOWERCASE"),
             ],
         ))
+
+    def untrusted(statement: wafv2.CfnWebACL.StatementProperty) -> wafv2.CfnWebACL.StatementProperty:
+        if trusted_header is None:
+            return statement
+        header, value = trusted_header
+        trusted = wafv2.CfnWebACL.StatementProperty(byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+            field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(single_header={"Name": header.lower()}),
+            positional_constraint="EXACTLY", search_string=value,
+            text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")]))
+        return wafv2.CfnWebACL.StatementProperty(and_statement=wafv2.CfnWebACL.AndStatementProperty(statements=[
+            statement, wafv2.CfnWebACL.StatementProperty(not_statement=wafv2.CfnWebACL.NotStatementProperty(statement=trusted))]))
 
     managed = [wafv2.CfnWebACL.RuleProperty(
         name=group,
@@ -305,7 +342,7 @@ def web_acl(scope: Construct, id: str, *, name: str, waf_scope: str) -> wafv2.Cf
         priority=len(managed) + n,
         action=wafv2.CfnWebACL.RuleActionProperty(block={}),
         statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-            limit=limit, aggregate_key_type="IP", evaluation_window_sec=300, scope_down_statement=scope_down)),
+            limit=limit, aggregate_key_type="IP", evaluation_window_sec=300, scope_down_statement=untrusted(scope_down))),
         visibility_config=visibility(rule),
     ) for n, (rule, scope_down, limit) in enumerate(limits)]
     return wafv2.CfnWebACL(
@@ -321,7 +358,8 @@ def web_acl_logging(scope: Construct, acl: wafv2.CfnWebACL, *, log_group: str, k
                     settings: config.Settings, removal: cdk.RemovalPolicy) -> None:
     """WAF's logs of ``acl`` in an encrypted log group of the ACL's region (WAF requires
     its name to start with ``aws-waf-logs-``). Whatever may carry a share token or PIN is
-    redacted: the Authorization and PIN headers, path, query."""
+    redacted: the Authorization and PIN headers, path, query; so is the share origin's
+    secret header."""
     stack = cdk.Stack.of(scope)
     waf_logs = logs.LogGroup(
         scope, f"{acl.node.id}Logs",
@@ -340,6 +378,6 @@ def web_acl_logging(scope: Construct, acl: wafv2.CfnWebACL, *, log_group: str, k
             wafv2.CfnLoggingConfiguration.FieldToMatchProperty(uri_path={}),
             wafv2.CfnLoggingConfiguration.FieldToMatchProperty(query_string={}),
             *(wafv2.CfnLoggingConfiguration.FieldToMatchProperty(single_header={"Name": header.lower()})
-              for header in ("Authorization", shares.PIN_HEADER)),
+              for header in ("Authorization", shares.PIN_HEADER, ORIGIN_VERIFY_HEADER)),
         ],
     )

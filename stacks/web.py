@@ -29,7 +29,7 @@ from constructs import Construct
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge
 from stacks.edge import EDGE_REGION, EdgeStack
-from stacks.share_api import STAGE_NAME, ShareApiStack
+from stacks.share_api import ORIGIN_VERIFY_HEADER, STAGE_NAME, ShareApiStack
 from stacks.storage import StorageStack
 
 VIEWER_BUILD = Path(__file__).resolve().parent.parent / "web" / "build" / "viewer"
@@ -46,7 +46,7 @@ class WebStack(cdk.Stack):
     def __init__(self, scope: Construct, id: str, *, storage: StorageStack, share_api: ShareApiStack,
                  edge: EdgeStack, share_origin_parameter: str, removal: cdk.RemovalPolicy, **kwargs) -> None:
         super().__init__(scope, id, **kwargs)
-        self.add_dependency(edge, "reads the edge stack's web ACL ARN from its SSM parameter")
+        self.add_stack_dependency(edge, "reads the edge stack's web ACL ARN from its SSM parameter")
         hashes = json.loads((VIEWER_BUILD / "csp.json").read_text())["script_sha256"]
         deid_bucket = cdk.Fn.select(5, cdk.Fn.split(":", storage.imported_arns["DeidentifiedBucketArn"]))
         object_origin = f"https://{deid_bucket}.s3.{self.region}.{self.url_suffix}"
@@ -106,7 +106,9 @@ class WebStack(cdk.Stack):
                     event_type=cloudfront.FunctionEventType.VIEWER_REQUEST)],
             ),
             additional_behaviors={f"/{STAGE_NAME}/*": cloudfront.BehaviorOptions(
-                origin=origins.HttpOrigin(api_domain, protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY),
+                origin=origins.HttpOrigin(api_domain, protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY,
+                                          custom_headers={ORIGIN_VERIFY_HEADER:
+                                                          share_api.origin_verify.secret_value.unsafe_unwrap()}),
                 viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
                 allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
                 cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,

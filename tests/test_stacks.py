@@ -669,7 +669,15 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(synthes
         rule = rules[name]
         rate = rule["Statement"]["RateBasedStatement"]
         assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
-        match = rate["ScopeDownStatement"]["RegexMatchStatement"]
+        scope_down = rate["ScopeDownStatement"]
+        if waf_scope == "REGIONAL":
+            path, not_trusted = scope_down["AndStatement"]["Statements"]
+            trusted = not_trusted["NotStatement"]["Statement"]["ByteMatchStatement"]
+            assert trusted["FieldToMatch"] == {"SingleHeader": {"Name": "x-origin-verify"}}
+            assert (trusted["PositionalConstraint"], trusted["TextTransformations"]) == (
+                "EXACTLY", [{"Priority": 0, "Type": "NONE"}])
+            scope_down = path
+        match = scope_down["RegexMatchStatement"]
         assert match["FieldToMatch"] == {"UriPath": {}}
         assert [t["Type"] for t in sorted(match["TextTransformations"], key=lambda t: t["Priority"])] == [
             "URL_DECODE", "LOWERCASE"]
@@ -688,12 +696,35 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(synthes
     assert "KmsKeyId" in logs["Properties"]
     t.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
         "RedactedFields": [{"UriPath": {}}, {"QueryString": {}}, {"SingleHeader": {"Name": "authorization"}},
-                           {"SingleHeader": {"Name": shares.PIN_HEADER.lower()}}]})
+                           {"SingleHeader": {"Name": shares.PIN_HEADER.lower()}},
+                           {"SingleHeader": {"Name": "x-origin-verify"}}]})
 
 
 def test_api_stage_is_guarded_by_the_regional_web_acl(share_api):
     share_api.has_resource_properties("AWS::WAFv2::WebACLAssociation", {
         "ResourceArn": Match.any_value(), "WebACLArn": {"Fn::GetAtt": [Match.string_like_regexp("WebAcl"), "Arn"]}})
+
+
+def test_only_requests_from_the_share_origin_skip_the_stage_per_ip_limits(synthesized, share_api):
+    """CloudFront forwards clinicians' requests from its own addresses, already limited per
+    client IP by the share origin's ACL: they carry the secret header, nothing else can."""
+    (acl,) = share_api.find_resources("AWS::WAFv2::WebACL").values()
+    [secret] = share_api.find_resources("AWS::SecretsManager::Secret")
+    values = set()
+    for rule in acl["Properties"]["Rules"]:
+        if "RateBasedStatement" in rule["Statement"]:
+            _, exempt = rule["Statement"]["RateBasedStatement"]["ScopeDownStatement"]["AndStatement"]["Statements"]
+            values.add(render(exempt["NotStatement"]["Statement"]["ByteMatchStatement"]["SearchString"]))
+    assert values == {f"{{{{resolve:secretsmanager:<{secret}>:SecretString:::}}}}"}
+    web = template(synthesized, "dicomshare-dev-web")
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
+    [api_origin] = [o for o in distribution["Properties"]["DistributionConfig"]["Origins"] if "CustomOriginConfig" in o]
+    [header] = api_origin["OriginCustomHeaders"]
+    assert header["HeaderName"] == "X-Origin-Verify"
+    assert re.fullmatch(rf"\{{\{{resolve:secretsmanager:import:dicomshare-dev-share-api:ExportsOutputRef{secret}\w+"
+                        r":SecretString:::\}\}", render(header["HeaderValue"])), render(header["HeaderValue"])
+    (edge_acl,) = template(synthesized, "dicomshare-dev-edge").find_resources("AWS::WAFv2::WebACL").values()
+    assert "X-Origin-Verify".lower() not in json.dumps(edge_acl).lower()
 
 
 def test_share_origin_web_acl_also_limits_viewer_files_per_ip(edge):
