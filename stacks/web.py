@@ -156,9 +156,10 @@ class WebStack(cdk.Stack):
                             string_value=share_origin,
                             description="Where dicomshare's share links point (read by the API function)")
         page_origin_cors(self, storage, share_origin)
+        acknowledge_custom_resource_function(self)
 
         cdk.CfnOutput(self, "ShareOrigin", value=share_origin)
-        cdk.CfnOutput(self, "SharePageUrl", value=f"https://{self.distribution.distribution_domain_name}/{STAGE_NAME}/view")
+        cdk.CfnOutput(self, "SharePageUrl", value=f"{share_origin}/{STAGE_NAME}/view")
 
 
 AWS_CUSTOM_RESOURCE_FUNCTION = "AWS679f53fac002430cb0da5b7982bd2287"
@@ -186,7 +187,6 @@ def edge_web_acl_arn(stack: cdk.Stack, parameter: str) -> str:
     )
     acknowledge(reader, {"HIPAA.Security-IAMNoInlinePolicy": "The custom resource's own policy: ssm:GetParameter "
                          "on the edge stack's one parameter, attached to CDK's deploy-time function alone."})
-    acknowledge_custom_resource_function(stack)
     return reader.get_response_field("Parameter.Value")
 
 
@@ -210,11 +210,11 @@ def page_origin_cors(stack: cdk.Stack, storage: StorageStack, origin: str) -> cr
     )
     acknowledge(cors, {"HIPAA.Security-IAMNoInlinePolicy": "The custom resource's own policy: s3:PutBucketCORS "
                        "on the de-identified bucket only, attached to CDK's deploy-time function alone."})
-    acknowledge_custom_resource_function(stack)
     return cors
 
 
 def acknowledge_custom_resource_function(stack: cdk.Stack) -> None:
+    """The findings on the function CDK runs for the stack's ``AwsCustomResource`` calls."""
     acknowledge(stack.node.find_child(AWS_CUSTOM_RESOURCE_FUNCTION), {
         "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]":
             DEPLOY_TIME + " Its role (CloudWatch Logs only) is defined by CDK.",

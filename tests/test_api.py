@@ -84,6 +84,14 @@ def download(url: str) -> bytes:
         return response.read()
 
 
+def share_items(local_system) -> int:
+    pages = local_system.client("dynamodb").get_paginator("scan").paginate(
+        TableName=local_system.resources.table_name, Select="COUNT",
+        FilterExpression="begins_with(#pk, :share)", ExpressionAttributeNames={"#pk": index.PK},
+        ExpressionAttributeValues={":share": {"S": "SHARE#"}})
+    return sum(page["Count"] for page in pages)
+
+
 def test_share_links_point_to_the_configured_share_origin(api, local_system, studies):
     """Links use the share origin (on AWS, CloudFront's, which the web stack writes into SSM),
     not the address the admin called; the local system writes its gateway's origin there.
@@ -100,8 +108,10 @@ def test_share_links_point_to_the_configured_share_origin(api, local_system, stu
         assert share["url"] == f"https://d111111abcdef8.cloudfront.net/{stage}/view#{share['token']}"
         ssm.delete_parameter(Name=name)
         parameters.clear_caches()
+        before = share_items(local_system)
         status, body = api.call("POST", "/shares", {"study_uid": studies["current"].study_uid, "expires_in": 3600})
         assert (status, body["error"]) == (503, "share_origin_unavailable")
+        assert share_items(local_system) == before
     finally:
         ssm.put_parameter(Name=name, Value=local_origin, Type="String", Overwrite=True)
         parameters.clear_caches()
