@@ -1,8 +1,10 @@
 """The share origin: one CloudFront distribution serving the viewer (OHIF, built by
-``make viewer``) from a private bucket through origin access control, and routing the
-share API (``/v1/*``: the share page, ``/redeem``, the ``/share/*`` pages) to API Gateway,
-so page, viewer and API share one origin. A response-headers policy sets the viewer's
-Content-Security-Policy (script hashes from the build), HSTS, nosniff and
+``make viewer``) and the share page (``/v1/view``) from a private bucket through origin
+access control, and routing the rest of the share API (``/v1/*``: ``/redeem``, the
+``/share/*`` pages, ``client-zip.js``) to API Gateway, so page, viewer and API share one
+origin. Response-headers policies set the viewer's and the page's
+Content-Security-Policy (script hashes from the build, the page's from
+:func:`lambdas.api.page.content_security_policy`), HSTS, nosniff and
 ``Referrer-Policy: no-referrer``; the edge stack's WAF web ACL guards every path.
 
 The share API stack is deployed first and cannot reference the distribution (a cycle), so
@@ -27,6 +29,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from dicomshare_aws import resources
+from lambdas.api import page as share_page
 from stacks.acknowledge import acknowledge
 from stacks.edge import EDGE_REGION, EdgeStack
 from stacks.share_api import ORIGIN_VERIFY_HEADER, STAGE_NAME, ShareApiStack
@@ -40,6 +43,14 @@ SPA_ROUTES = """function handler(event) {
   return request;
 }"""
 """Viewer routes (``/viewer/dicomjson``, …) are the single-page app's ``index.html``."""
+
+SHARE_PAGE_KEY = "share-page.html"
+"""The share page (``lambdas/api/view.html``) in the viewer bucket."""
+SHARE_PAGE_ROUTE = f"""function handler(event) {{
+  event.request.uri = '/{SHARE_PAGE_KEY}';
+  return event.request;
+}}"""
+"""``/v1/view`` is the share page's file: the page the api function serves, from the bucket."""
 
 
 class WebStack(cdk.Stack):
@@ -67,36 +78,38 @@ class WebStack(cdk.Stack):
                          "HIPAA.Security-S3BucketReplicationEnabled", "HIPAA.Security-S3DefaultEncryptionKMS")
         })
 
-        security = cloudfront.ResponseSecurityHeadersBehavior(
-            strict_transport_security=cloudfront.ResponseHeadersStrictTransportSecurity(
-                access_control_max_age=cdk.Duration.days(365), include_subdomains=True, override=True),
-            content_type_options=cloudfront.ResponseHeadersContentTypeOptions(override=True),
-            referrer_policy=cloudfront.ResponseHeadersReferrerPolicy(
-                referrer_policy=cloudfront.HeadersReferrerPolicy.NO_REFERRER, override=True),
-            frame_options=cloudfront.ResponseHeadersFrameOptions(
-                frame_option=cloudfront.HeadersFrameOption.DENY, override=True),
-        )
-        viewer_headers = cloudfront.ResponseHeadersPolicy(
-            self, "ViewerHeaders",
-            comment="dicomshare viewer: CSP with build-time script hashes, HSTS, nosniff, no-referrer",
-            security_headers_behavior=cloudfront.ResponseSecurityHeadersBehavior(
-                **{k: getattr(security, k) for k in ("strict_transport_security", "content_type_options",
-                                                     "referrer_policy", "frame_options")},
-                content_security_policy=cloudfront.ResponseHeadersContentSecurityPolicy(
-                    content_security_policy=resources.viewer_content_security_policy(hashes, object_origin),
-                    override=True),
-            ),
-        )
-        api_headers = cloudfront.ResponseHeadersPolicy(
-            self, "ApiHeaders", comment="dicomshare API and share page: HSTS, nosniff, no-referrer "
-            "(the page's CSP comes from the function)", security_headers_behavior=security)
+        def headers(id: str, comment: str, policy: str | None = None) -> cloudfront.ResponseHeadersPolicy:
+            return cloudfront.ResponseHeadersPolicy(
+                self, id, comment=comment,
+                security_headers_behavior=cloudfront.ResponseSecurityHeadersBehavior(
+                    strict_transport_security=cloudfront.ResponseHeadersStrictTransportSecurity(
+                        access_control_max_age=cdk.Duration.days(365), include_subdomains=True, override=True),
+                    content_type_options=cloudfront.ResponseHeadersContentTypeOptions(override=True),
+                    referrer_policy=cloudfront.ResponseHeadersReferrerPolicy(
+                        referrer_policy=cloudfront.HeadersReferrerPolicy.NO_REFERRER, override=True),
+                    frame_options=cloudfront.ResponseHeadersFrameOptions(
+                        frame_option=cloudfront.HeadersFrameOption.DENY, override=True),
+                    content_security_policy=cloudfront.ResponseHeadersContentSecurityPolicy(
+                        content_security_policy=policy, override=True) if policy else None,
+                ),
+            )
+
+        viewer_headers = headers(
+            "ViewerHeaders", "dicomshare viewer: CSP with build-time script hashes, HSTS, nosniff, no-referrer",
+            resources.viewer_content_security_policy(hashes, object_origin))
+        page_html = share_page.VIEW_HTML.read_text(encoding="utf-8")
+        page_headers = headers(
+            "PageHeaders", "dicomshare share page: CSP with its script and style hashes, HSTS, nosniff, no-referrer",
+            share_page.content_security_policy(page_html, object_origin))
+        api_headers = headers("ApiHeaders", "dicomshare share API: HSTS, nosniff, no-referrer")
+        viewer_files = origins.S3BucketOrigin.with_origin_access_control(self.bucket)
 
         api_domain = f"{share_api.api.rest_api_id}.execute-api.{self.region}.{self.url_suffix}"
         self.distribution = cloudfront.Distribution(
             self, "Distribution",
             comment="dicomshare share origin: viewer (S3) and share API",
             default_behavior=cloudfront.BehaviorOptions(
-                origin=origins.S3BucketOrigin.with_origin_access_control(self.bucket),
+                origin=viewer_files,
                 viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
                 cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED,
                 response_headers_policy=viewer_headers,
@@ -105,7 +118,16 @@ class WebStack(cdk.Stack):
                                                  runtime=cloudfront.FunctionRuntime.JS_2_0),
                     event_type=cloudfront.FunctionEventType.VIEWER_REQUEST)],
             ),
-            additional_behaviors={f"/{STAGE_NAME}/*": cloudfront.BehaviorOptions(
+            additional_behaviors={f"/{STAGE_NAME}/view": cloudfront.BehaviorOptions(
+                origin=viewer_files,
+                viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.REDIRECT_TO_HTTPS,
+                cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED,
+                response_headers_policy=page_headers,
+                function_associations=[cloudfront.FunctionAssociation(
+                    function=cloudfront.Function(self, "SharePageRoute", code=cloudfront.FunctionCode.from_inline(
+                        SHARE_PAGE_ROUTE), runtime=cloudfront.FunctionRuntime.JS_2_0),
+                    event_type=cloudfront.FunctionEventType.VIEWER_REQUEST)],
+            ), f"/{STAGE_NAME}/*": cloudfront.BehaviorOptions(
                 origin=origins.HttpOrigin(api_domain, protocol_policy=cloudfront.OriginProtocolPolicy.HTTPS_ONLY,
                                           custom_headers={ORIGIN_VERIFY_HEADER:
                                                           share_api.origin_verify.secret_value.unsafe_unwrap()}),
@@ -130,10 +152,11 @@ class WebStack(cdk.Stack):
 
         s3deploy.BucketDeployment(
             self, "ViewerFiles",
-            sources=[s3deploy.Source.asset(str(VIEWER_BUILD), exclude=["csp.json"])],
+            sources=[s3deploy.Source.asset(str(VIEWER_BUILD), exclude=["csp.json"]),
+                     s3deploy.Source.data(SHARE_PAGE_KEY, page_html)],
             destination_bucket=self.bucket,
             distribution=self.distribution,
-            distribution_paths=["/index.html", "/app-config.js", "/dicomshare-viewer.js"],
+            distribution_paths=["/index.html", "/app-config.js", "/dicomshare-viewer.js", f"/{STAGE_NAME}/view"],
             memory_limit=512,
         )
         acknowledge(self, {

@@ -810,18 +810,52 @@ def test_share_origin_serves_the_viewer_privately_and_routes_the_api(synthesized
     [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
     config = distribution["Properties"]["DistributionConfig"]
     assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
-    assert [b["PathPattern"] for b in config["CacheBehaviors"]] == ["/v1/*"]
+    assert [b["PathPattern"] for b in config["CacheBehaviors"]] == ["/v1/view", "/v1/*"]
     assert all("OriginAccessControlId" in o for o in config["Origins"] if "S3OriginConfig" in o)
     web.resource_count_is("AWS::CloudFront::OriginAccessControl", 1)
     [bucket] = web.find_resources("AWS::S3::Bucket").values()
     assert bucket["Properties"]["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
-    policies = [p["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
-                for p in web.find_resources("AWS::CloudFront::ResponseHeadersPolicy").values()]
+    policies = {k: p["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
+                for k, p in web.find_resources("AWS::CloudFront::ResponseHeadersPolicy").items()}
     assert all(p["ReferrerPolicy"]["ReferrerPolicy"] == "no-referrer" and p["StrictTransportSecurity"]
-               and p["ContentTypeOptions"] for p in policies)
-    [csp] = [p["ContentSecurityPolicy"]["ContentSecurityPolicy"] for p in policies if "ContentSecurityPolicy" in p]
+               and p["ContentTypeOptions"] for p in policies.values())
+
+    def csp(behavior: dict) -> str:
+        return render(policies[behavior["ResponseHeadersPolicyId"]["Ref"]]["ContentSecurityPolicy"]["ContentSecurityPolicy"])
+
     hashes = json.loads((PROJECT_ROOT / "web" / "build" / "viewer" / "csp.json").read_text())["script_sha256"]
-    assert all(f"'sha256-{h}'" in render(csp) for h in hashes) and " 'unsafe-eval'" not in render(csp)
+    viewer = csp(config["DefaultCacheBehavior"])
+    assert all(f"'sha256-{h}'" in viewer for h in hashes) and " 'unsafe-eval'" not in viewer
+    page, api = config["CacheBehaviors"]
+    assert "ContentSecurityPolicy" not in policies[api["ResponseHeadersPolicyId"]["Ref"]]
+    assert api["TargetOriginId"] != config["DefaultCacheBehavior"]["TargetOriginId"]
+
+
+def test_share_origin_serves_the_share_page_from_the_bucket_with_its_own_policy(synthesized):
+    """``/v1/view`` is view.html from the viewer bucket, with the CSP the api function sends
+    (the same function computes it), the object origin being the de-identified bucket's."""
+    from lambdas.api import page as share_page
+    from stacks.web import SHARE_PAGE_KEY
+
+    web = template(synthesized, "dicomshare-dev-web")
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
+    config = distribution["Properties"]["DistributionConfig"]
+    [page] = [b for b in config["CacheBehaviors"] if b["PathPattern"] == "/v1/view"]
+    assert page["TargetOriginId"] == config["DefaultCacheBehavior"]["TargetOriginId"]
+    assert page["ViewerProtocolPolicy"] == "redirect-to-https"
+    [association] = page["FunctionAssociations"]
+    function = web.find_resources("AWS::CloudFront::Function")[association["FunctionARN"]["Fn::GetAtt"][0]]
+    assert f"'/{SHARE_PAGE_KEY}'" in function["Properties"]["FunctionCode"]
+    policy = web.find_resources("AWS::CloudFront::ResponseHeadersPolicy")[page["ResponseHeadersPolicyId"]["Ref"]]
+    page_csp = render(policy["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"][
+        "ContentSecurityPolicy"]["ContentSecurityPolicy"])
+    object_origin = "https://<DeidentifiedBucket>.s3.<AWS::Region>.<AWS::URLSuffix>"
+    expected = share_page.content_security_policy(share_page.VIEW_HTML.read_text(encoding="utf-8"), object_origin)
+    assert re.sub(r'\{"Fn::Select".*?\}\]\}\]\}', "<DeidentifiedBucket>", page_csp) == expected
+    assert "'sha256-" in expected and "'unsafe-inline'" not in expected
+    [deployment] = web.find_resources("Custom::CDKBucketDeployment").values()
+    assert len(deployment["Properties"]["SourceObjectKeys"]) == 2
+    assert "/v1/view" in deployment["Properties"]["DistributionPaths"]
 
 
 def test_cfn_lint_finds_no_error(synthesized):
