@@ -57,12 +57,13 @@ PARTNER_ROUTES = frozenset({("GET", "/receipts")})
 """Routes a partner's role may call (IAM on AWS, a partner token locally); admins may too."""
 
 
-def page_cors(origin: str) -> dict:
+def page_cors(*origins: str) -> dict:
     """``CORSConfiguration`` of the de-identified bucket: ``GET``/``HEAD`` from the share
-    page's origin only (its in-browser ZIP download fetches the presigned URLs)."""
+    origin's names only (the page's in-browser ZIP download and the viewer fetch the
+    presigned URLs)."""
     return {"CORSRules": [{
         "AllowedMethods": ["GET", "HEAD"],
-        "AllowedOrigins": [origin],
+        "AllowedOrigins": list(origins),
         "AllowedHeaders": ["*"],
         "ExposeHeaders": ["Content-Length", "Content-Range", "ETag"],
         "MaxAgeSeconds": 3000,

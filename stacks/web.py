@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import aws_cdk as cdk
+from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
 from aws_cdk import aws_iam as iam
@@ -105,6 +106,7 @@ class WebStack(cdk.Stack):
         viewer_files = origins.S3BucketOrigin.with_origin_access_control(self.bucket)
 
         api_domain = f"{share_api.api.rest_api_id}.execute-api.{self.region}.{self.url_suffix}"
+        domain = storage.settings.share_domain
         self.distribution = cloudfront.Distribution(
             self, "Distribution",
             comment="dicomshare share origin: viewer (S3) and share API",
@@ -141,13 +143,17 @@ class WebStack(cdk.Stack):
             http_version=cloudfront.HttpVersion.HTTP2_AND_3,
             price_class=cloudfront.PriceClass.PRICE_CLASS_100,
             web_acl_id=edge_web_acl_arn(self, edge.web_acl_parameter),
+            domain_names=[domain.name] if domain else None,
+            certificate=acm.Certificate.from_certificate_arn(self, "Certificate", domain.certificate_arn)
+            if domain else None,
+            minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021 if domain else None,
         )
         acknowledge(self.distribution, {
             "AwsSolutions-CFR1": "Clinicians open shares from anywhere (second opinions across borders).",
             "AwsSolutions-CFR3": "Access logs: the API stage logs every API request (never the token); viewer "
             "files are public program code.",
-            "AwsSolutions-CFR4": "The default *.cloudfront.net certificate; a custom domain brings its own "
-            "certificate and TLS 1.2 minimum.",
+            **({} if domain else {"AwsSolutions-CFR4": "The default *.cloudfront.net certificate (no share_domain "
+                                   "configured); with share_domain, its certificate and TLS 1.2 minimum."}),
         })
 
         s3deploy.BucketDeployment(
@@ -174,14 +180,16 @@ class WebStack(cdk.Stack):
             )
         })
 
-        share_origin = f"https://{self.distribution.distribution_domain_name}"
+        distribution_origin = f"https://{self.distribution.distribution_domain_name}"
+        share_origin = f"https://{domain.name}" if domain else distribution_origin
         ssm.StringParameter(self, "ShareOriginParameter", parameter_name=share_origin_parameter,
                             string_value=share_origin,
                             description="Where dicomshare's share links point (read by the API function)")
-        page_origin_cors(self, storage, share_origin)
+        page_origin_cors(self, storage, *((share_origin, distribution_origin) if domain else (share_origin,)))
         acknowledge_custom_resource_function(self)
 
         cdk.CfnOutput(self, "ShareOrigin", value=share_origin)
+        cdk.CfnOutput(self, "DistributionDomainName", value=self.distribution.distribution_domain_name)
         cdk.CfnOutput(self, "SharePageUrl", value=f"{share_origin}/{STAGE_NAME}/view")
 
 
@@ -213,15 +221,15 @@ def edge_web_acl_arn(stack: cdk.Stack, parameter: str) -> str:
     return reader.get_response_field("Parameter.Value")
 
 
-def page_origin_cors(stack: cdk.Stack, storage: StorageStack, origin: str) -> cr.AwsCustomResource:
-    """CORS on the de-identified bucket for the share origin only (``GET``/``HEAD``, which
-    the page's in-browser ZIP download and the viewer need). The bucket is in the storage
-    stack and the distribution, whose domain makes the origin, is created after it, so this
-    stack sets the rule with one ``PutBucketCors`` call when it is deployed."""
+def page_origin_cors(stack: cdk.Stack, storage: StorageStack, *origins: str) -> cr.AwsCustomResource:
+    """CORS on the de-identified bucket for the share origin's names only (``GET``/``HEAD``,
+    which the page's in-browser ZIP download and the viewer need). The bucket is in the
+    storage stack and the distribution, whose domain makes the origin, is created after it,
+    so this stack sets the rule with one ``PutBucketCors`` call when it is deployed."""
     call = cr.AwsSdkCall(
         service="S3",
         action="putBucketCors",
-        parameters={"Bucket": storage.deid_bucket.bucket_name, "CORSConfiguration": resources.page_cors(origin)},
+        parameters={"Bucket": storage.deid_bucket.bucket_name, "CORSConfiguration": resources.page_cors(*origins)},
         physical_resource_id=cr.PhysicalResourceId.of("deidentified-bucket-cors"),
     )
     cors = cr.AwsCustomResource(

@@ -778,6 +778,63 @@ def test_share_links_use_the_origin_the_web_stack_writes_and_the_api_may_read_on
         f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{name}"]
 
 
+SHARE_DOMAIN = {"name": "share.example.org",
+                "certificate_arn": "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"}
+
+
+@pytest.fixture(scope="module")
+def with_share_domain(tmp_path_factory):
+    """A synthesis with a custom domain for the share origin, both nag packs on."""
+    outdir = tmp_path_factory.mktemp("cdk.out.domain")
+    app = cdk.App(context=context(dicomshare={**partner_document(), "share_domain": SHARE_DOMAIN}), outdir=str(outdir))
+    build(app)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    try:
+        app.synth()
+        nag_error = None
+    except RuntimeError as error:
+        nag_error = str(error)
+    return outdir, nag_error
+
+
+def test_share_domain_names_the_links_and_the_cors_rule_and_needs_tls_1_2(with_share_domain):
+    outdir, nag_error = with_share_domain
+    assert nag_error is None, nag_error
+    web = Template.from_json(json.loads((outdir / "dicomshare-dev-web.template.json").read_text()))
+    [(distribution_id, distribution)] = web.find_resources("AWS::CloudFront::Distribution").items()
+    config = distribution["Properties"]["DistributionConfig"]
+    assert config["Aliases"] == ["share.example.org"]
+    assert config["ViewerCertificate"] == {"AcmCertificateArn": SHARE_DOMAIN["certificate_arn"],
+                                           "MinimumProtocolVersion": "TLSv1.2_2021", "SslSupportMethod": "sni-only"}
+    web.has_resource_properties("AWS::SSM::Parameter", {
+        "Name": resources.share_origin_parameter("dicomshare-dev"), "Value": "https://share.example.org"})
+    [cors] = [c for c in web.find_resources("Custom::AWS").values() if "putBucketCors" in render(c["Properties"]["Create"])]
+    (rule,) = json.loads(render(cors["Properties"]["Create"]))["parameters"]["CORSConfiguration"]["CORSRules"]
+    assert rule["AllowedOrigins"] == ["https://share.example.org", f"https://<{distribution_id}.DomainName>"]
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable",
+                             str(outdir / "dicomshare-dev-web.template.json")], capture_output=True, text=True)
+    assert not re.findall(r".*:E\d{4}:.*", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("share_domain, field", [
+    ({**SHARE_DOMAIN, "name": "Share.Example.org"}, "name"),
+    ({**SHARE_DOMAIN, "name": "https://share.example.org"}, "name"),
+    ({**SHARE_DOMAIN, "name": "localhost"}, "name"),
+    ({**SHARE_DOMAIN, "certificate_arn": SHARE_DOMAIN["certificate_arn"].replace("us-east-1", "eu-west-1")},
+     "certificate_arn"),
+    ({"name": "share.example.org"}, "certificate_arn"),
+])
+def test_share_domain_is_validated(share_domain, field):
+    with pytest.raises(ConfigError, match=f"share_domain.{field}"):
+        from_document({**partner_document(), "share_domain": share_domain})
+
+
+def test_share_domain_survives_the_lambda_environment():
+    settings = from_document({**partner_document(), "share_domain": SHARE_DOMAIN})
+    assert from_document(json.loads(settings.to_json())) == settings
+    assert (settings.share_domain.name, from_document(partner_document()).share_domain) == ("share.example.org", None)
+
+
 def test_outputs_name_what_an_engineer_needs(storage, share_api):
     assert {"IngestBucketName", "IngestKeyArn", "DeidentifiedBucketName", "QuarantineBucketName",
             "TableName"} <= set(storage.find_outputs("*"))
