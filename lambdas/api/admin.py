@@ -15,9 +15,9 @@ from dicomshare import shares
 from dicomshare_aws.resources import PARTNER_ROUTES, PUBLIC_ROUTES
 from dicomshare_aws.share_store import InvalidPageToken
 from lambdas.api import dependencies as deps
-from lambdas.api.receipts import caller_partner
 from lambdas.api.errors import ApiError
 from lambdas.api.models import SHARE_ID_PATTERN, UID_PATTERN, CreatedShare, CreateShare
+from lambdas.api.receipts import caller_partner
 
 router = Router()
 logger = Logger(service="api")
