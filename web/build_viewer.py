@@ -8,8 +8,9 @@
 2. ``dist/`` is unpacked into ``web/build/viewer`` without what a share viewer does not
    use (``omit``: the AI segmentation runtime, the microscopy viewer, the service worker,
    OHIF's demo configuration and redirects).
-3. Our ``app-config.js`` replaces OHIF's, and ``dicomshare-viewer.js`` (the data-source
-   shim) is loaded before OHIF's bundle; the service-worker registration is removed.
+3. Our ``app-config.js`` replaces OHIF's, ``dicomshare-viewer.js`` (the data-source shim)
+   is loaded before OHIF's bundle and ``dicomshare-viewer.css`` (the phone layout) after
+   OHIF's styles; the service-worker registration is removed.
 4. The SHA-256 of every inline script of ``index.html``, and of every ``<style>`` text the
    bundle writes into the page (``inline_styles.mjs`` reads them out of the bundle), is
    written to ``csp.json``, from which the local gateway and the CDK app build the viewer's
@@ -34,6 +35,7 @@ WEB = Path(__file__).resolve().parent
 CACHE = WEB / ".cache"
 OUTPUT = WEB / "build" / "viewer"
 SHIM = "dicomshare-viewer.js"
+STYLES = "dicomshare-viewer.css"
 
 
 def tarball(package: str, version: str, integrity: str) -> Path:
@@ -74,13 +76,17 @@ def configure() -> list[str]:
     """Our configuration and shim in; the inline scripts' CSP hashes out."""
     shutil.copy(WEB / "app-config.js", OUTPUT / "app-config.js")
     shutil.copy(WEB / SHIM, OUTPUT / SHIM)
+    shutil.copy(WEB / STYLES, OUTPUT / STYLES)
     index = OUTPUT / "index.html"
     html = index.read_text(encoding="utf-8")
     html = re.sub(r'<script[^>]*src="/init-service-worker\.js"[^>]*></script>', "", html)
     html = html.replace('<script rel="preload" as="script" src="/app-config.js"></script>',
                         f'<script src="/app-config.js"></script><script src="/{SHIM}"></script>', 1)
-    if f'src="/{SHIM}"' not in html:
-        sys.exit("index.html: the app-config.js script tag was not found; the shim cannot be placed")
+    html = html.replace('<link href="/app.bundle.css" rel="stylesheet">',
+                        f'<link href="/app.bundle.css" rel="stylesheet"><link href="/{STYLES}" rel="stylesheet">', 1)
+    if f'src="/{SHIM}"' not in html or f'href="/{STYLES}"' not in html:
+        sys.exit("index.html: the app-config.js script or app.bundle.css link was not found; "
+                 "the shim and styles cannot be placed")
     index.write_text(html, encoding="utf-8")
     return [sha256(body) for body in re.findall(r"<script>(.*?)</script>", html, flags=re.S)]
 
