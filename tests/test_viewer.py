@@ -198,6 +198,9 @@ def test_ct_series_opens_in_the_viewer_on_the_same_origin(api, local_system, chr
         assert share["token"] not in address and "#" not in address
         assert urllib.parse.urlsplit(address).path == "/viewer/dicomjson"
         every_display_set_renders(browser, "ct", ["AXIAL SOFT TISSUE", "AXIAL LUNG"])
+        tap(browser, "[data-cy=MoreTools-split-button-secondary] button")  # a menu: its scroll lock inserts a <style>
+        browser.wait_for("document.body.hasAttribute('data-scroll-locked')")
+        screenshot(browser, "ct-menu")
         assert console_errors(browser) == []
     finally:
         browser.close()
