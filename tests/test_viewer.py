@@ -9,6 +9,7 @@ import base64
 import os
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,9 @@ def test_ct_series_opens_in_the_viewer_on_the_same_origin(api, local_system, chr
         address = browser.evaluate("location.href")
         assert share["token"] not in address and "#" not in address
         assert urllib.parse.urlsplit(address).path == "/viewer/dicomjson"
+        with urllib.request.urlopen(address, timeout=30) as response:
+            policy = response.headers["Content-Security-Policy"]
+        assert "'unsafe-inline'" not in policy and "style-src 'self' 'sha256-" in policy  # styles by hash only
         every_display_set_renders(browser, "ct", ["AXIAL SOFT TISSUE", "AXIAL LUNG"])
         tap(browser, "[data-cy=MoreTools-split-button-secondary] button")  # a menu: its scroll lock inserts a <style>
         browser.wait_for("document.body.hasAttribute('data-scroll-locked')")
