@@ -37,7 +37,7 @@ class WebStack(cdk.Stack):
     def __init__(self, scope: Construct, id: str, *, storage: StorageStack, share_api: ShareApiStack,
                  removal: cdk.RemovalPolicy, **kwargs) -> None:
         super().__init__(scope, id, **kwargs)
-        hashes = json.loads((VIEWER_BUILD / "csp.json").read_text())["script_sha256"]
+        hashes = json.loads((VIEWER_BUILD / "csp.json").read_text())
         deid_bucket = cdk.Fn.select(5, cdk.Fn.split(":", storage.imported_arns["DeidentifiedBucketArn"]))
         object_origin = f"https://{deid_bucket}.s3.{self.region}.{self.url_suffix}"
 

@@ -720,8 +720,9 @@ def test_share_origin_serves_the_viewer_privately_and_routes_the_api(synthesized
     assert all(p["ReferrerPolicy"]["ReferrerPolicy"] == "no-referrer" and p["StrictTransportSecurity"]
                and p["ContentTypeOptions"] for p in policies)
     [csp] = [p["ContentSecurityPolicy"]["ContentSecurityPolicy"] for p in policies if "ContentSecurityPolicy" in p]
-    hashes = json.loads((PROJECT_ROOT / "web" / "build" / "viewer" / "csp.json").read_text())["script_sha256"]
-    assert all(f"'sha256-{h}'" in render(csp) for h in hashes) and " 'unsafe-eval'" not in render(csp)
+    hashes = json.loads((PROJECT_ROOT / "web" / "build" / "viewer" / "csp.json").read_text())
+    assert all(f"'sha256-{h}'" in render(csp) for h in hashes["script_sha256"] + hashes["style_sha256"])
+    assert "'unsafe-eval'" not in render(csp) and "'unsafe-inline'" not in render(csp)
 
 
 def test_cfn_lint_finds_no_error(synthesized):
