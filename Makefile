@@ -29,7 +29,8 @@ $(CLIENT_ZIP): $(WEB_STAMP)
 
 # OHIF's prebuilt npm package (tarball pinned by version and integrity in web/viewer.json)
 # with our configuration and data-source shim.
-$(VIEWER): web/viewer.json web/app-config.js web/dicomshare-viewer.js web/build_viewer.py
+$(VIEWER): web/viewer.json web/app-config.js web/dicomshare-viewer.js web/dicomshare-viewer.css \
+		web/build_viewer.py web/inline_styles.mjs
 	$(PYTHON) web/build_viewer.py
 
 viewer: $(VIEWER)

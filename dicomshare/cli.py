@@ -12,7 +12,8 @@ with the same output is reported ``duplicate``, one with another output for the 
 Instance UID is refused ``conflicting_instance``; the summary counts the files written.
 
 Identities are scoped to ``--partner`` (default :data:`DEFAULT_PARTNER`), as the pipeline
-scopes them to the uploading partner. A file without Patient ID takes the patient of its
+scopes them to the uploading partner. ``--keep-free-text`` and ``--pixel-opt-in`` are the
+partner settings of the same names (:class:`dicomshare.settings.Partner`). A file without Patient ID takes the patient of its
 study in the run: files with Patient ID go first, then those without, each with the
 pseudonym of another file of its (new) study, or one keyed from the study when none has it.
 
@@ -33,13 +34,16 @@ import os
 import secrets
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
 from dicomshare import profile as profiles
 from dicomshare.deidentify import DuplicateInstance, deidentify_file
-from dicomshare.settings import PARTNER_ID
+from dicomshare.profile import Profile
+from dicomshare.settings import HIGH_RISK_SOP_CLASSES, PARTNER_ID, Settings
 from dicomshare.validation import DeidentificationRefused
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
@@ -58,6 +62,24 @@ _LATER = "later"
 
 class UsageError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What every file of one run is de-identified with (sent to the worker processes)."""
+
+    dst: Path
+    profile: str
+    keep_free_text: bool
+    pixel_opt_in: tuple[str, ...]
+    secret: bytes
+    partner: str
+
+
+@cache
+def _profile(name: str, keep_free_text: bool) -> Profile:
+    """The named profile, built once per process."""
+    return Profile(name=name, options=profiles.PROFILES[name], keep_free_text=keep_free_text)
 
 
 def read_secret_file(path: Path) -> bytes:
@@ -96,7 +118,7 @@ def _patient_later(study_uid: str) -> str | None:
     raise _PatientLater()
 
 
-def _deidentify_one(task: tuple[Path, Path, str, bytes, str, dict[str, str] | None]) -> tuple[str | None, str, str]:
+def _deidentify_one(task: tuple[Path, _Options, dict[str, str] | None]) -> tuple[str | None, str, str]:
     """De-identify one file: :data:`DUPLICATE`, the refusal reason (``None`` when written,
     :data:`_LATER` in the first pass for a file without Patient ID), the new Study Instance
     UID and the pseudonym.
@@ -105,10 +127,11 @@ def _deidentify_one(task: tuple[Path, Path, str, bytes, str, dict[str, str] | No
     Nothing stops a folder run: an error this engine did not foresee is reported for its
     file as ``internal_error`` (no value from the file in it) and the run goes on.
     """
-    path, dst, profile_name, secret, partner, study_patients = task
+    path, options, study_patients = task
     try:
         plan = deidentify_file(
-            path, dst, profile=profiles.named(profile_name), secret=secret, partner=partner,
+            path, options.dst, profile=_profile(options.profile, options.keep_free_text), secret=options.secret,
+            partner=options.partner, settings=Settings(pixel_opt_in=options.pixel_opt_in),
             study_patient=_patient_later if study_patients is None else study_patients.get,
         )
     except DuplicateInstance as duplicate:
@@ -139,17 +162,24 @@ def deid(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     if not PARTNER_ID.fullmatch(args.partner):
         raise UsageError("--partner must be 2 to 63 lowercase letters, digits or '-', starting with a letter or digit")
-    secret = read_secret_file(Path(args.secret_file))
+    if args.keep_free_text and "cleanDescOpt" not in profiles.PROFILES[args.profile]:
+        raise UsageError("--keep-free-text keeps cleaned free text: it needs Clean Descriptors (--profile clinical)")
+    for sop_class in args.pixel_opt_in:
+        if sop_class not in HIGH_RISK_SOP_CLASSES:
+            raise UsageError(f"--pixel-opt-in {sop_class}: not a SOP class refused without an opt-in "
+                             "(dicomshare.settings.HIGH_RISK_SOP_CLASSES)")
+    options = _Options(dst, args.profile, args.keep_free_text, tuple(args.pixel_opt_in),
+                       read_secret_file(Path(args.secret_file)), args.partner)
     paths = _inputs(src, dst)
     dst.mkdir(parents=True, exist_ok=True)
-    results = _run([(p, dst, args.profile, secret, args.partner, None) for p in paths], args.jobs)
+    results = _run([(p, options, None) for p in paths], args.jobs)
     later = [n for n, (reason, _, _) in enumerate(results) if reason == _LATER]
     if later:
         study_patients: dict[str, str] = {}
         for reason, study_uid, pseudonym in results:
             if reason in (None, DUPLICATE):
                 study_patients.setdefault(study_uid, pseudonym)
-        tasks = [(paths[n], dst, args.profile, secret, args.partner, study_patients) for n in later]
+        tasks = [(paths[n], options, study_patients) for n in later]
         for n, result in zip(later, _run(tasks, args.jobs)):
             results[n] = result
     reasons = [reason for reason, _, _ in results]
@@ -191,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     deid_parser.add_argument(
         "--partner", default=DEFAULT_PARTNER,
         help=f"partner id scoping UIDs, pseudonyms and date shifts, as the pipeline's partners (default: {DEFAULT_PARTNER})",
+    )
+    deid_parser.add_argument(
+        "--keep-free-text", action="store_true",
+        help="under Clean Descriptors also keep histories and comments, cleaned, as the partner setting "
+        "keep_free_text does (default: removed)",
+    )
+    deid_parser.add_argument(
+        "--pixel-opt-in", action="append", default=[], metavar="SOP_CLASS_UID",
+        help="accept files of this high-risk SOP class (ultrasound, secondary capture, photographs, ...) without "
+        "Burned In Annotation NO, as the partner setting pixel_opt_in does; repeat for several (default: none)",
     )
     deid_parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
     deid_parser.set_defaults(func=deid)

@@ -71,10 +71,11 @@ import time
 import uuid
 from typing import Any, Mapping
 
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord, DynamoDBRecordEventName
 from botocore.exceptions import ClientError
 
 from dicomshare import index
-from dicomshare.study_counts import StudyDelta, study_deltas
+from dicomshare.study_counts import StudyDelta, is_instance_item, study_deltas
 from dicomshare_aws.index_store import to_attribute_values
 from dicomshare_aws.resources import EVENT_SOURCE
 
@@ -319,6 +320,14 @@ def batch_write(dynamodb, table_name: str, requests: list[dict], deadline: float
         requests = requests[25:] + unprocessed
         if unprocessed:
             backoff.wait("UnprocessedItems")
+
+
+def new_instance(record: DynamoDBRecord) -> dict | None:
+    """The new instance item of a stream record (deserialised), or ``None`` for any other record."""
+    if record.event_name != DynamoDBRecordEventName.INSERT:
+        return None
+    image = record.dynamodb.new_image
+    return image if is_instance_item(image) else None
 
 
 def count_new_instances(dynamodb, events, items, *, table_name: str, event_bus_name: str,

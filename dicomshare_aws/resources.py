@@ -85,14 +85,17 @@ VIEWER_DOCUMENT_PATH = "/dicomshare/share.json"
 """The address OHIF's dicomjson source fetches; answered in the browser by the shim."""
 
 
-def viewer_content_security_policy(script_sha256: list[str], object_origin: str) -> str:
-    """The viewer's Content-Security-Policy: its own files, its inline scripts by hash
-    (computed when the viewer is built), WebAssembly codecs, and GETs of the presigned
-    objects at ``object_origin``. Styles are inline in OHIF's build (CSS-in-JS)."""
-    hashes = " ".join(f"'sha256-{h}'" for h in script_sha256)
+def viewer_content_security_policy(hashes: dict[str, list[str]], object_origin: str) -> str:
+    """The viewer's Content-Security-Policy: its own files, its inline scripts and the
+    ``<style>`` texts its bundle inserts by hash (``hashes``: ``web/build/viewer/csp.json``,
+    computed when the viewer is built), WebAssembly codecs, and GETs of the presigned objects
+    at ``object_origin``. No ``'unsafe-inline'``: style attributes in markup are refused (the
+    viewer sets styles through the CSSOM, which CSP does not govern)."""
+    scripts = " ".join(f"'sha256-{h}'" for h in hashes["script_sha256"])
+    styles = " ".join(f"'sha256-{h}'" for h in hashes["style_sha256"])
     return (
-        f"default-src 'self'; script-src 'self' 'wasm-unsafe-eval' {hashes}; "
-        "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+        f"default-src 'self'; script-src 'self' 'wasm-unsafe-eval' {scripts}; "
+        f"style-src 'self' {styles}; img-src 'self' data: blob:; font-src 'self' data:; "
         f"connect-src 'self' {object_origin}; worker-src 'self' blob:; object-src 'none'; "
         "base-uri 'self'; form-action 'none'; frame-ancestors 'none'"
     )

@@ -153,7 +153,7 @@ def make_server(host: str, port: int, handler: Callable[[dict, Any], dict], admi
                 else "public, max-age=86400",
             }
             if file.suffix == ".html":
-                hashes = json.loads((root / "csp.json").read_text())["script_sha256"]
+                hashes = json.loads((root / "csp.json").read_text())
                 headers["Content-Security-Policy"] = resources.viewer_content_security_policy(hashes, object_origin)
             self._reply(200, headers, file.read_bytes())
 

@@ -3,7 +3,7 @@
 access control, and routing the rest of the share API (``/v1/*``: ``/redeem``, the
 ``/share/*`` pages, ``client-zip.js``) to API Gateway, so page, viewer and API share one
 origin. Response-headers policies set the viewer's and the page's
-Content-Security-Policy (script hashes from the build, the page's from
+Content-Security-Policy (script and style hashes from the build, the page's from
 :func:`lambdas.api.page.content_security_policy`), HSTS, nosniff and
 ``Referrer-Policy: no-referrer``; the edge stack's WAF web ACL guards every path.
 
@@ -59,7 +59,7 @@ class WebStack(cdk.Stack):
                  edge: EdgeStack, share_origin_parameter: str, removal: cdk.RemovalPolicy, **kwargs) -> None:
         super().__init__(scope, id, **kwargs)
         self.add_stack_dependency(edge, "reads the edge stack's web ACL ARN from its SSM parameter")
-        hashes = json.loads((VIEWER_BUILD / "csp.json").read_text())["script_sha256"]
+        hashes = json.loads((VIEWER_BUILD / "csp.json").read_text())
         deid_bucket = cdk.Fn.select(5, cdk.Fn.split(":", storage.imported_arns["DeidentifiedBucketArn"]))
         object_origin = f"https://{deid_bucket}.s3.{self.region}.{self.url_suffix}"
 
@@ -96,7 +96,7 @@ class WebStack(cdk.Stack):
             )
 
         viewer_headers = headers(
-            "ViewerHeaders", "dicomshare viewer: CSP with build-time script hashes, HSTS, nosniff, no-referrer",
+            "ViewerHeaders", "dicomshare viewer: CSP with build-time script and style hashes, HSTS, nosniff, no-referrer",
             resources.viewer_content_security_policy(hashes, object_origin))
         page_html = share_page.VIEW_HTML.read_text(encoding="utf-8")
         page_headers = headers(

@@ -76,17 +76,18 @@ def deep_object(depth: int, *, undefined_length: bool = True, leaf: bytes = b"")
 
 
 ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "latin-1", "iso2022_jp", "iso2022_kr", "gb18030",
-             "euc_jp", "euc_kr", "shift_jis")
+             "euc_jp", "euc_kr", "shift_jis", "cp1251", "iso8859_5", "iso8859_7")
 
 
 def spellings(value: str) -> set[bytes]:
-    """``value`` as bytes in each of :data:`ENCODINGS`, NFC and NFD, upper and lower case,
-    with ``^`` and space swapped."""
-    texts = set()
-    for text in (value, value.replace("^", " "), value.replace(" ", "^")):
-        for form in ("NFC", "NFD"):
-            normal = unicodedata.normalize(form, text)
-            texts |= {normal, normal.upper(), normal.lower()}
+    """``value`` as bytes (at least 2) in every one of :data:`ENCODINGS` that can hold it:
+    with ``^`` and space swapped, as given, upper and lower case, each in NFC and NFD and
+    those upper and lower case again; ISO 2022 also without its escape sequences (at least
+    4 bytes: a shorter run of 7-bit bytes turns up by chance)."""
+    swapped = {value, value.replace("^", " "), value.replace(" ", "^")}
+    cased = {c for text in swapped for c in (text, text.upper(), text.lower())}
+    normal = {unicodedata.normalize(form, text) for text in cased for form in ("NFC", "NFD")}
+    texts = cased | normal | {c for text in normal for c in (text.upper(), text.lower())}
     found = set()
     for text in texts:
         for encoding in ENCODINGS:
@@ -94,11 +95,11 @@ def spellings(value: str) -> set[bytes]:
                 encoded = text.encode(encoding)
             except UnicodeEncodeError:
                 continue
-            if encoding.startswith("iso2022"):  # the escape sequences around the text
-                encoded = encoded.split(b"\x1b")[1][2:] if b"\x1b" in encoded else encoded
-            if len(encoded) >= 4:
-                found.add(encoded)
-    return found
+            found.add(encoded)
+            inner = encoded.split(b"\x1b")[1][2:] if encoding.startswith("iso2022") and b"\x1b" in encoded else b""
+            if len(inner) >= 4:
+                found.add(inner)
+    return {spelling for spelling in found if len(spelling) >= 2}
 
 
 def inflated(output: bytes) -> bytes:

@@ -316,7 +316,7 @@ def test_out_of_range_expiry_and_unknown_study(api, studies, local_settings):
     assert (status, body["error"]) == (404, "unknown_study")
     assert api.call("GET", "/shares/0123456789abcdef")[0] == 404
     assert api.call("GET", "/shares/not-an-id")[0] == 422
-    assert api.call("GET", "/nowhere")[0] == 404
+    assert api.call("GET", "/nowhere") == (404, {"error": "no_such_route", "message": "No such route."})
 
 
 @pytest.mark.parametrize("method, path", [("GET", "/shares"), ("POST", "/shares"), ("GET", "/studies"),

@@ -19,15 +19,13 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomshare import profile as profiles
-from dicomshare.deidentify.dataset_path import rewrite_dataset
 from dicomshare.deidentify.dataset_reader import quiet_pydicom
-from dicomshare.deidentify.encoded_path import rewrite_encoded
 from dicomshare.deidentify.encoded_values import CODECS, reencoded
-from dicomshare.deidentify.plan import Plan
+from dicomshare.deidentify.plan import Plan, Request
 from dicomshare.encoded_dataset import NotPlain
 from dicomshare.settings import Settings
 
-from test_deidentify import base_dataset, planted_dataset, to_file
+from test_deidentify import base_dataset, planted_dataset, plans, to_file
 
 SECRET = b"c" * 32
 PARTNER = "hospital-a"
@@ -52,9 +50,7 @@ NAMES = {
 
 
 def _both_paths(data: bytes, profile: profiles.Profile) -> tuple:
-    encoded = rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, Settings(), PARTNER, None)
-    dataset = rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, Settings(), PARTNER, None)
-    return encoded, dataset
+    return plans(data, Request(profile, SECRET, Settings(), PARTNER))
 
 
 def _named(charset: str, name: str, description: str, **uids) -> Dataset:

@@ -1,4 +1,5 @@
-"""``dicomshare deid``: exit codes, output names from new UIDs, one line per refused file."""
+"""``dicomshare deid``: exit codes, output names from new UIDs, one line per refused file,
+the partner settings as flags."""
 
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def test_same_secret_file_same_output(tmp_path, src):
 @pytest.mark.parametrize(
     "args",
     [["deid"], ["deid", "missing-folder", "out"], ["deid", "in", "out", "--profile", "none"],
-     ["deid", "in", "out", "--jobs", "0"], ["frobnicate"]],
+     ["deid", "in", "out", "--jobs", "0"], ["frobnicate"],
+     ["deid", "in", "out", "--profile", "basic", "--keep-free-text"],
+     ["deid", "in", "out", "--pixel-opt-in", "1.2.840.10008.5.1.4.1.1.2"]],
 )
 def test_usage_errors_exit_2(tmp_path, src, args):
     assert run(*args, cwd=tmp_path).returncode == 2
@@ -78,6 +81,44 @@ def test_usage_errors_exit_2(tmp_path, src, args):
 def test_short_secret_is_a_usage_error(tmp_path, src):
     (tmp_path / "weak").write_text("short")
     assert run("deid", str(src), "out", "--secret-file", "weak", cwd=tmp_path).returncode == 2
+
+
+def one_file(tmp_path: Path, name: str, **values) -> Path:
+    """CT_small.dcm (without Burned In Annotation) with ``values`` set, alone in a folder."""
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    assert "BurnedInAnnotation" not in ds
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    folder = tmp_path / name
+    folder.mkdir()
+    ds.save_as(folder / "1.dcm")
+    return folder
+
+
+def outputs(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(folder.rglob("*.dcm"))]
+
+
+def test_keep_free_text_keeps_a_clean_comment_the_default_removes(tmp_path):
+    src = one_file(tmp_path, "in", ImageComments="Nodule stable since prior", PatientComments="Allergic to iodine")
+    assert run("deid", str(src), str(tmp_path / "default"), cwd=tmp_path).returncode == 0
+    assert run("deid", str(src), str(tmp_path / "kept"), "--keep-free-text", cwd=tmp_path).returncode == 0
+    (removed,), (kept,) = outputs(tmp_path / "default"), outputs(tmp_path / "kept")
+    assert "ImageComments" not in removed and "PatientComments" not in removed
+    assert (kept.ImageComments, kept.PatientComments) == ("Nodule stable since prior", "Allergic to iodine")
+    assert "free text kept" in kept.DeidentificationMethod and "free text kept" not in removed.DeidentificationMethod
+
+
+def test_pixel_opt_in_accepts_a_high_risk_class_the_default_refuses(tmp_path):
+    secondary_capture = "1.2.840.10008.5.1.4.1.1.7"
+    src = one_file(tmp_path, "in", SOPClassUID=secondary_capture)
+    refused = run("deid", str(src), str(tmp_path / "default"), cwd=tmp_path)
+    assert refused.returncode == 3 and "refused 1.dcm: burned_in_annotation" in refused.stdout
+    assert outputs(tmp_path / "default") == []
+    accepted = run("deid", str(src), str(tmp_path / "opted"), "--pixel-opt-in", secondary_capture, cwd=tmp_path)
+    assert accepted.returncode == 0, accepted.stdout
+    assert [ds.SOPClassUID for ds in outputs(tmp_path / "opted")] == [secondary_capture]
 
 
 @pytest.mark.parametrize("command", [[], ["deid"], ["local"]])

@@ -23,6 +23,7 @@ from dicomshare.deidentify.encoded_path import rewrite_encoded
 from dicomshare.deidentify.file_meta import IMPLEMENTATION_CLASS_UID
 from dicomshare.deidentify.identities import date_offset_days, new_uid, patient_pseudonym
 from dicomshare.deidentify.kernel_copy import PAGE_BYTES, SPLICE_PIPE_BYTES
+from dicomshare.deidentify.plan import Request
 from dicomshare.settings import Settings
 from dicomshare.validation import DeidentificationRefused
 
@@ -374,15 +375,20 @@ def test_new_uids_are_valid_uuid_derived_uids(original):
     assert int(uid[5:]) < 2**128 and not uid[5:].startswith("0")
 
 
-def _both_paths(path: Path, profile: profiles.Profile, settings: Settings) -> tuple:
-    """The plans of the encoded path (``None`` when it declines) and of the pydicom path."""
-    data = path.read_bytes()
-    encoded = rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, settings, PARTNER, None)
+def plans(data: bytes, request: Request) -> tuple:
+    """The encoded path's plan (``None`` when it declines) and the pydicom path's plan or
+    refusal reason."""
+    encoded = rewrite_encoded(io.BytesIO(data), len(data), request)
     try:
-        dataset = rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, settings, PARTNER, None)
+        dataset = rewrite_dataset(io.BytesIO(data), len(data), request)
     except DeidentificationRefused as refused:
         dataset = refused.reason
     return encoded, dataset
+
+
+def _both_paths(path: Path, profile: profiles.Profile, settings: Settings) -> tuple:
+    """:func:`plans` of the file at ``path``, with this module's secret and partner."""
+    return plans(path.read_bytes(), Request(profile, SECRET, settings, PARTNER))
 
 
 @pytest.mark.parametrize("profile_name", ["basic", "clinical"])

@@ -73,3 +73,11 @@ def test_every_handler_pins_log_event_off():
     assert len(decorators) >= 5
     for function, lines in decorators.items():
         assert lines and all("log_event=False" in line for line in lines), function
+
+
+def test_every_handler_is_thin():
+    """House rule (Powertools style): a handler module stays under 50 lines; its logic lives
+    in the module named for its concept."""
+    sizes = {path.parent.name: len(path.read_text().splitlines()) for path in (ROOT / "lambdas").glob("*/handler.py")}
+    assert len(sizes) >= 5
+    assert {function: lines for function, lines in sizes.items() if lines >= 50} == {}

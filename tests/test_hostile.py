@@ -15,12 +15,12 @@ import pytest
 
 from dicomshare import profile as profiles
 from dicomshare.deidentify import deidentify_header
-from dicomshare.deidentify.dataset_path import rewrite_dataset
-from dicomshare.deidentify.encoded_path import rewrite_encoded
+from dicomshare.deidentify.plan import Request
 from dicomshare.settings import Settings
 from dicomshare.validation import MALFORMED, MAX_SEQUENCE_DEPTH, DeidentificationRefused
 
 import hostile
+from test_deidentify import plans
 
 SECRET = b"h" * 32
 PARTNER = "hospital-a"
@@ -40,14 +40,8 @@ def refusal(data: bytes, profile: profiles.Profile = CLINICAL, **settings) -> st
 
 
 def both_paths(data: bytes, profile: profiles.Profile = CLINICAL, **settings):
-    """The encoded path's plan (``None`` when it declines) and the pydicom path's plan or
-    refusal reason."""
-    encoded = rewrite_encoded(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings), PARTNER, None)
-    try:
-        dataset = rewrite_dataset(io.BytesIO(data), len(data), profile, SECRET, Settings(**settings), PARTNER, None)
-    except DeidentificationRefused as refused:
-        dataset = refused.reason
-    return encoded, dataset
+    """:func:`test_deidentify.plans` with this module's secret and partner."""
+    return plans(data, Request(profile, SECRET, Settings(**settings), PARTNER))
 
 
 # 1. No crash, bounded cost

@@ -26,6 +26,7 @@ from dicomshare.deidentify.free_text import DateRule
 from dicomshare.deidentify.identities import date_offset_days, patient_pseudonym
 from dicomshare.settings import Settings
 
+from hostile import leaked
 from test_deidentify import PARTNER, SECRET, _both_paths, base_dataset, to_file
 
 PATIENT_ID = "PID99887766"
@@ -51,34 +52,6 @@ NEEDLES = [
     "3 February 1961", "555-0199", "jane.roe", "example.org", "portal.example", "www.example", "Baker Street",
     "Hauptstra", "House", "Anna", "4477112233",
 ]
-ENCODINGS = (
-    "utf-8", "utf-16-le", "utf-16-be", "latin-1", "iso2022_jp", "iso2022_kr", "gb18030", "euc_jp", "euc_kr",
-    "shift_jis", "cp1251", "iso8859_5", "iso8859_7",
-)
-
-
-def variants(needle: str) -> set[bytes]:
-    """``needle`` as bytes in every encoding that can hold it, NFC and NFD, upper and
-    lower case, with ``^`` and space swapped; ISO 2022 without its escape sequences too."""
-    texts = {needle, needle.upper(), needle.lower(), needle.replace("^", " "), needle.replace(" ", "^")}
-    texts |= {unicodedata.normalize(form, t) for t in set(texts) for form in ("NFC", "NFD")}
-    found = set()
-    for text in texts:
-        for encoding in ENCODINGS:
-            try:
-                encoded = text.encode(encoding)
-            except UnicodeEncodeError:
-                continue
-            if encoding.startswith("utf-16"):
-                found.add(encoded)
-            elif encoding.startswith("iso2022"):
-                found.add(encoded)
-                inner = encoded.split(b"\x1b")[1][2:] if b"\x1b" in encoded else encoded
-                if len(inner) >= 4:
-                    found.add(inner)
-            else:
-                found.add(encoded)
-    return {v for v in found if len(v) >= 2}
 
 
 def hostile_dataset(charset, name: str, text_name: str) -> Dataset:
@@ -127,7 +100,7 @@ def hostile_dataset(charset, name: str, text_name: str) -> Dataset:
 
 
 def leaks(output: bytes, names: list[str]) -> list[str]:
-    return [needle for needle in [*names, *NEEDLES] if any(v in output for v in variants(needle))]
+    return leaked(output, [*names, *NEEDLES])
 
 
 def charset_id(charset) -> str:

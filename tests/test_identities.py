@@ -27,6 +27,7 @@ from dicomshare.deidentify.identities import (
     patient_pseudonym,
     study_pseudonym,
 )
+from dicomshare.deidentify.plan import Request
 from dicomshare.settings import Settings
 
 from test_deidentify import base_dataset, to_file
@@ -154,7 +155,7 @@ def test_a_failing_look_up_fails_as_it_fails_never_as_a_refusal(tmp_path, path_n
         raise ConnectionError("index unavailable")
 
     with pytest.raises(ConnectionError):
-        rewrite(io.BytesIO(data), len(data), CLINICAL, SECRET, Settings(), "hospital-a", study_patient)
+        rewrite(io.BytesIO(data), len(data), Request(CLINICAL, SECRET, Settings(), "hospital-a", study_patient))
 
 
 @pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -168,8 +169,9 @@ def test_both_paths_agree_on_scoped_identities(tmp_path, transfer_syntax):
     data = to_file(ds, tmp_path / "a.dcm", transfer_syntax).read_bytes()
     known = patient_pseudonym(SECRET, "hospital-b", "", "OTHERID")
     for partner, study_patient in (("hospital-a", None), ("hospital-b", lambda uid: known)):
-        encoded = rewrite_encoded(io.BytesIO(data), len(data), CLINICAL, SECRET, Settings(), partner, study_patient)
-        dataset = rewrite_dataset(io.BytesIO(data), len(data), CLINICAL, SECRET, Settings(), partner, study_patient)
+        request = Request(CLINICAL, SECRET, Settings(), partner, study_patient)
+        encoded = rewrite_encoded(io.BytesIO(data), len(data), request)
+        dataset = rewrite_dataset(io.BytesIO(data), len(data), request)
         assert encoded is not None and encoded == dataset
     assert encoded.patient_pseudonym == known
 

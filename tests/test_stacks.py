@@ -880,9 +880,10 @@ def test_share_origin_serves_the_viewer_privately_and_routes_the_api(synthesized
     def csp(behavior: dict) -> str:
         return render(policies[behavior["ResponseHeadersPolicyId"]["Ref"]]["ContentSecurityPolicy"]["ContentSecurityPolicy"])
 
-    hashes = json.loads((PROJECT_ROOT / "web" / "build" / "viewer" / "csp.json").read_text())["script_sha256"]
+    hashes = json.loads((PROJECT_ROOT / "web" / "build" / "viewer" / "csp.json").read_text())
     viewer = csp(config["DefaultCacheBehavior"])
-    assert all(f"'sha256-{h}'" in viewer for h in hashes) and " 'unsafe-eval'" not in viewer
+    assert all(f"'sha256-{h}'" in viewer for h in hashes["script_sha256"] + hashes["style_sha256"])
+    assert "'unsafe-eval'" not in viewer and "'unsafe-inline'" not in viewer
     page, api = config["CacheBehaviors"]
     assert "ContentSecurityPolicy" not in policies[api["ResponseHeadersPolicyId"]["Ref"]]
     assert api["TargetOriginId"] != config["DefaultCacheBehavior"]["TargetOriginId"]

@@ -8,10 +8,13 @@
 2. ``dist/`` is unpacked into ``web/build/viewer`` without what a share viewer does not
    use (``omit``: the AI segmentation runtime, the microscopy viewer, the service worker,
    OHIF's demo configuration and redirects).
-3. Our ``app-config.js`` replaces OHIF's, and ``dicomshare-viewer.js`` (the data-source
-   shim) is loaded before OHIF's bundle; the service-worker registration is removed.
-4. The SHA-256 of every inline script of ``index.html`` is written to ``csp.json``, from
-   which the local gateway and the CDK app build the viewer's Content-Security-Policy.
+3. Our ``app-config.js`` replaces OHIF's, ``dicomshare-viewer.js`` (the data-source shim)
+   is loaded before OHIF's bundle and ``dicomshare-viewer.css`` (the phone layout) after
+   OHIF's styles; the service-worker registration is removed.
+4. The SHA-256 of every inline script of ``index.html``, and of every ``<style>`` text the
+   bundle writes into the page (``inline_styles.mjs`` reads them out of the bundle), is
+   written to ``csp.json``, from which the local gateway and the CDK app build the viewer's
+   Content-Security-Policy: no ``'unsafe-inline'``.
 
 Nothing here is committed (``web/.cache`` and ``web/build`` are ignored).
 """
@@ -32,6 +35,7 @@ WEB = Path(__file__).resolve().parent
 CACHE = WEB / ".cache"
 OUTPUT = WEB / "build" / "viewer"
 SHIM = "dicomshare-viewer.js"
+STYLES = "dicomshare-viewer.css"
 
 
 def tarball(package: str, version: str, integrity: str) -> Path:
@@ -64,28 +68,45 @@ def unpack(path: Path, omit: list[str]) -> None:
             archive.extract(member, OUTPUT, filter="data")
 
 
+def sha256(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
 def configure() -> list[str]:
     """Our configuration and shim in; the inline scripts' CSP hashes out."""
     shutil.copy(WEB / "app-config.js", OUTPUT / "app-config.js")
     shutil.copy(WEB / SHIM, OUTPUT / SHIM)
+    shutil.copy(WEB / STYLES, OUTPUT / STYLES)
     index = OUTPUT / "index.html"
     html = index.read_text(encoding="utf-8")
     html = re.sub(r'<script[^>]*src="/init-service-worker\.js"[^>]*></script>', "", html)
     html = html.replace('<script rel="preload" as="script" src="/app-config.js"></script>',
                         f'<script src="/app-config.js"></script><script src="/{SHIM}"></script>', 1)
-    if f'src="/{SHIM}"' not in html:
-        sys.exit("index.html: the app-config.js script tag was not found; the shim cannot be placed")
+    html = html.replace('<link href="/app.bundle.css" rel="stylesheet">',
+                        f'<link href="/app.bundle.css" rel="stylesheet"><link href="/{STYLES}" rel="stylesheet">', 1)
+    if f'src="/{SHIM}"' not in html or f'href="/{STYLES}"' not in html:
+        sys.exit("index.html: the app-config.js script or app.bundle.css link was not found; "
+                 "the shim and styles cannot be placed")
     index.write_text(html, encoding="utf-8")
-    return [base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-            for body in re.findall(r"<script>(.*?)</script>", html, flags=re.S)]
+    return [sha256(body) for body in re.findall(r"<script>(.*?)</script>", html, flags=re.S)]
+
+
+def style_hashes() -> list[str]:
+    """The CSP hashes of the ``<style>`` texts OHIF's bundle inserts (``inline_styles.mjs``)."""
+    [bundle] = OUTPUT.glob("app.bundle.*.js")
+    texts = json.loads(subprocess.run(["node", str(WEB / "inline_styles.mjs"), str(bundle)],
+                                      check=True, capture_output=True, text=True).stdout)
+    return [sha256(text) for text in texts]
 
 
 def main() -> None:
     pinned = json.loads((WEB / "viewer.json").read_text())
     unpack(tarball(pinned["package"], pinned["version"], pinned["integrity"]), pinned["omit"])
-    hashes = configure()
-    (OUTPUT / "csp.json").write_text(json.dumps({"version": pinned["version"], "script_sha256": hashes}))
-    print(f"{OUTPUT}: {pinned['package']} {pinned['version']}, {len(hashes)} inline script(s) hashed")
+    scripts, styles = configure(), style_hashes()
+    (OUTPUT / "csp.json").write_text(json.dumps(
+        {"version": pinned["version"], "script_sha256": scripts, "style_sha256": styles}))
+    print(f"{OUTPUT}: {pinned['package']} {pinned['version']}, "
+          f"{len(scripts)} inline script(s) and {len(styles)} inline style(s) hashed")
 
 
 if __name__ == "__main__":

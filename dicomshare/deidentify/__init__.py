@@ -38,7 +38,7 @@ from dicomshare import profile as profiles
 from dicomshare.deidentify.dataset_path import rewrite_dataset
 from dicomshare.deidentify.encoded_path import rewrite_encoded
 from dicomshare.deidentify.kernel_copy import kernel_copy
-from dicomshare.deidentify.plan import Plan
+from dicomshare.deidentify.plan import Plan, Request
 from dicomshare.profile import Profile
 from dicomshare.settings import Settings
 from dicomshare.validation import (
@@ -102,14 +102,12 @@ def deidentify_header(
     check_size(size, settings)
     check_preamble(fp)
     try:
-        plan = rewrite_encoded(fp, size, profile, secret, settings, partner, study_patient)
-        if plan is None:
-            plan = rewrite_dataset(fp, size, profile, secret, settings, partner, study_patient)
+        request = Request(profile, secret, settings, partner, study_patient)
+        return rewrite_encoded(fp, size, request) or rewrite_dataset(fp, size, request)
     except RecursionError as exc:
         raise DeidentificationRefused(MALFORMED) from exc
     except MemoryError as exc:
         raise DeidentificationRefused(TOO_LARGE) from exc
-    return plan
 
 
 def write_output(plan: Plan, src: BinaryIO, dst: BinaryIO) -> None:

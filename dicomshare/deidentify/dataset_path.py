@@ -9,7 +9,7 @@ simple elements' bytes written directly (as pydicom writes them).
 from __future__ import annotations
 
 import io
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import pydicom
 from pydicom.charset import default_encoding
@@ -25,8 +25,7 @@ from dicomshare.deidentify.attributes import vr_of
 from dicomshare.deidentify.dataset_reader import at_pixel_data, quiet_pydicom, read_object
 from dicomshare.deidentify.file_meta import file_meta_dataset, header_bytes
 from dicomshare.deidentify.identities import object_pseudonym
-from dicomshare.deidentify.plan import Plan
-from dicomshare.profile import Profile
+from dicomshare.deidentify.plan import Plan, Request
 from dicomshare.pixel_data import (
     GEOMETRY,
     check_pixel_geometry,
@@ -34,7 +33,6 @@ from dicomshare.pixel_data import (
     overlay_in_pixel_data,
     pixel_data_end,
 )
-from dicomshare.settings import Settings
 from dicomshare.validation import (
     CHECKED,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -53,15 +51,7 @@ DEFLATED_MAX_BYTES = 64 * 1024**2
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
-def rewrite_dataset(
-    fp: BinaryIO,
-    size: int,
-    profile: Profile,
-    secret: bytes,
-    settings: Settings,
-    partner: str,
-    study_patient: Callable[[str], str | None] | None,
-) -> Plan:
+def rewrite_dataset(fp: BinaryIO, size: int, request: Request) -> Plan:
     """De-identify through a pydicom data set: any supported object, and every refusal."""
     fp.seek(0)
     with quiet_pydicom():
@@ -94,16 +84,17 @@ def rewrite_dataset(
         try:
             media_storage_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
             checked = {keyword: str(ds.get(keyword, "") or "") for keyword in CHECKED[1:]}
-            check_attributes({"MediaStorageSOPClassUID": media_storage_class, **checked}, settings)
+            check_attributes({"MediaStorageSOPClassUID": media_storage_class, **checked}, request.settings)
             patient = [str(ds.get(keyword, "") or "").strip() for keyword in ("IssuerOfPatientID", "PatientID")]
         except DeidentificationRefused:
             raise
         except Exception as exc:  # a value pydicom cannot parse: refuse, never crash
             raise DeidentificationRefused(MALFORMED) from exc
         # outside the refusals: the caller's look-up of the study's patient fails as it fails
-        pseudonym = object_pseudonym(secret, partner, *patient, checked["StudyInstanceUID"], study_patient)
+        pseudonym = object_pseudonym(request.secret, request.partner, *patient, checked["StudyInstanceUID"],
+                                     request.study_patient)
         try:
-            deidentifier = Deidentifier(profile, secret, partner, pseudonym)
+            deidentifier = Deidentifier(request.profile, request.secret, request.partner, pseudonym)
             deidentifier.collect(ds)
             deidentifier.apply(ds)
             _single_character_set(ds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from functools import lru_cache
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from pydicom.datadict import tag_for_keyword
 
@@ -43,7 +43,7 @@ from dicomshare.deidentify.encoded_values import (
 )
 from dicomshare.deidentify.file_meta import header_bytes
 from dicomshare.deidentify.identities import object_pseudonym
-from dicomshare.deidentify.plan import Plan
+from dicomshare.deidentify.plan import Plan, Request
 from dicomshare.encoded_dataset import (
     VRS,
     Element,
@@ -57,7 +57,6 @@ from dicomshare.encoded_dataset import (
 )
 from dicomshare.profile import EMPTY, KEEP, REMOVE, Profile
 from dicomshare.pixel_data import pixel_data_end
-from dicomshare.settings import Settings
 from dicomshare.validation import (
     CHECKED,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -84,15 +83,7 @@ _UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
 _NUMBER_SIZES = {"FL": 4, "FD": 8, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8}
 
 
-def rewrite_encoded(
-    fp: BinaryIO,
-    size: int,
-    profile: Profile,
-    secret: bytes,
-    settings: Settings,
-    partner: str,
-    study_patient: Callable[[str], str | None] | None,
-) -> Plan | None:
+def rewrite_encoded(fp: BinaryIO, size: int, request: Request) -> Plan | None:
     """De-identify from the encoded elements (:mod:`dicomshare.encoded_dataset`).
 
     ``None`` when the object is not plain (see that module), declares a character set
@@ -109,7 +100,7 @@ def rewrite_encoded(
         data = fp.read(chunk)
         try:
             return _rewrite_encoded_bytes(
-                data, len(data) >= size, fp, size, profile, secret, settings, partner, study_patient
+                data, len(data) >= size, fp, size, request
             )
         except Incomplete:
             if chunk >= min(size, ENCODED_MAX_BYTES):
@@ -121,17 +112,7 @@ def rewrite_encoded(
             return None
 
 
-def _rewrite_encoded_bytes(
-    data: bytes,
-    complete: bool,
-    fp: BinaryIO,
-    size: int,
-    profile: Profile,
-    secret: bytes,
-    settings: Settings,
-    partner: str,
-    study_patient: Callable[[str], str | None] | None,
-) -> Plan | None:
+def _rewrite_encoded_bytes(data: bytes, complete: bool, fp: BinaryIO, size: int, request: Request) -> Plan | None:
     meta, meta_end = _file_meta_elements(data, complete)
     transfer_syntax = single_string(meta.get(0x00020010))
     if transfer_syntax not in _ENCODED_TRANSFER_SYNTAXES:
@@ -155,14 +136,15 @@ def _rewrite_encoded_bytes(
         raise Incomplete()
     codec = character_set_codec(top.get(0x00080005))
     checked = {keyword: single_string(top.get(tag)) for keyword, tag in _CHECKED_TAGS}
-    check_attributes({"MediaStorageSOPClassUID": single_string(meta.get(0x00020002)), **checked}, settings)
+    check_attributes({"MediaStorageSOPClassUID": single_string(meta.get(0x00020002)), **checked}, request.settings)
+    profile, secret, partner = request.profile, request.secret, request.partner
     pseudonym = object_pseudonym(
         secret,
         partner,
         single_string(top.get(0x00100021), codec).strip(),
         single_string(top.get(0x00100020), codec).strip(),
         checked["StudyInstanceUID"],
-        study_patient,
+        request.study_patient,
     )
     deidentifier = Deidentifier(profile, secret, partner, pseudonym)
     noted, encoded_caches = element_caches(profile, secret, partner, pseudonym, implicit, codec)

@@ -1,16 +1,32 @@
-"""The result of de-identifying a header: new bytes before Pixel Data, and the source's
-Pixel Data range to append verbatim."""
+"""What de-identifying a header is asked (:class:`Request`), and its result (:class:`Plan`):
+new bytes before Pixel Data, and the source's Pixel Data range to append verbatim."""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from dicomshare.deidentify.dataset_reader import quiet_pydicom
+from dicomshare.profile import Profile
+from dicomshare.settings import Settings
+
+
+@dataclass(frozen=True)
+class Request:
+    """What both paths of :func:`~dicomshare.deidentify.deidentify_header` de-identify an
+    object with: the profile, the settings its validation applies, and the identities
+    keyed with ``secret`` and scoped to ``partner``; ``study_patient`` as for that function."""
+
+    profile: Profile
+    secret: bytes
+    settings: Settings
+    partner: str
+    study_patient: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)

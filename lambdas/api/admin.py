@@ -1,4 +1,5 @@
-"""Admin routes (IAM-authenticated when deployed): shares, their audit trail, studies."""
+"""Admin routes (IAM-authenticated when deployed): shares, their audit trail, studies; and
+which callers the API function lets through to which routes (:func:`admitted`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
 from dicomshare import shares
+from dicomshare_aws.resources import PARTNER_ROUTES, PUBLIC_ROUTES
 from dicomshare_aws.share_store import InvalidPageToken
 from lambdas.api import dependencies as deps
 from lambdas.api.errors import ApiError
 from lambdas.api.models import SHARE_ID_PATTERN, UID_PATTERN, CreatedShare, CreateShare
+from lambdas.api.receipts import caller_partner
 
 router = Router()
 logger = Logger(service="api")
@@ -193,6 +196,18 @@ def paged(read: Any) -> Any:
         return read()
     except InvalidPageToken as error:
         raise ApiError(422, "invalid_next", str(error)) from error
+
+
+def admitted(event: dict[str, Any]) -> bool:
+    """Whether the caller of ``event`` may reach its route: anyone a public route (the share
+    token is checked there), an administrator (``Settings.admins``) every route, a
+    partner's role the partner routes only. Admin and partner routes are authenticated by
+    API Gateway (IAM, SigV4, the resource policy) before the function runs; this checks
+    the caller against the same lists."""
+    route = (event.get("httpMethod", ""), (event.get("path") or "/").rstrip("/") or "/")
+    caller = ((event.get("requestContext") or {}).get("identity") or {}).get("userArn")
+    return (route in PUBLIC_ROUTES or deps.settings().is_admin(caller)
+            or (route in PARTNER_ROUTES and caller_partner(caller) is not None))
 
 
 def admin_identity() -> str:
