@@ -27,6 +27,7 @@ QUARANTINE_BUCKET_ENV = "QUARANTINE_BUCKET"
 TABLE_NAME_ENV = "TABLE_NAME"
 DEID_SECRET_ARN_ENV = "DEID_SECRET_ARN"
 EVENT_BUS_NAME_ENV = "EVENT_BUS_NAME"
+SHARE_ORIGIN_PARAMETER_ENV = "SHARE_ORIGIN_PARAMETER"
 
 PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 ACCOUNT_ID = re.compile(r"^\d{12}$")
@@ -34,6 +35,8 @@ EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{16,1224}$")
 """sts:ExternalId: IAM allows 2-1224 of these characters; at least 16 so it is not guessable."""
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})$")
 """An IAM role ARN (with an optional path): account id and role name as groups."""
+DOMAIN_NAME = re.compile(r"^(?=.{4,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+US_EAST_1_CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$")
 ASSUMED_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:sts::(\d{12}):assumed-role/([\w+=,.@-]{1,64})/[\w+=,.@-]+$")
 """The caller ARN of a session of a role (API Gateway's ``userArn``): the role's path is not in it."""
 
@@ -78,6 +81,18 @@ partner opts in (:attr:`Partner.pixel_opt_in`)."""
 
 class ConfigError(ValueError):
     """The configuration document is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ShareDomain:
+    """The share origin's own domain name (``"share_domain": {"name", "certificate_arn"}``):
+    CloudFront answers on it with that ACM certificate (CloudFront takes certificates from
+    us-east-1 only), share links name it, and the de-identified bucket's CORS allows it
+    besides the distribution's own name. The DNS record pointing it at the distribution is
+    the operator's (docs/deployment.md)."""
+
+    name: str
+    certificate_arn: str
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,7 @@ class Settings:
     """Reserved concurrent executions per function (:data:`FUNCTIONS`); a function left out
     reserves none and draws on the account's unreserved pool (docs/deployment.md)."""
     gateway: GatewayService | None = None
+    share_domain: ShareDomain | None = None
 
     def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners if p.id == partner_id), None)
@@ -202,6 +218,8 @@ def to_document(settings: Settings) -> dict[str, Any]:
                         "allowed_cidrs": list(settings.gateway.allowed_cidrs), "vpc_cidr": settings.gateway.vpc_cidr,
                         "port": settings.gateway.port, "ae_title": settings.gateway.ae_title}}
            if settings.gateway else {}),
+        **({"share_domain": {"name": settings.share_domain.name, "certificate_arn": settings.share_domain.certificate_arn}}
+           if settings.share_domain else {}),
     }
 
 
@@ -247,6 +265,7 @@ def from_document(doc: Mapping[str, Any]) -> Settings:
         retention={**defaults.retention, **doc.get("retention", {})},
         reserved_concurrency=_reserved_concurrency(doc.get("reserved_concurrency") or {}),
         gateway=_gateway_service(doc.get("gateway") or {}, {p.id for p in partners}),
+        share_domain=_share_domain(doc["share_domain"]) if doc.get("share_domain") is not None else None,
     )
     if not re.match(r"^[a-z][a-z0-9]{1,15}$", settings.environment):
         raise ConfigError("environment: 2-16 lower-case letters and digits, starting with a letter")
@@ -284,6 +303,16 @@ def _gateway_service(doc: Mapping[str, Any], partner_ids: set[str]) -> GatewaySe
     return GatewayService(image=doc["image"], calling_ae_titles=titles, allowed_cidrs=tuple(doc["allowed_cidrs"]),
                           vpc_cidr=doc.get("vpc_cidr", defaults.vpc_cidr), port=int(doc.get("port", defaults.port)),
                           ae_title=doc.get("ae_title", defaults.ae_title))
+
+
+def _share_domain(doc: Mapping[str, Any]) -> ShareDomain:
+    name, certificate = doc.get("name"), doc.get("certificate_arn")
+    if not isinstance(name, str) or not DOMAIN_NAME.match(name):
+        raise ConfigError("share_domain.name: a lower-case DNS name such as share.example.org")
+    if not isinstance(certificate, str) or not US_EAST_1_CERTIFICATE_ARN.match(certificate):
+        raise ConfigError("share_domain.certificate_arn: an ACM certificate ARN in us-east-1 (CloudFront's region) "
+                          "covering the name")
+    return ShareDomain(name=name, certificate_arn=certificate)
 
 
 def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:

@@ -57,16 +57,25 @@ PARTNER_ROUTES = frozenset({("GET", "/receipts")})
 """Routes a partner's role may call (IAM on AWS, a partner token locally); admins may too."""
 
 
-def page_cors(origin: str) -> dict:
+def page_cors(*origins: str) -> dict:
     """``CORSConfiguration`` of the de-identified bucket: ``GET``/``HEAD`` from the share
-    page's origin only (its in-browser ZIP download fetches the presigned URLs)."""
+    origin's names only (the page's in-browser ZIP download and the viewer fetch the
+    presigned URLs)."""
     return {"CORSRules": [{
         "AllowedMethods": ["GET", "HEAD"],
-        "AllowedOrigins": [origin],
+        "AllowedOrigins": list(origins),
         "AllowedHeaders": ["*"],
         "ExposeHeaders": ["Content-Length", "Content-Range", "ETag"],
         "MaxAgeSeconds": 3000,
     }]}
+
+
+def share_origin_parameter(prefix: str) -> str:
+    """Name of the SSM parameter that holds the share origin, where share links point:
+    ``https://<CloudFront domain>`` on AWS (written by the web stack), the local gateway's
+    origin locally (written by the local system). ``prefix``: ``dicomshare-<environment>``
+    on AWS, the local system's resource prefix locally."""
+    return f"/{prefix}/share-origin"
 
 
 VIEWER_PATH = "/viewer"

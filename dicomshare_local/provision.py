@@ -35,6 +35,7 @@ class Resources:
     events_queue_url: str
     secret_arn: str
     event_bus_name: str
+    share_origin_parameter: str
 
     def lambda_environment(self, settings: Settings) -> dict[str, str]:
         """The environment every Lambda gets from the CDK app, with local values."""
@@ -46,6 +47,7 @@ class Resources:
             settings_module.TABLE_NAME_ENV: self.table_name,
             settings_module.DEID_SECRET_ARN_ENV: self.secret_arn,
             settings_module.EVENT_BUS_NAME_ENV: self.event_bus_name,
+            settings_module.SHARE_ORIGIN_PARAMETER_ENV: self.share_origin_parameter,
             "POWERTOOLS_METRICS_NAMESPACE": "dicomshare",
         }
 
@@ -135,6 +137,7 @@ def provision(session: boto3.Session, endpoint_url: str, settings: Settings, dei
         events_queue_url=events_url,
         secret_arn=secret_arn,
         event_bus_name=bus,
+        share_origin_parameter=resources.share_origin_parameter(prefix),
     )
 
 

@@ -154,6 +154,10 @@ class LocalSystem:
             object_origin=self.endpoint_url)
         origin = f"http://{self.host}:{self.http.server_address[1]}"
         self.api_url = f"{origin}/{gateway.STAGE}"
+        # The web stack's two settings on AWS, with the gateway's origin: where share links
+        # point, and the one origin the de-identified bucket answers cross-origin reads for.
+        self.client("ssm").put_parameter(Name=self.resources.share_origin_parameter, Value=origin, Type="String",
+                                         Overwrite=True)
         self.client("s3").put_bucket_cors(Bucket=self.resources.deid_bucket, CORSConfiguration=resources.page_cors(origin))
         threading.Thread(target=self.http.serve_forever, name="gateway", daemon=True).start()
 

@@ -1,6 +1,7 @@
-"""The dicomshare CDK app: which configuration document, which removal policies, the four
-stacks and how they reference each other (storage <- ingest <- share API <- web, no cycles),
-and the optional hosted DICOM gateway (storage <- gateway), when the configuration enables it.
+"""The dicomshare CDK app: which configuration document, which removal policies, the five
+stacks and how they reference each other (storage <- ingest <- share API <- web, no cycles;
+edge, pinned to us-east-1, <- web through an SSM parameter), and the optional hosted DICOM
+gateway (storage <- gateway), when the configuration enables it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 
 from dicomshare.settings import ConfigError, Settings, from_document
+from dicomshare_aws import resources
+from stacks.edge import EdgeStack
 from stacks.gateway_service import GatewayServiceStack
 from stacks.ingest import IngestStack
 from stacks.share_api import ShareApiStack
@@ -35,6 +38,7 @@ class DicomshareStacks:
     ingest: IngestStack
     share_api: ShareApiStack
     web: WebStack
+    edge: EdgeStack
     gateway: GatewayServiceStack | None = None
 
 
@@ -66,16 +70,21 @@ def build(app: cdk.App) -> DicomshareStacks:
                            description=f"dicomshare {settings.environment}: buckets, index table, secret, partner roles")
     ingest = IngestStack(app, f"{prefix}-ingest", storage=storage, removal=removal,
                          description=f"dicomshare {settings.environment}: ingest, preview and counts pipeline")
-    share_api = ShareApiStack(app, f"{prefix}-share-api", storage=storage, bus=ingest.bus, removal=removal,
+    share_origin = resources.share_origin_parameter(prefix)
+    share_api = ShareApiStack(app, f"{prefix}-share-api", storage=storage, bus=ingest.bus,
+                              share_origin_parameter=share_origin, removal=removal,
                               description=f"dicomshare {settings.environment}: share API and clinician page")
-    web = WebStack(app, f"{prefix}-web", storage=storage, share_api=share_api, removal=removal,
+    edge = EdgeStack(app, f"{prefix}-edge", settings=settings, removal=removal,
+                     description=f"dicomshare {settings.environment}: share origin's WAF web ACL (us-east-1)")
+    web = WebStack(app, f"{prefix}-web", storage=storage, share_api=share_api, edge=edge,
+                   share_origin_parameter=share_origin, removal=removal,
                    description=f"dicomshare {settings.environment}: share origin (CloudFront: viewer and share API)")
     gateway = GatewayServiceStack(
         app, f"{prefix}-gateway", storage=storage, service=settings.gateway, removal=removal,
         description=f"dicomshare {settings.environment}: hosted DICOM gateway for partners over VPN",
     ) if settings.gateway else None
-    for stack in (storage, ingest, share_api, web, gateway):
+    for stack in (storage, ingest, share_api, edge, web, gateway):
         if stack is not None:
             cdk.Tags.of(stack).add("application", "dicomshare")
             cdk.Tags.of(stack).add("environment", settings.environment)
-    return DicomshareStacks(storage, ingest, share_api, web, gateway)
+    return DicomshareStacks(storage, ingest, share_api, web, edge, gateway)

@@ -1,6 +1,7 @@
 """Share API: the REST API (IAM-authorized admin routes limited to the named admin roles,
 public share-token routes), its WAF web ACL (AWS managed rule groups, per-client-IP rate
-limits on the public paths), access logs, throttling and tracing, and
+limits on the public paths; the same rules guard the share origin, :mod:`stacks.edge`),
+access logs, throttling and tracing, and
 the api function: reads the index, writes only share/token/audit items, presigns GETs of
 de-identified objects.
 """
@@ -13,8 +14,8 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_wafv2 as wafv2
-from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from dicomshare import settings as config
@@ -44,13 +45,22 @@ SHARE_PAGES_LIMIT_PER_5_MINUTES = 3000
 Selection) one client IP may make in 5 minutes: 10 a second, as a download or the viewer
 walks a 100,000-instance study's 1,000 pages of 100."""
 
+VIEWER_FILES_LIMIT_PER_5_MINUTES = 3000
+"""WAF (CloudFront): requests for the viewer's files one client IP may make in 5 minutes."""
+
+ORIGIN_VERIFY_HEADER = "X-Origin-Verify"
+"""Header the share origin (CloudFront) adds to every request it forwards to the stage, with
+a secret value. Those requests come from CloudFront's addresses, many clinicians each, and
+the share origin's web ACL has limited them per client IP already: the stage's web ACL
+skips its per-IP limits for them, and keeps them for every other caller."""
+
 SHARE_ITEM_KEYS = ("SHARE#*", "TOKEN#*")
 """Partition keys of the items the API may write: shares, their tokens and audit records."""
 
 
 class ShareApiStack(cdk.Stack):
     def __init__(self, scope: Construct, id: str, *, storage: StorageStack, bus: events.IEventBus,
-                 removal: cdk.RemovalPolicy, **kwargs) -> None:
+                 share_origin_parameter: str, removal: cdk.RemovalPolicy, **kwargs) -> None:
         super().__init__(scope, id, **kwargs)
         settings = storage.settings
 
@@ -64,12 +74,16 @@ class ShareApiStack(cdk.Stack):
                 config.TABLE_NAME_ENV: storage.table.table_name,
                 config.DEID_BUCKET_ENV: storage.deid_bucket.bucket_name,
                 config.EVENT_BUS_NAME_ENV: bus.event_bus_name,
+                config.SHARE_ORIGIN_PARAMETER_ENV: share_origin_parameter,
             },
             memory_size=API_MEMORY_MB, timeout_seconds=resources.API_TIMEOUT_SECONDS,
             reserved_concurrency=settings.reserved_concurrency.get("api"), logs_key=self.logs_key, removal=removal,
             invoked_by="API Gateway's synchronous Lambda proxy integration",
         )
-        self.handler.add_to_role_policy(*api_permissions(storage, bus))
+        self.handler.add_to_role_policy(*api_permissions(storage, bus), iam.PolicyStatement(
+            sid="ReadShareOrigin", actions=["ssm:GetParameter"],
+            resources=[self.format_arn(service="ssm", resource="parameter",
+                                       resource_name=share_origin_parameter.lstrip("/"))]))
         acknowledge(self.handler.role.node.find_child("DefaultPolicy"), {
             object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Presigns GETs of the "
             "de-identified instances of any shared study; which ones a caller gets is decided per share.",
@@ -143,34 +157,28 @@ class ShareApiStack(cdk.Stack):
                 "policy is the one AWS documents for it.",
         })
 
-        self.web_acl = web_acl(self, "WebAcl", environment=settings.environment)
+        origin_key = kms.Key(self, "OriginVerifyKey", description="dicomshare: the share origin's secret header",
+                             enable_key_rotation=True, removal_policy=removal)
+        self.origin_verify = secretsmanager.Secret(
+            self, "OriginVerifySecret",
+            description=f"dicomshare: value of the {ORIGIN_VERIFY_HEADER} header CloudFront sends to the API",
+            encryption_key=origin_key,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=48, exclude_punctuation=True, include_space=False),
+            removal_policy=removal,
+        )
+        rotation = ("CloudFormation puts the value into the distribution and this web ACL when they deploy, so "
+                    "it is rotated by a new value then deploying this stack and the web stack; a mismatch "
+                    "meanwhile only subjects CloudFront's requests to the per-IP limits, never refuses them.")
+        acknowledge(self.origin_verify, {"AwsSolutions-SMG4": rotation,
+                                         "HIPAA.Security-SecretsManagerRotationEnabled": rotation})
+        self.web_acl = web_acl(self, "WebAcl", name=f"dicomshare-{settings.environment}", waf_scope="REGIONAL",
+                               trusted_header=(ORIGIN_VERIFY_HEADER, self.origin_verify.secret_value.unsafe_unwrap()))
         wafv2.CfnWebACLAssociation(self, "WebAclAssociation",
                                    resource_arn=self.api.deployment_stage.stage_arn,
                                    web_acl_arn=self.web_acl.attr_arn)
-        # WAF requires the log group name to start with "aws-waf-logs-". Whatever may carry
-        # a share token or PIN is redacted: the Authorization and PIN headers, path, query.
-        waf_logs = logs.LogGroup(
-            self, "WebAclLogs",
-            log_group_name=f"aws-waf-logs-dicomshare-{settings.environment}",
-            encryption_key=self.logs_key,
-            retention=log_retention(settings.retention["log_days"]),
-            removal_policy=removal,
-        )
-        wafv2.CfnLoggingConfiguration(
-            self, "WebAclLogging",
-            resource_arn=self.web_acl.attr_arn,
-            log_destination_configs=[self.format_arn(
-                service="logs", resource="log-group", resource_name=waf_logs.log_group_name,
-                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)],
-            redacted_fields=[
-                wafv2.CfnLoggingConfiguration.FieldToMatchProperty(uri_path={}),
-                wafv2.CfnLoggingConfiguration.FieldToMatchProperty(query_string={}),
-                *(wafv2.CfnLoggingConfiguration.FieldToMatchProperty(single_header={"Name": header.lower()})
-                  for header in ("Authorization", shares.PIN_HEADER)),
-            ],
-        )
-
-        page_origin_cors(self, storage, f"https://{self.api.rest_api_id}.execute-api.{self.region}.{self.url_suffix}")
+        web_acl_logging(self, self.web_acl, log_group=f"aws-waf-logs-dicomshare-{settings.environment}",
+                        key=self.logs_key, settings=settings, removal=removal)
         self.allow_partners_receipts(storage)
 
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url)
@@ -189,43 +197,6 @@ class ShareApiStack(cdk.Stack):
                 "HIPAA.Security-IAMNoInlinePolicy": "One statement for one partner role (GET /receipts of this "
                 "API); a managed policy would be attached to nothing else.",
             })
-
-
-AWS_CUSTOM_RESOURCE_FUNCTION = "AWS679f53fac002430cb0da5b7982bd2287"
-"""Construct id of the singleton function behind every ``AwsCustomResource`` of a stack."""
-
-
-def page_origin_cors(stack: cdk.Stack, storage: StorageStack, origin: str) -> cr.AwsCustomResource:
-    """CORS on the de-identified bucket for the share page's origin only (``GET``/``HEAD``,
-    which the page's in-browser ZIP download needs). The bucket is in the storage stack and
-    the API, whose id makes the origin, is created after it, so this stack sets the rule
-    with one ``PutBucketCors`` call when it is deployed."""
-    bucket = storage.deid_bucket
-    call = cr.AwsSdkCall(
-        service="S3",
-        action="putBucketCors",
-        parameters={"Bucket": bucket.bucket_name, "CORSConfiguration": resources.page_cors(origin)},
-        physical_resource_id=cr.PhysicalResourceId.of("deidentified-bucket-cors"),
-    )
-    cors = cr.AwsCustomResource(
-        stack, "DeidentifiedBucketCors",
-        on_create=call, on_update=call,
-        policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
-            actions=["s3:PutBucketCORS"], resources=[storage.imported_arns["DeidentifiedBucketArn"]])]),
-        install_latest_aws_sdk=False,
-    )
-    deploy_time = ("CDK's AwsCustomResource function, run by CloudFormation only while this stack deploys, to "
-                   "make one PutBucketCors call; it handles no data and no request.")
-    acknowledge(cors, {"HIPAA.Security-IAMNoInlinePolicy": "The custom resource's own policy: s3:PutBucketCORS "
-                       "on the de-identified bucket only, attached to CDK's deploy-time function alone."})
-    acknowledge(stack.node.find_child(AWS_CUSTOM_RESOURCE_FUNCTION), {
-        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]":
-            deploy_time + " Its role (CloudWatch Logs only) is defined by CDK.",
-        "HIPAA.Security-LambdaConcurrency": deploy_time + " Invoked once per deployment.",
-        "HIPAA.Security-LambdaDLQ": deploy_time + " CloudFormation reports a failure and rolls back.",
-        "HIPAA.Security-LambdaInsideVPC": deploy_time + " It reaches only the S3 API.",
-    })
-    return cors
 
 
 def resource_policy(settings: config.Settings, partner_roles: list[str]) -> iam.PolicyDocument:
@@ -307,19 +278,47 @@ patterns of known exploits (Log4j, ...), and the core OWASP-style protections.""
 PUBLIC_PATHS_REGEX = r"/(redeem|view|client-zip\.js)/?$"
 SHARE_PAGES_REGEX = r"/share/(instances|dicomjson|manifest)/?$"
 REDEEM_PATH_REGEX = r"/redeem/?$"
+API_PATHS_REGEX = rf"^/{STAGE_NAME}(/|$)"
+"""The share API's paths on the share origin; every other path there is a viewer file."""
 
 
-def web_acl(scope: Construct, id: str, *, environment: str) -> wafv2.CfnWebACL:
-    """Regional web ACL: AWS managed rule groups, then per-client-IP rate limits on every
-    public path (so one client flooding the page or redemption is blocked alone, instead
-    of using up the stage's throttle for every clinician) and a stricter one on redemption.
+def web_acl(scope: Construct, id: str, *, name: str, waf_scope: str,
+            trusted_header: tuple[str, str] | None = None) -> wafv2.CfnWebACL:
+    """Web ACL: AWS managed rule groups, then per-client-IP rate limits on every public
+    path (so one client flooding the page or redemption is blocked alone, instead of using
+    up the stage's throttle for every clinician) and a stricter one on redemption.
 
-    Paths are matched after URL-decoding and lower-casing (``/v1/%52edeem`` is
-    ``/v1/redeem``); WAF sees the stage in the path, so the match is on its end.
+    ``waf_scope`` ``REGIONAL`` guards the API stage; ``CLOUDFRONT`` guards the share origin
+    (:mod:`stacks.edge`), where one more limit covers the viewer's files (every path outside
+    the stage). Requests carrying ``trusted_header`` (name, exact value) skip the per-IP
+    limits (:data:`ORIGIN_VERIFY_HEADER`). Paths are matched after URL-decoding and
+    lower-casing (``/v1/%52edeem`` is ``/v1/redeem``); both see the stage in the path, so
+    the match is on its end.
     """
-    def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+    def visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
         return wafv2.CfnWebACL.VisibilityConfigProperty(
-            cloud_watch_metrics_enabled=True, metric_name=f"dicomshare-{environment}-{name}", sampled_requests_enabled=True)
+            cloud_watch_metrics_enabled=True, metric_name=f"{name}-{metric}", sampled_requests_enabled=True)
+
+    def path_matches(pattern: str) -> wafv2.CfnWebACL.StatementProperty:
+        return wafv2.CfnWebACL.StatementProperty(regex_match_statement=wafv2.CfnWebACL.RegexMatchStatementProperty(
+            field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+            regex_string=pattern,
+            text_transformations=[
+                wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="URL_DECODE"),
+                wafv2.CfnWebACL.TextTransformationProperty(priority=1, type="LOWERCASE"),
+            ],
+        ))
+
+    def untrusted(statement: wafv2.CfnWebACL.StatementProperty) -> wafv2.CfnWebACL.StatementProperty:
+        if trusted_header is None:
+            return statement
+        header, value = trusted_header
+        trusted = wafv2.CfnWebACL.StatementProperty(byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+            field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(single_header={"Name": header.lower()}),
+            positional_constraint="EXACTLY", search_string=value,
+            text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")]))
+        return wafv2.CfnWebACL.StatementProperty(and_statement=wafv2.CfnWebACL.AndStatementProperty(statements=[
+            statement, wafv2.CfnWebACL.StatementProperty(not_statement=wafv2.CfnWebACL.NotStatementProperty(statement=trusted))]))
 
     managed = [wafv2.CfnWebACL.RuleProperty(
         name=group,
@@ -330,33 +329,55 @@ def web_acl(scope: Construct, id: str, *, environment: str) -> wafv2.CfnWebACL:
         visibility_config=visibility(group),
     ) for priority, group in enumerate(MANAGED_RULE_GROUPS)]
     limits = [
-        ("public-rate-limit", PUBLIC_PATHS_REGEX, PUBLIC_LIMIT_PER_5_MINUTES),
-        ("share-pages-rate-limit", SHARE_PAGES_REGEX, SHARE_PAGES_LIMIT_PER_5_MINUTES),
-        ("redeem-rate-limit", REDEEM_PATH_REGEX, REDEEM_LIMIT_PER_5_MINUTES),
+        ("public-rate-limit", path_matches(PUBLIC_PATHS_REGEX), PUBLIC_LIMIT_PER_5_MINUTES),
+        ("share-pages-rate-limit", path_matches(SHARE_PAGES_REGEX), SHARE_PAGES_LIMIT_PER_5_MINUTES),
+        ("redeem-rate-limit", path_matches(REDEEM_PATH_REGEX), REDEEM_LIMIT_PER_5_MINUTES),
     ]
+    if waf_scope == "CLOUDFRONT":
+        limits.append(("viewer-files-rate-limit", wafv2.CfnWebACL.StatementProperty(
+            not_statement=wafv2.CfnWebACL.NotStatementProperty(statement=path_matches(API_PATHS_REGEX))),
+            VIEWER_FILES_LIMIT_PER_5_MINUTES))
     rate_rules = [wafv2.CfnWebACL.RuleProperty(
-        name=name,
+        name=rule,
         priority=len(managed) + n,
         action=wafv2.CfnWebACL.RuleActionProperty(block={}),
         statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-            limit=limit,
-            aggregate_key_type="IP",
-            evaluation_window_sec=300,
-            scope_down_statement=wafv2.CfnWebACL.StatementProperty(regex_match_statement=wafv2.CfnWebACL.RegexMatchStatementProperty(
-                field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
-                regex_string=pattern,
-                text_transformations=[
-                    wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="URL_DECODE"),
-                    wafv2.CfnWebACL.TextTransformationProperty(priority=1, type="LOWERCASE"),
-                ],
-            )),
-        )),
-        visibility_config=visibility(name),
-    ) for n, (name, pattern, limit) in enumerate(limits)]
+            limit=limit, aggregate_key_type="IP", evaluation_window_sec=300, scope_down_statement=untrusted(scope_down))),
+        visibility_config=visibility(rule),
+    ) for n, (rule, scope_down, limit) in enumerate(limits)]
     return wafv2.CfnWebACL(
         scope, id,
-        scope="REGIONAL",
+        scope=waf_scope,
         default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
-        visibility_config=visibility("api"),
+        visibility_config=visibility("api" if waf_scope == "REGIONAL" else "share-origin"),
         rules=[*managed, *rate_rules],
+    )
+
+
+def web_acl_logging(scope: Construct, acl: wafv2.CfnWebACL, *, log_group: str, key: kms.IKey,
+                    settings: config.Settings, removal: cdk.RemovalPolicy) -> None:
+    """WAF's logs of ``acl`` in an encrypted log group of the ACL's region (WAF requires
+    its name to start with ``aws-waf-logs-``). Whatever may carry a share token or PIN is
+    redacted: the Authorization and PIN headers, path, query; so is the share origin's
+    secret header."""
+    stack = cdk.Stack.of(scope)
+    waf_logs = logs.LogGroup(
+        scope, f"{acl.node.id}Logs",
+        log_group_name=log_group,
+        encryption_key=key,
+        retention=log_retention(settings.retention["log_days"]),
+        removal_policy=removal,
+    )
+    wafv2.CfnLoggingConfiguration(
+        scope, f"{acl.node.id}Logging",
+        resource_arn=acl.attr_arn,
+        log_destination_configs=[stack.format_arn(
+            service="logs", resource="log-group", resource_name=waf_logs.log_group_name,
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)],
+        redacted_fields=[
+            wafv2.CfnLoggingConfiguration.FieldToMatchProperty(uri_path={}),
+            wafv2.CfnLoggingConfiguration.FieldToMatchProperty(query_string={}),
+            *(wafv2.CfnLoggingConfiguration.FieldToMatchProperty(single_header={"Name": header.lower()})
+              for header in ("Authorization", shares.PIN_HEADER, ORIGIN_VERIFY_HEADER)),
+        ],
     )

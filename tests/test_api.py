@@ -84,6 +84,40 @@ def download(url: str) -> bytes:
         return response.read()
 
 
+def share_items(local_system) -> int:
+    pages = local_system.client("dynamodb").get_paginator("scan").paginate(
+        TableName=local_system.resources.table_name, Select="COUNT",
+        FilterExpression="begins_with(#pk, :share)", ExpressionAttributeNames={"#pk": index.PK},
+        ExpressionAttributeValues={":share": {"S": "SHARE#"}})
+    return sum(page["Count"] for page in pages)
+
+
+def test_share_links_point_to_the_configured_share_origin(api, local_system, studies):
+    """Links use the share origin (on AWS, CloudFront's, which the web stack writes into SSM),
+    not the address the admin called; the local system writes its gateway's origin there.
+    Until the origin exists no share is made: a clear 503."""
+    from aws_lambda_powertools.utilities import parameters
+
+    ssm, name = local_system.client("ssm"), local_system.resources.share_origin_parameter
+    local_origin, stage = local_system.api_url.rsplit("/", 1)
+    assert ssm.get_parameter(Name=name)["Parameter"]["Value"] == local_origin
+    try:
+        ssm.put_parameter(Name=name, Value="https://d111111abcdef8.cloudfront.net", Type="String", Overwrite=True)
+        parameters.clear_caches()
+        share = create(api, studies["current"].study_uid)
+        assert share["url"] == f"https://d111111abcdef8.cloudfront.net/{stage}/view#{share['token']}"
+        ssm.delete_parameter(Name=name)
+        parameters.clear_caches()
+        before = share_items(local_system)
+        status, body = api.call("POST", "/shares", {"study_uid": studies["current"].study_uid, "expires_in": 3600})
+        assert (status, body["error"]) == (503, "share_origin_unavailable")
+        assert share_items(local_system) == before
+    finally:
+        ssm.put_parameter(Name=name, Value=local_origin, Type="String", Overwrite=True)
+        parameters.clear_caches()
+    assert create(api, studies["current"].study_uid)["url"].startswith(f"{local_system.api_url}/view#")
+
+
 def test_lifecycle_create_redeem_download_revoke(api, local_system, studies):
     current = studies["current"]
     share = create(api, current.study_uid, recipient="Dr Second Opinion")

@@ -139,8 +139,9 @@ def test_cdk_json_documents_are_valid_configurations():
 
 def test_stack_names_carry_the_environment(synthesized):
     stacks = synthesized[1]
-    assert [s.stack_name for s in (stacks.storage, stacks.ingest, stacks.share_api)] == [
-        "dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api"]
+    assert [s.stack_name for s in (stacks.storage, stacks.ingest, stacks.share_api, stacks.edge, stacks.web)] == [
+        "dicomshare-dev-storage", "dicomshare-dev-ingest", "dicomshare-dev-share-api", "dicomshare-dev-edge",
+        "dicomshare-dev-web"]
 
 
 def test_prod_selects_its_document_and_retains_data():
@@ -241,16 +242,18 @@ def test_lifecycle_rules_follow_the_retention_settings(storage):
     assert not [r for r in lifecycle(storage, "DeidentifiedBucket") if "ExpirationInDays" in r]
 
 
-def test_deidentified_bucket_allows_cross_origin_gets_from_the_page_origin_only(storage, share_api):
+def test_deidentified_bucket_allows_cross_origin_gets_from_the_share_origin_only(synthesized, storage, share_api):
     assert not [b for b in storage.find_resources("AWS::S3::Bucket").values() if "CorsConfiguration" in b["Properties"]]
-    (cors,) = share_api.find_resources("Custom::AWS").values()
+    assert not share_api.find_resources("Custom::AWS")
+    web = template(synthesized, "dicomshare-dev-web")
+    [cors] = [c for c in web.find_resources("Custom::AWS").values() if "putBucketCors" in render(c["Properties"]["Create"])]
     call = json.loads(render(cors["Properties"]["Create"]))
     assert (call["service"], call["action"]) == ("S3", "putBucketCors")
     assert call["parameters"]["Bucket"] == "import:dicomshare-dev-storage:ExportsOutputRefDeidentifiedBucketD0355DFD3FFFE1EF"
     (rule,) = call["parameters"]["CORSConfiguration"]["CORSRules"]
     assert rule["AllowedMethods"] == ["GET", "HEAD"]
-    assert re.fullmatch(r"https://<RestApi\w+>\.execute-api\.<AWS::Region>\.<AWS::URLSuffix>", rule["AllowedOrigins"][0])
-    assert len(rule["AllowedOrigins"]) == 1
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution")
+    assert rule["AllowedOrigins"] == [f"https://<{distribution}.DomainName>"]
     assert render(cors["Properties"]["Update"]) == render(cors["Properties"]["Create"])
 
 
@@ -643,8 +646,17 @@ def test_stage_is_traced_throttled_and_logged_without_tokens(share_api):
     assert not any(s["DataTraceEnabled"] for s in stage["Properties"]["MethodSettings"])
 
 
-def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_api):
-    (acl,) = share_api.find_resources("AWS::WAFv2::WebACL").values()
+@pytest.fixture(scope="module")
+def edge(synthesized):
+    return template(synthesized, "dicomshare-dev-edge")
+
+
+@pytest.mark.parametrize("stack_name, waf_scope", [
+    ("dicomshare-dev-share-api", "REGIONAL"), ("dicomshare-dev-edge", "CLOUDFRONT")])
+def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(synthesized, stack_name, waf_scope):
+    t = template(synthesized, stack_name)
+    (acl,) = t.find_resources("AWS::WAFv2::WebACL").values()
+    assert acl["Properties"]["Scope"] == waf_scope
     rules = {r["Name"]: r for r in acl["Properties"]["Rules"]}
     for group in ("AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet",
                   "AWSManagedRulesAmazonIpReputationList"):
@@ -657,7 +669,15 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_a
         rule = rules[name]
         rate = rule["Statement"]["RateBasedStatement"]
         assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
-        match = rate["ScopeDownStatement"]["RegexMatchStatement"]
+        scope_down = rate["ScopeDownStatement"]
+        if waf_scope == "REGIONAL":
+            path, not_trusted = scope_down["AndStatement"]["Statements"]
+            trusted = not_trusted["NotStatement"]["Statement"]["ByteMatchStatement"]
+            assert trusted["FieldToMatch"] == {"SingleHeader": {"Name": "x-origin-verify"}}
+            assert (trusted["PositionalConstraint"], trusted["TextTransformations"]) == (
+                "EXACTLY", [{"Priority": 0, "Type": "NONE"}])
+            scope_down = path
+        match = scope_down["RegexMatchStatement"]
         assert match["FieldToMatch"] == {"UriPath": {}}
         assert [t["Type"] for t in sorted(match["TextTransformations"], key=lambda t: t["Priority"])] == [
             "URL_DECODE", "LOWERCASE"]
@@ -671,11 +691,148 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(share_a
         "Statement"]["RateBasedStatement"]["Limit"]
     assert len({r["Priority"] for r in rules.values()}) == len(rules)
     assert max(rules[g]["Priority"] for g in rules if g.startswith("AWSManaged")) < rules["public-rate-limit"]["Priority"]
+    (logs,) = t.find_resources("AWS::Logs::LogGroup", {"Properties": {
+        "LogGroupName": Match.string_like_regexp("^aws-waf-logs-")}}).values()
+    assert "KmsKeyId" in logs["Properties"]
+    t.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
+        "RedactedFields": [{"UriPath": {}}, {"QueryString": {}}, {"SingleHeader": {"Name": "authorization"}},
+                           {"SingleHeader": {"Name": shares.PIN_HEADER.lower()}},
+                           {"SingleHeader": {"Name": "x-origin-verify"}}]})
+
+
+def test_api_stage_is_guarded_by_the_regional_web_acl(share_api):
     share_api.has_resource_properties("AWS::WAFv2::WebACLAssociation", {
         "ResourceArn": Match.any_value(), "WebACLArn": {"Fn::GetAtt": [Match.string_like_regexp("WebAcl"), "Arn"]}})
-    share_api.has_resource_properties("AWS::WAFv2::LoggingConfiguration", {
-        "RedactedFields": [{"UriPath": {}}, {"QueryString": {}}, {"SingleHeader": {"Name": "authorization"}},
-                           {"SingleHeader": {"Name": shares.PIN_HEADER.lower()}}]})
+
+
+def test_only_requests_from_the_share_origin_skip_the_stage_per_ip_limits(synthesized, share_api):
+    """CloudFront forwards clinicians' requests from its own addresses, already limited per
+    client IP by the share origin's ACL: they carry the secret header, nothing else can."""
+    (acl,) = share_api.find_resources("AWS::WAFv2::WebACL").values()
+    [secret] = share_api.find_resources("AWS::SecretsManager::Secret")
+    values = set()
+    for rule in acl["Properties"]["Rules"]:
+        if "RateBasedStatement" in rule["Statement"]:
+            _, exempt = rule["Statement"]["RateBasedStatement"]["ScopeDownStatement"]["AndStatement"]["Statements"]
+            values.add(render(exempt["NotStatement"]["Statement"]["ByteMatchStatement"]["SearchString"]))
+    assert values == {f"{{{{resolve:secretsmanager:<{secret}>:SecretString:::}}}}"}
+    web = template(synthesized, "dicomshare-dev-web")
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
+    [api_origin] = [o for o in distribution["Properties"]["DistributionConfig"]["Origins"] if "CustomOriginConfig" in o]
+    [header] = api_origin["OriginCustomHeaders"]
+    assert header["HeaderName"] == "X-Origin-Verify"
+    assert re.fullmatch(rf"\{{\{{resolve:secretsmanager:import:dicomshare-dev-share-api:ExportsOutputRef{secret}\w+"
+                        r":SecretString:::\}\}", render(header["HeaderValue"])), render(header["HeaderValue"])
+    (edge_acl,) = template(synthesized, "dicomshare-dev-edge").find_resources("AWS::WAFv2::WebACL").values()
+    assert "X-Origin-Verify".lower() not in json.dumps(edge_acl).lower()
+
+
+def test_share_origin_web_acl_also_limits_viewer_files_per_ip(edge):
+    (acl,) = edge.find_resources("AWS::WAFv2::WebACL").values()
+    rule = {r["Name"]: r for r in acl["Properties"]["Rules"]}["viewer-files-rate-limit"]
+    rate = rule["Statement"]["RateBasedStatement"]
+    assert rule["Action"] == {"Block": {}} and rate["AggregateKeyType"] == "IP"
+    match = rate["ScopeDownStatement"]["NotStatement"]["Statement"]["RegexMatchStatement"]
+    assert match["FieldToMatch"] == {"UriPath": {}}
+    viewer_files = ["/", "/index.html", "/viewer/dicomjson", "/app-config.js", "/dicomshare-viewer.js", "/v1.js"]
+    assert not [path for path in viewer_files if re.search(match["RegexString"], path)]
+    assert all(re.search(match["RegexString"], f"/v1{path}") for _, path in resources.PUBLIC_ROUTES)
+
+
+def test_share_origin_web_acl_lives_in_us_east_1_and_guards_the_distribution(synthesized, edge):
+    stacks = synthesized[1]
+    assert stacks.edge.region == "us-east-1"
+    assert cdk.Token.is_unresolved(stacks.web.region), "the rest of the app stays region-agnostic"
+    assert stacks.edge in stacks.web.dependencies
+    [acl] = edge.find_resources("AWS::WAFv2::WebACL")
+    [parameter] = edge.find_resources("AWS::SSM::Parameter").values()
+    assert parameter["Properties"]["Value"] == {"Fn::GetAtt": [acl, "Arn"]}
+    name = parameter["Properties"]["Name"]
+    assert name == stacks.edge.web_acl_parameter
+
+    web = template(synthesized, "dicomshare-dev-web")
+    [(reader_id, reader)] = [(k, c) for k, c in web.find_resources("Custom::AWS").items()
+                             if "getParameter" in render(c["Properties"]["Create"])]
+    call = json.loads(render(reader["Properties"]["Create"]))
+    assert (call["service"], call["region"], call["parameters"]) == ("SSM", "us-east-1", {"Name": name})
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
+    assert distribution["Properties"]["DistributionConfig"]["WebACLId"] == {
+        "Fn::GetAtt": [reader_id, "Parameter.Value"]}
+    reads = [s for p in web.find_resources("AWS::IAM::Policy").values()
+             for s in p["Properties"]["PolicyDocument"]["Statement"] if "ssm:GetParameter" in s["Action"]]
+    assert [render(s["Resource"]) for s in reads] == [
+        f"arn:<AWS::Partition>:ssm:us-east-1:<AWS::AccountId>:parameter{name}"]
+
+
+def test_share_links_use_the_origin_the_web_stack_writes_and_the_api_may_read_only_that(synthesized, share_api):
+    name = resources.share_origin_parameter("dicomshare-dev")
+    web = template(synthesized, "dicomshare-dev-web")
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution")
+    web.has_resource_properties("AWS::SSM::Parameter", {
+        "Name": name, "Type": "String", "Value": {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [distribution, "DomainName"]}]]}})
+    [api] = functions(share_api).values()
+    assert api["Properties"]["Environment"]["Variables"]["SHARE_ORIGIN_PARAMETER"] == name
+    statements = role_statements(share_api, "ApiFunction")
+    assert [a for s in statements for a in s["Action"] if a.startswith("ssm:")] == ["ssm:GetParameter"]
+    assert granted(statements, "ssm:GetParameter") == [
+        f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{name}"]
+
+
+SHARE_DOMAIN = {"name": "share.example.org",
+                "certificate_arn": "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"}
+
+
+@pytest.fixture(scope="module")
+def with_share_domain(tmp_path_factory):
+    """A synthesis with a custom domain for the share origin, both nag packs on."""
+    outdir = tmp_path_factory.mktemp("cdk.out.domain")
+    app = cdk.App(context=context(dicomshare={**partner_document(), "share_domain": SHARE_DOMAIN}), outdir=str(outdir))
+    build(app)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    try:
+        app.synth()
+        nag_error = None
+    except RuntimeError as error:
+        nag_error = str(error)
+    return outdir, nag_error
+
+
+def test_share_domain_names_the_links_and_the_cors_rule_and_needs_tls_1_2(with_share_domain):
+    outdir, nag_error = with_share_domain
+    assert nag_error is None, nag_error
+    web = Template.from_json(json.loads((outdir / "dicomshare-dev-web.template.json").read_text()))
+    [(distribution_id, distribution)] = web.find_resources("AWS::CloudFront::Distribution").items()
+    config = distribution["Properties"]["DistributionConfig"]
+    assert config["Aliases"] == ["share.example.org"]
+    assert config["ViewerCertificate"] == {"AcmCertificateArn": SHARE_DOMAIN["certificate_arn"],
+                                           "MinimumProtocolVersion": "TLSv1.2_2021", "SslSupportMethod": "sni-only"}
+    web.has_resource_properties("AWS::SSM::Parameter", {
+        "Name": resources.share_origin_parameter("dicomshare-dev"), "Value": "https://share.example.org"})
+    [cors] = [c for c in web.find_resources("Custom::AWS").values() if "putBucketCors" in render(c["Properties"]["Create"])]
+    (rule,) = json.loads(render(cors["Properties"]["Create"]))["parameters"]["CORSConfiguration"]["CORSRules"]
+    assert rule["AllowedOrigins"] == ["https://share.example.org", f"https://<{distribution_id}.DomainName>"]
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable",
+                             str(outdir / "dicomshare-dev-web.template.json")], capture_output=True, text=True)
+    assert not re.findall(r".*:E\d{4}:.*", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("share_domain, field", [
+    ({**SHARE_DOMAIN, "name": "Share.Example.org"}, "name"),
+    ({**SHARE_DOMAIN, "name": "https://share.example.org"}, "name"),
+    ({**SHARE_DOMAIN, "name": "localhost"}, "name"),
+    ({**SHARE_DOMAIN, "certificate_arn": SHARE_DOMAIN["certificate_arn"].replace("us-east-1", "eu-west-1")},
+     "certificate_arn"),
+    ({"name": "share.example.org"}, "certificate_arn"),
+])
+def test_share_domain_is_validated(share_domain, field):
+    with pytest.raises(ConfigError, match=f"share_domain.{field}"):
+        from_document({**partner_document(), "share_domain": share_domain})
+
+
+def test_share_domain_survives_the_lambda_environment():
+    settings = from_document({**partner_document(), "share_domain": SHARE_DOMAIN})
+    assert from_document(json.loads(settings.to_json())) == settings
+    assert (settings.share_domain.name, from_document(partner_document()).share_domain) == ("share.example.org", None)
 
 
 def test_outputs_name_what_an_engineer_needs(storage, share_api):
@@ -710,24 +867,58 @@ def test_share_origin_serves_the_viewer_privately_and_routes_the_api(synthesized
     [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
     config = distribution["Properties"]["DistributionConfig"]
     assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
-    assert [b["PathPattern"] for b in config["CacheBehaviors"]] == ["/v1/*"]
+    assert [b["PathPattern"] for b in config["CacheBehaviors"]] == ["/v1/view", "/v1/*"]
     assert all("OriginAccessControlId" in o for o in config["Origins"] if "S3OriginConfig" in o)
     web.resource_count_is("AWS::CloudFront::OriginAccessControl", 1)
     [bucket] = web.find_resources("AWS::S3::Bucket").values()
     assert bucket["Properties"]["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
-    policies = [p["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
-                for p in web.find_resources("AWS::CloudFront::ResponseHeadersPolicy").values()]
+    policies = {k: p["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]
+                for k, p in web.find_resources("AWS::CloudFront::ResponseHeadersPolicy").items()}
     assert all(p["ReferrerPolicy"]["ReferrerPolicy"] == "no-referrer" and p["StrictTransportSecurity"]
-               and p["ContentTypeOptions"] for p in policies)
-    [csp] = [p["ContentSecurityPolicy"]["ContentSecurityPolicy"] for p in policies if "ContentSecurityPolicy" in p]
+               and p["ContentTypeOptions"] for p in policies.values())
+
+    def csp(behavior: dict) -> str:
+        return render(policies[behavior["ResponseHeadersPolicyId"]["Ref"]]["ContentSecurityPolicy"]["ContentSecurityPolicy"])
+
     hashes = json.loads((PROJECT_ROOT / "web" / "build" / "viewer" / "csp.json").read_text())
-    assert all(f"'sha256-{h}'" in render(csp) for h in hashes["script_sha256"] + hashes["style_sha256"])
-    assert "'unsafe-eval'" not in render(csp) and "'unsafe-inline'" not in render(csp)
+    viewer = csp(config["DefaultCacheBehavior"])
+    assert all(f"'sha256-{h}'" in viewer for h in hashes["script_sha256"] + hashes["style_sha256"])
+    assert "'unsafe-eval'" not in viewer and "'unsafe-inline'" not in viewer
+    page, api = config["CacheBehaviors"]
+    assert "ContentSecurityPolicy" not in policies[api["ResponseHeadersPolicyId"]["Ref"]]
+    assert api["TargetOriginId"] != config["DefaultCacheBehavior"]["TargetOriginId"]
+
+
+def test_share_origin_serves_the_share_page_from_the_bucket_with_its_own_policy(synthesized):
+    """``/v1/view`` is view.html from the viewer bucket, with the CSP the api function sends
+    (the same function computes it), the object origin being the de-identified bucket's."""
+    from lambdas.api import page as share_page
+    from stacks.web import SHARE_PAGE_KEY
+
+    web = template(synthesized, "dicomshare-dev-web")
+    [distribution] = web.find_resources("AWS::CloudFront::Distribution").values()
+    config = distribution["Properties"]["DistributionConfig"]
+    [page] = [b for b in config["CacheBehaviors"] if b["PathPattern"] == "/v1/view"]
+    assert page["TargetOriginId"] == config["DefaultCacheBehavior"]["TargetOriginId"]
+    assert page["ViewerProtocolPolicy"] == "redirect-to-https"
+    [association] = page["FunctionAssociations"]
+    function = web.find_resources("AWS::CloudFront::Function")[association["FunctionARN"]["Fn::GetAtt"][0]]
+    assert f"'/{SHARE_PAGE_KEY}'" in function["Properties"]["FunctionCode"]
+    policy = web.find_resources("AWS::CloudFront::ResponseHeadersPolicy")[page["ResponseHeadersPolicyId"]["Ref"]]
+    page_csp = render(policy["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"][
+        "ContentSecurityPolicy"]["ContentSecurityPolicy"])
+    object_origin = "https://<DeidentifiedBucket>.s3.<AWS::Region>.<AWS::URLSuffix>"
+    expected = share_page.content_security_policy(share_page.VIEW_HTML.read_text(encoding="utf-8"), object_origin)
+    assert re.sub(r'\{"Fn::Select".*?\}\]\}\]\}', "<DeidentifiedBucket>", page_csp) == expected
+    assert "'sha256-" in expected and "'unsafe-inline'" not in expected
+    [deployment] = web.find_resources("Custom::CDKBucketDeployment").values()
+    assert len(deployment["Properties"]["SourceObjectKeys"]) == 2
+    assert "/v1/view" in deployment["Properties"]["DistributionPaths"]
 
 
 def test_cfn_lint_finds_no_error(synthesized):
     templates = sorted(str(p) for p in synthesized[0].glob("*.template.json"))
-    assert len(templates) == 4
+    assert len(templates) == 5, "storage, ingest, share API, edge and web"
     result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
                             capture_output=True, text=True)
     errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]
@@ -821,7 +1012,7 @@ def test_hosted_gateway_is_nag_and_cfn_lint_clean(with_gateway):
     outdir, nag_error = with_gateway
     assert nag_error is None, nag_error
     templates = sorted(str(p) for p in outdir.glob("*.template.json"))
-    assert len(templates) == 5, "storage, ingest, share API, web and the gateway"
+    assert len(templates) == 6, "storage, ingest, share API, edge, web and the gateway"
     result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", *templates],
                             capture_output=True, text=True)
     errors = [line for line in result.stdout.splitlines() if re.search(r":E\d{4}:", line)]

@@ -10,6 +10,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
 from dicomshare import shares
 from dicomshare_aws.resources import PARTNER_ROUTES, PUBLIC_ROUTES
@@ -34,6 +35,7 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
         lifetime = shares.expiry_seconds(body.expires_in, deps.settings())
     except shares.ShareRequestError as error:
         raise ApiError(422, error.reason, str(error)) from error
+    base = public_base()
     store = deps.store()
     study = store.study(body.study_uid)
     if study is None:
@@ -64,7 +66,7 @@ def create_share(body: CreateShare) -> Response[CreatedShare]:
     created = CreatedShare(
         share_id=share.share_id,
         token=token,
-        url=f"{public_base()}/view#{token}",
+        url=f"{base}/view#{token}",
         expires_at=shares.iso(share.expires_at),
         study_uids=study_uids,
         pin=pin if body.generate_pin else None,
@@ -222,12 +224,12 @@ def audit(share_id: str, action: str, outcome: str) -> None:
 
 
 def public_base() -> str:
-    """Where clinicians reach this API: ``https://<API Gateway domain>/<stage>`` when
-    deployed; the request's own ``Host`` over plain HTTP when the local gateway (loopback
-    only) forwarded it."""
-    event = router.current_event
-    context = event.request_context
-    host = event.headers.get("Host") or event.headers.get("host") or ""
-    if event.headers.get("X-Forwarded-Proto") == "http" and host.split(":")[0] in ("127.0.0.1", "localhost"):
-        return f"http://{host}/{context.stage}"
-    return f"https://{context.domain_name}/{context.stage}"
+    """Where clinicians reach this API: ``<share origin>/<stage>``, the origin that also
+    serves the viewer (CloudFront on AWS, the local gateway locally), never the address
+    this request came to (admins call API Gateway directly, with SigV4)."""
+    try:
+        origin = deps.share_origin()
+    except GetParameterError as error:
+        raise ApiError(503, "share_origin_unavailable", "The share origin is not deployed yet (the web "
+                       "stack writes it); no share was created.") from error
+    return f"{origin}/{router.current_event.request_context.stage}"

@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 import boto3
+from aws_lambda_powertools.utilities import parameters
 
 from dicomshare import settings as config
 from dicomshare_aws.s3_presign import Presigner, bucket_origin
@@ -37,6 +38,21 @@ def deid_endpoint_url() -> str | None:
 def deid_origin() -> str:
     """The origin of the presigned URLs the page loads (the only one besides its own)."""
     return bucket_origin(os.environ[config.DEID_BUCKET_ENV], session().region_name, deid_endpoint_url())
+
+
+SHARE_ORIGIN_MAX_AGE_SECONDS = 300
+"""How long a container keeps the share origin it read: a changed origin (a custom domain
+put in front of the distribution) reaches share links within five minutes, without a
+deployment, at one SSM read per container per five minutes."""
+
+
+def share_origin() -> str:
+    """Where share links point (``https://<CloudFront domain>`` on AWS): the SSM parameter
+    named by ``SHARE_ORIGIN_PARAMETER``, which the web stack writes (the local system, the
+    local gateway's origin). Raises ``parameters.exceptions.GetParameterError`` while it
+    does not exist (the web stack not deployed yet)."""
+    return parameters.get_parameter(os.environ[config.SHARE_ORIGIN_PARAMETER_ENV],
+                                    max_age=SHARE_ORIGIN_MAX_AGE_SECONDS).rstrip("/")
 
 
 def presigner(expires_in: int) -> Presigner:

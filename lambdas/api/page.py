@@ -20,25 +20,31 @@ from lambdas.api import dependencies as deps
 
 router = Router()
 STATIC = Path(__file__).parent / "static"
+VIEW_HTML = Path(__file__).parent / "view.html"
+"""The page; on AWS the web stack also puts it in the viewer bucket, and CloudFront serves
+it from there with :func:`content_security_policy` in a response-headers policy."""
 
 
 @cache
 def page() -> tuple[str, str]:
-    """The page and its Content-Security-Policy: only the page's own inline script and
-    style (by hash) run; it may fetch from its own origin (the API) and from the
-    de-identified bucket's origin (presigned URLs), nothing else."""
-    html = (Path(__file__).parent / "view.html").read_text(encoding="utf-8")
+    """The page and its Content-Security-Policy."""
+    html = VIEW_HTML.read_text(encoding="utf-8")
+    return html, content_security_policy(html, deps.deid_origin())
 
+
+def content_security_policy(html: str, object_origin: str) -> str:
+    """The page's Content-Security-Policy: only its own inline script and style (by hash)
+    run; it may fetch from its own origin (the API) and from ``object_origin``, the
+    de-identified bucket's (presigned URLs), nothing else."""
     def hashes(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
         return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
 
-    policy = (
+    return (
         f"default-src 'none'; script-src 'self' {hashes('script')}; style-src {hashes('style')}; "
-        f"img-src {deps.deid_origin()} blob:; connect-src 'self' {deps.deid_origin()}; "
+        f"img-src {object_origin} blob:; connect-src 'self' {object_origin}; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
-    return html, policy
 
 
 @router.get("/view", include_in_schema=False)
