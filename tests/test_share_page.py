@@ -180,6 +180,17 @@ class DevTools:
             if first & 0x80:
                 return payload
 
+    def wait_for_event(self, method: str, timeout: float = 120, **params) -> dict:
+        """The first event so far or to come of ``method`` whose parameters include ``params``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if event["method"] == method and params.items() <= event["params"].items():
+                    return event["params"]
+            assert time.monotonic() < deadline, f"timed out waiting for {method} {params}"
+            time.sleep(0.1)
+            self.evaluate("0")  # reads the events that came meanwhile
+
     def wait_for(self, expression: str, timeout: float = 20):
         deadline = time.monotonic() + timeout
         while not self.evaluate(f"(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()"):
@@ -228,6 +239,67 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
     assert archive.testzip() is None
     files = {name.rsplit("/", 1)[1].removesuffix(".dcm"): archive.read(name) for name in archive.namelist()}
     assert files == study.files
+
+
+def streaming_browser(chromium: str, profile: Path, downloads: Path) -> DevTools:
+    """Headless Chromium as Firefox, Safari and phones are: no File System Access API (removed
+    before any page script runs), so the page streams downloads through its service worker.
+    Downloads land in ``downloads``; network events are recorded."""
+    browser = DevTools(chromium, profile, "about:blank")
+    browser.send("Page.enable", {})  # else scripts added below never run
+    browser.send("Page.addScriptToEvaluateOnNewDocument", {"source": "delete window.showSaveFilePicker;"})
+    browser.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads),
+                                                 "eventsEnabled": True})
+    browser.send("Network.enable", {})
+    return browser
+
+
+def open_share(browser: DevTools, url: str, pin: str | None = None) -> None:
+    browser.send("Page.navigate", {"url": url})
+    if pin:
+        browser.wait_for("document.getElementById('status').dataset.state === 'pin_required'")
+        browser.evaluate(f"document.getElementById('pin').value = {pin!r}")
+        browser.evaluate("document.getElementById('pin-form').requestSubmit()")
+    browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
+    assert browser.evaluate("typeof window.showSaveFilePicker") == "undefined"
+
+
+def request_urls(browser: DevTools) -> list[str]:
+    return [e["params"]["request"]["url"] for e in browser.events if e["method"] == "Network.requestWillBeSent"]
+
+
+def test_download_streams_to_disk_through_the_service_worker_without_file_system_access(
+        api, chromium, study, tmp_path):
+    pin = "zqdlpin7"
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid, "pin": pin})[1]
+    token = share["url"].split("#", 1)[1]
+    downloads = tmp_path / "downloads"
+    browser = streaming_browser(chromium, tmp_path / "devtools", downloads)
+    try:
+        open_share(browser, share["url"], pin)
+        browser.evaluate("document.getElementById('download-all').click()")
+        guid = browser.wait_for_event("Browser.downloadWillBegin", suggestedFilename="shared-study.zip")["guid"]
+        browser.wait_for_event("Browser.downloadProgress", guid=guid, state="completed")
+        browser.wait_for("document.getElementById('progress').classList.contains('hidden')")
+        assert browser.evaluate("document.getElementById('status').dataset.state") == "ready"
+        assert browser.evaluate("caches.keys()") == []  # nothing kept in Cache Storage
+        assert browser.evaluate("document.querySelectorAll('iframe').length") == 0  # the frame went away
+    finally:
+        browser.close()
+    urls = request_urls(browser)
+    (address,) = [u for u in urls if "/download/" in u]
+    assert re.fullmatch(r".*/download/[0-9a-f]{32}", address)  # a random one-time id, nothing else
+    answered = [e["params"]["response"] for e in browser.events if e["method"] == "Network.responseReceived"]
+    assert [r["fromServiceWorker"] for r in answered if r["url"] == address] == [True]
+    assert not [u for u in urls if token in u or pin in u]
+    assert sum(".amazonaws.com" not in u and "/view" not in u and u.startswith(share["url"].split("/view")[0])
+               and "share/instances" in u for u in urls) >= 2  # URLs fetched page by page, per series
+    with zipfile.ZipFile(downloads / "shared-study.zip") as archive:
+        assert archive.testzip() is None
+        names = archive.namelist()
+        files = {name.rsplit("/", 1)[1].removesuffix(".dcm"): archive.read(name) for name in names}
+    assert files == study.files
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+\.dcm", n) for n in names), names
 
 
 def test_zip_entry_names_are_built_from_sanitized_segments(api, chromium, study, tmp_path):
