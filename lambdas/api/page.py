@@ -76,4 +76,4 @@ def client_zip() -> Response[str]:
 @router.get("/download-worker.js", include_in_schema=False)
 def download_worker() -> Response[str]:
     return Response(200, "text/javascript; charset=utf-8", (Path(__file__).parent / "download-worker.js").read_text(
-        encoding="utf-8"), headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+        encoding="utf-8"), headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
