@@ -440,6 +440,27 @@ def test_cancelling_the_download_stops_the_fetching(api, chromium, local_system,
     assert not (downloads / "series-1.zip").exists()
 
 
+def test_leaving_the_page_fails_the_download_instead_of_stalling_it(api, chromium, local_system, large_study,
+                                                                    tmp_path):
+    """The page's object fetches are held after the first; the page goes away (as a closed
+    tab does); the worker notices and fails the download, and nothing more is fetched."""
+    share = api.call("POST", "/shares", {"study_uid": large_study.study_uid})[1]
+    browser = streaming_browser(chromium, tmp_path / "devtools", tmp_path / "downloads")
+    try:
+        open_share(browser, share["url"])
+        browser.send("Fetch.enable", {"patterns": [{"urlPattern": f"{local_system.endpoint_url}/*.dcm*"}]})
+        browser.evaluate("document.getElementById('download-all').click()")
+        guid = browser.wait_for_event("Browser.downloadWillBegin")["guid"]
+        first = browser.wait_for_event("Fetch.requestPaused")["requestId"]
+        browser.send("Fetch.continueRequest", {"requestId": first})
+        browser.wait_for_event("Browser.downloadProgress", guid=guid, state="inProgress")
+        browser.send("Page.navigate", {"url": "about:blank"})
+        browser.wait_for_event("Browser.downloadProgress", guid=guid, state="canceled", timeout=60)
+        assert len([e for e in browser.events if e["method"] == "Fetch.requestPaused"]) <= 2
+    finally:
+        browser.close()
+
+
 def test_zip_entry_names_are_built_from_sanitized_segments(api, chromium, study, tmp_path):
     share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
     browser = DevTools(chromium, tmp_path / "devtools", share["url"])
