@@ -48,7 +48,7 @@ EVENT_SOURCE = "dicomshare"
 """``Source`` of the EventBridge events this system emits."""
 
 PUBLIC_ROUTES = frozenset({
-    ("POST", "/redeem"), ("GET", "/view"), ("GET", "/client-zip.js"),
+    ("POST", "/redeem"), ("GET", "/view"), ("GET", "/client-zip.js"), ("GET", "/download-worker.js"),
     ("GET", "/share/instances"), ("GET", "/share/dicomjson"), ("GET", "/share/manifest"),
 })
 """Routes a clinician reaches with a share token; every other route is admin (IAM)."""

@@ -275,7 +275,7 @@ MANAGED_RULE_GROUPS = (
 """AWS managed rule groups, evaluated first: addresses known for bots and attacks, request
 patterns of known exploits (Log4j, ...), and the core OWASP-style protections."""
 
-PUBLIC_PATHS_REGEX = r"/(redeem|view|client-zip\.js)/?$"
+PUBLIC_PATHS_REGEX = r"/(redeem|view|client-zip\.js|download-worker\.js)/?$"
 SHARE_PAGES_REGEX = r"/share/(instances|dicomjson|manifest)/?$"
 REDEEM_PATH_REGEX = r"/redeem/?$"
 API_PATHS_REGEX = rf"^/{STAGE_NAME}(/|$)"

@@ -114,6 +114,18 @@ def test_page_headers_keep_the_token_private(local_system):
     assert not re.search(r'(src|href)="(https?:)?//', body)  # no external resource
 
 
+def test_download_worker_is_served_same_origin_and_only_it_may_run_as_a_worker(local_system):
+    with urllib.request.urlopen(f"{local_system.api_url}/view", timeout=30) as response:
+        policy = response.headers["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";") if " " in d.strip())
+    assert directives["worker-src"] == "'self'" and directives["frame-src"] == "'self'"
+    with urllib.request.urlopen(f"{local_system.api_url}/download-worker.js", timeout=30) as response:
+        headers, script = response.headers, response.read().decode()
+    assert headers["Content-Type"].startswith("text/javascript")
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Cache-Control"] == "no-store"
+    assert 'addEventListener("fetch"' in script and "caches" not in script
+
+
 class DevTools:
     """The smallest Chrome DevTools Protocol client: one page, ``Runtime.evaluate`` over a
     WebSocket (RFC 6455 framing, text frames only), standard library only."""
@@ -180,6 +192,17 @@ class DevTools:
             if first & 0x80:
                 return payload
 
+    def wait_for_event(self, method: str, timeout: float = 120, **params) -> dict:
+        """The first event so far or to come of ``method`` whose parameters include ``params``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if event["method"] == method and params.items() <= event["params"].items():
+                    return event["params"]
+            assert time.monotonic() < deadline, f"timed out waiting for {method} {params}"
+            time.sleep(0.1)
+            self.evaluate("0")  # reads the events that came meanwhile
+
     def wait_for(self, expression: str, timeout: float = 20):
         deadline = time.monotonic() + timeout
         while not self.evaluate(f"(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()"):
@@ -228,6 +251,214 @@ def test_scrolling_and_zip_download_in_the_browser(api, chromium, study, tmp_pat
     assert archive.testzip() is None
     files = {name.rsplit("/", 1)[1].removesuffix(".dcm"): archive.read(name) for name in archive.namelist()}
     assert files == study.files
+
+
+def streaming_browser(chromium: str, profile: Path, downloads: Path, *, service_worker: bool = True) -> DevTools:
+    """Headless Chromium as Firefox, Safari and phones are: no File System Access API (removed
+    before any page script runs), so the page streams downloads through its service worker
+    (or, with ``service_worker=False``, as some private windows are, has none at all).
+    Downloads land in ``downloads``; network events are recorded."""
+    browser = DevTools(chromium, profile, "about:blank")
+    browser.send("Page.enable", {})  # else scripts added below never run
+    removed = "delete window.showSaveFilePicker;" + ("" if service_worker else "delete Navigator.prototype.serviceWorker;")
+    browser.send("Page.addScriptToEvaluateOnNewDocument", {"source": removed})
+    browser.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads),
+                                                 "eventsEnabled": True})
+    browser.send("Network.enable", {})
+    return browser
+
+
+def open_share(browser: DevTools, url: str, pin: str | None = None) -> None:
+    browser.send("Page.navigate", {"url": url})
+    if pin:
+        browser.wait_for("document.getElementById('status').dataset.state === 'pin_required'")
+        browser.evaluate(f"document.getElementById('pin').value = {pin!r}")
+        browser.evaluate("document.getElementById('pin-form').requestSubmit()")
+    browser.wait_for("document.getElementById('status').dataset.state === 'ready'")
+    assert browser.evaluate("typeof window.showSaveFilePicker") == "undefined"
+
+
+def request_urls(browser: DevTools) -> list[str]:
+    return [e["params"]["request"]["url"] for e in browser.events if e["method"] == "Network.requestWillBeSent"]
+
+
+def test_download_streams_to_disk_through_the_service_worker_without_file_system_access(
+        api, chromium, study, tmp_path):
+    pin = "zqdlpin7"
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid, "pin": pin})[1]
+    token = share["url"].split("#", 1)[1]
+    downloads = tmp_path / "downloads"
+    browser = streaming_browser(chromium, tmp_path / "devtools", downloads)
+    try:
+        open_share(browser, share["url"], pin)
+        browser.evaluate("document.getElementById('download-all').click()")
+        guid = browser.wait_for_event("Browser.downloadWillBegin", suggestedFilename="shared-study.zip")["guid"]
+        browser.wait_for_event("Browser.downloadProgress", guid=guid, state="completed")
+        browser.wait_for("document.getElementById('progress').classList.contains('hidden')")
+        assert browser.evaluate("document.getElementById('status').dataset.state") == "ready"
+        assert browser.evaluate("caches.keys()") == []  # nothing kept in Cache Storage
+        assert browser.evaluate("document.querySelectorAll('iframe').length") == 0  # the frame went away
+    finally:
+        browser.close()
+    urls = request_urls(browser)
+    (address,) = [u for u in urls if "/download/" in u]
+    assert re.fullmatch(r".*/download/[0-9a-f]{32}", address)  # a random one-time id, nothing else
+    answered = [e["params"]["response"] for e in browser.events if e["method"] == "Network.responseReceived"]
+    assert [r["fromServiceWorker"] for r in answered if r["url"] == address] == [True]
+    assert not [u for u in urls if token in u or pin in u]
+    assert sum("/share/instances?" in u for u in urls) >= 2 * len(study.series_uids)  # previews, then the download
+    with zipfile.ZipFile(downloads / "shared-study.zip") as archive:
+        assert archive.testzip() is None
+        names = archive.namelist()
+        files = {name.rsplit("/", 1)[1].removesuffix(".dcm"): archive.read(name) for name in names}
+    assert files == study.files
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+\.dcm", n) for n in names), names
+
+
+def test_without_a_service_worker_the_archive_is_assembled_in_memory_with_a_warning(api, chromium, study, tmp_path):
+    share = api.call("POST", "/shares", {"study_uid": study.study_uid})[1]
+    downloads = tmp_path / "downloads"
+    browser = streaming_browser(chromium, tmp_path / "devtools", downloads, service_worker=False)
+    try:
+        open_share(browser, share["url"])
+        assert browser.evaluate("'serviceWorker' in navigator") is False
+        browser.evaluate("""window.shown = []; new MutationObserver(() => window.shown.push(
+            document.getElementById('status').dataset.state + ': ' + document.getElementById('status').textContent)
+        ).observe(document.getElementById('status'), { attributes: true, childList: true })""")
+        browser.evaluate("document.getElementById('download-all').click()")
+        guid = browser.wait_for_event("Browser.downloadWillBegin", suggestedFilename="shared-study.zip")["guid"]
+        browser.wait_for_event("Browser.downloadProgress", guid=guid, state="completed")
+        shown = browser.evaluate("window.shown")
+    finally:
+        browser.close()
+    assert any(s.startswith("download_in_memory: ") and "in memory" in s and "large study may fail" in s
+               for s in shown), shown
+    assert not [u for u in request_urls(browser) if "/download/" in u]
+    with zipfile.ZipFile(downloads / "shared-study.zip") as archive:
+        assert {n.rsplit("/", 1)[1].removesuffix(".dcm"): archive.read(n) for n in archive.namelist()} == study.files
+
+
+@pytest.fixture(scope="module")
+def large_study(local_system):
+    """40 CT slices of 2048 x 2048 (8 MiB each): a 320 MiB archive."""
+    indexed = put_study(local_system, pseudonym="DS-LARGE7TESTQ7DG2B667PFPXHAVS", study_date="20240302", slices=40,
+                        size=2048)
+    local_system.wait_idle()
+    return indexed
+
+
+def download_state(browser: DevTools, guid: str) -> str:
+    states = [e["params"]["state"] for e in browser.events
+              if e["method"] == "Browser.downloadProgress" and e["params"]["guid"] == guid]
+    return states[-1] if states else "pending"
+
+
+def test_large_download_reaches_disk_before_the_page_fetched_the_rest(api, chromium, local_system, large_study,
+                                                                     tmp_path):
+    """A 320 MiB download, with the page's object fetches held (CDP Fetch) after the first
+    five: the first five objects' bytes are on disk while the sixth is not even fetched (the
+    archive streams, it is not assembled first), and the page's JavaScript memory (heap and
+    array buffers), sampled all through, stays below a twentieth of the archive."""
+    share = api.call("POST", "/shares", {"study_uid": large_study.study_uid})[1]
+    size = sum(len(data) for data in large_study.files.values())
+    first = 5 * min(len(data) for data in large_study.files.values())
+    downloads = tmp_path / "downloads"
+    browser = streaming_browser(chromium, tmp_path / "devtools", downloads)
+    try:
+        open_share(browser, share["url"])
+        browser.send("Fetch.enable", {"patterns": [{"urlPattern": f"{local_system.endpoint_url}/*.dcm*"}]})
+        browser.evaluate("document.getElementById('download-all').click()")
+        guid = browser.wait_for_event("Browser.downloadWillBegin")["guid"]
+        seen, released, held, memory = 0, 0, [], []
+        deadline = time.monotonic() + 600
+        while (state := download_state(browser, guid)) not in ("completed", "canceled"):
+            assert time.monotonic() < deadline, f"the download did not finish ({released} objects fetched)"
+            paused = [e["params"]["requestId"] for e in browser.events[seen:] if e["method"] == "Fetch.requestPaused"]
+            seen = len(browser.events)
+            for request in paused:
+                if released < 5 or held is None:
+                    browser.send("Fetch.continueRequest", {"requestId": request})
+                    released += 1
+                else:
+                    held.append(request)
+            if held and received(browser, guid) >= first:
+                for request in held:  # the five are on disk, the sixth still held: let the rest through
+                    browser.send("Fetch.continueRequest", {"requestId": request})
+                released, held = released + len(held), None
+            usage = browser.send("Runtime.getHeapUsage", {})
+            memory.append(usage["usedSize"] + usage.get("backingStorageSize", 0))
+            time.sleep(0.2)
+        assert state == "completed" and held is None
+    finally:
+        browser.close()
+    assert max(memory) < size / 20, (max(memory), size)
+    with zipfile.ZipFile(downloads / "shared-study.zip") as archive:
+        assert sum(info.file_size for info in archive.infolist()) == size
+        for info in archive.infolist():
+            assert archive.read(info) == large_study.files[info.filename.rsplit("/", 1)[1].removesuffix(".dcm")]
+
+
+def received(browser: DevTools, guid: str) -> int:
+    return max([e["params"]["receivedBytes"] for e in browser.events
+                if e["method"] == "Browser.downloadProgress" and e["params"]["guid"] == guid] or [0])
+
+
+def test_cancelling_the_download_stops_the_fetching(api, chromium, local_system, large_study, tmp_path):
+    """The page's object fetches are held (CDP Fetch) after the third; the user cancels the
+    download; the page stops: the held fetch is abandoned and no other object is asked for."""
+    share = api.call("POST", "/shares", {"study_uid": large_study.study_uid})[1]
+    downloads = tmp_path / "downloads"
+    browser = streaming_browser(chromium, tmp_path / "devtools", downloads)
+    progress = "document.getElementById('progress')"
+
+    def paused(at_least: int = 0) -> list[str]:
+        deadline = time.monotonic() + 60
+        while len(requests := [e["params"]["requestId"] for e in browser.events
+                               if e["method"] == "Fetch.requestPaused"]) < at_least:
+            assert time.monotonic() < deadline, f"the page did not ask for object {at_least}"
+            time.sleep(0.1)
+            browser.evaluate("0")
+        return requests
+
+    try:
+        open_share(browser, share["url"])
+        browser.send("Fetch.enable", {"patterns": [{"urlPattern": f"{local_system.endpoint_url}/*.dcm*"}]})
+        browser.evaluate("document.querySelector('article.series button:not([aria-label])').click()")
+        guid = browser.wait_for_event("Browser.downloadWillBegin", suggestedFilename="series-1.zip")["guid"]
+        for number in range(3):
+            browser.send("Fetch.continueRequest", {"requestId": paused(number + 1)[number]})
+        paused(4)  # the fourth is held
+        browser.send("Browser.cancelDownload", {"guid": guid})
+        browser.wait_for(f"{progress}.classList.contains('hidden')")  # the page heard of it and stopped
+        fetched = browser.evaluate(f"{progress}.value")
+        assert browser.evaluate("fetch('client-zip.js').then(r => r.ok)")  # a round trip later,
+        assert len(paused()) == 4  # no object was asked for since
+        assert download_state(browser, guid) == "canceled"
+    finally:
+        browser.close()
+    assert fetched == 3 < len(large_study.files)
+    assert not (downloads / "series-1.zip").exists()
+
+
+def test_leaving_the_page_fails_the_download_instead_of_stalling_it(api, chromium, local_system, large_study,
+                                                                    tmp_path):
+    """The page's object fetches are held after the first; the page goes away (as a closed
+    tab does); the worker notices and fails the download, and nothing more is fetched."""
+    share = api.call("POST", "/shares", {"study_uid": large_study.study_uid})[1]
+    browser = streaming_browser(chromium, tmp_path / "devtools", tmp_path / "downloads")
+    try:
+        open_share(browser, share["url"])
+        browser.send("Fetch.enable", {"patterns": [{"urlPattern": f"{local_system.endpoint_url}/*.dcm*"}]})
+        browser.evaluate("document.getElementById('download-all').click()")
+        guid = browser.wait_for_event("Browser.downloadWillBegin")["guid"]
+        first = browser.wait_for_event("Fetch.requestPaused")["requestId"]
+        browser.send("Fetch.continueRequest", {"requestId": first})
+        browser.wait_for_event("Browser.downloadProgress", guid=guid, state="inProgress")
+        browser.send("Page.navigate", {"url": "about:blank"})
+        browser.wait_for_event("Browser.downloadProgress", guid=guid, state="canceled", timeout=60)
+        assert len([e for e in browser.events if e["method"] == "Fetch.requestPaused"]) <= 2
+    finally:
+        browser.close()
 
 
 def test_zip_entry_names_are_built_from_sanitized_segments(api, chromium, study, tmp_path):

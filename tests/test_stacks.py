@@ -663,7 +663,7 @@ def test_waf_runs_managed_rules_and_rate_limits_every_public_path_per_ip(synthes
         assert rules[group]["Statement"]["ManagedRuleGroupStatement"] == {"VendorName": "AWS", "Name": group}
         assert rules[group]["OverrideAction"] == {"None": {}}
     covered = set()
-    for name, paths in (("public-rate-limit", ["redeem", "view", "client-zip.js"]),
+    for name, paths in (("public-rate-limit", ["redeem", "view", "client-zip.js", "download-worker.js"]),
                         ("share-pages-rate-limit", ["share/instances", "share/dicomjson", "share/manifest"]),
                         ("redeem-rate-limit", ["redeem"])):
         rule = rules[name]

@@ -3,7 +3,11 @@ no external resource). The token stays in the URL fragment, which browsers never
 
 ``GET /client-zip.js`` serves the streaming ZIP writer the page downloads with: npm's
 ``client-zip`` (pinned by version and integrity in ``web/package-lock.json``), copied into
-``lambdas/api/static/`` by ``make web``, never committed."""
+``lambdas/api/static/`` by ``make web``, never committed.
+
+``GET /download-worker.js`` serves the page's download service worker (scope ``download/``),
+through which browsers without the File System Access API save the archive to disk as it
+streams."""
 
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ def page() -> tuple[str, str]:
 def content_security_policy(html: str, object_origin: str) -> str:
     """The page's Content-Security-Policy: only its own inline script and style (by hash)
     run; it may fetch from its own origin (the API) and from ``object_origin``, the
-    de-identified bucket's (presigned URLs), nothing else."""
+    de-identified bucket's (presigned URLs), register its own origin's service worker and
+    frame its own origin (the hidden frame that opens a streamed download), nothing else."""
     def hashes(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
         return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
@@ -43,6 +48,7 @@ def content_security_policy(html: str, object_origin: str) -> str:
     return (
         f"default-src 'none'; script-src 'self' {hashes('script')}; style-src {hashes('style')}; "
         f"img-src {object_origin} blob:; connect-src 'self' {object_origin}; "
+        "worker-src 'self'; frame-src 'self'; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 
@@ -70,3 +76,9 @@ def client_zip() -> Response[str]:
         return Response(404, "application/json", '{"error": "not_built", "message": "Run make web."}')
     return Response(200, "text/javascript; charset=utf-8", path.read_text(encoding="utf-8"), headers={
         "Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/download-worker.js", include_in_schema=False)
+def download_worker() -> Response[str]:
+    return Response(200, "text/javascript; charset=utf-8", (Path(__file__).parent / "download-worker.js").read_text(
+        encoding="utf-8"), headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
