@@ -81,7 +81,8 @@ def seed(system, instances: int) -> tuple[str, list[str]]:
                 key = index.deidentified_object_key(study_uid, series_uid, ds.SOPInstanceUID)
                 batch.put_item(Item=instance_item(
                     ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=540_000,
-                    sha256="0" * 64, received_at=received, partner="bench", patient_pseudonym=pseudonym))
+                    sha256="0" * 64, received_at=received, partner="bench", patient_pseudonym=pseudonym,
+                    metadata_bytes=len(metadata)))
             batch.put_item(Item={**index.series_key(study_uid, series_uid), "study_uid": study_uid,
                                  "series_uid": series_uid, "modality": "CT", "series_description": "CT BENCH",
                                  "series_number": str(len(series_uids)), "instance_count": count,
