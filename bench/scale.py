@@ -78,7 +78,7 @@ def units(size: int) -> int:
 
 def _ct_items(count: int) -> list[dict]:
     from dicomshare import index
-    from dicomshare.index_items import instance_item
+    from dicomshare.index_items import dicom_json, instance_item
     from dicomshare_local import demo
 
     items = []
@@ -87,10 +87,9 @@ def _ct_items(count: int) -> list[dict]:
         ds.PixelSpacing = [0.9765625, 0.9765625]
         items.append(instance_item(
             ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            s3_key=index.deidentified_object_key(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
             size=526_000 + int(ds.InstanceNumber), sha256="ab" * 32,
             received_at=f"2026-11-29T12:{int(ds.InstanceNumber) // 60 % 60:02d}:{int(ds.InstanceNumber) % 60:02d}.000Z",
-            partner="st-mary-pacs", patient_pseudonym="DS-" + "7" * 32))
+            partner="st-mary-pacs", patient_pseudonym="DS-" + "7" * 32, metadata_bytes=len(dicom_json(ds))))
     return items
 
 

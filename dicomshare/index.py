@@ -99,7 +99,7 @@ TABLE = {
 """Table definition shared by ``stacks/storage.py`` and the local system (all keys strings)."""
 
 INSTANCE_ATTRIBUTES = (
-    PK, SK, "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "s3_key", "size", "sha256",
+    PK, SK, "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "size", "sha256",
     "transfer_syntax_uid", "number_of_frames", "rows", "columns", "instance_number", "received_at", "partner",
     "modality", "series_description", "series_number", "patient_pseudonym", "study_date", "study_time",
     "study_description", "metadata_bytes",

@@ -122,7 +122,6 @@ def instance_item(
     ds: Dataset,
     *,
     transfer_syntax_uid: str,
-    s3_key: str,
     size: int,
     sha256: str | None,
     received_at: str,
@@ -133,7 +132,8 @@ def instance_item(
     """The instance item of a de-identified dataset.
 
     ``ds`` is the de-identified header; ``size`` and ``sha256`` describe the stored
-    de-identified object at ``s3_key`` (``sha256`` is ``None``, and the attribute absent,
+    de-identified object (at :func:`dicomshare.index.deidentified_object_key` of its UIDs,
+    not repeated in the item; ``sha256`` is ``None``, and the attribute absent,
     when the pixel data was copied server-side and never hashed); ``metadata_bytes`` is the
     size of its stored metadata object (:func:`dicom_json`). The study and series attributes are repeated on
     every instance so the counts aggregator builds study and series items from the table
@@ -146,7 +146,6 @@ def instance_item(
         "series_uid": series,
         "sop_instance_uid": sop,
         "sop_class_uid": str(ds.SOPClassUID),
-        "s3_key": s3_key,
         "size": size,
         "transfer_syntax_uid": transfer_syntax_uid,
         "number_of_frames": _integer(ds, "NumberOfFrames") or 1,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Sequence
 
+from dicomshare import index
 from dicomshare.shares import Share, iso
 
 ALWAYS_LISTS = frozenset({"PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "ImageType"})
@@ -122,7 +123,7 @@ def instance_entries(items: list[dict[str, Any]], *, instance_url: Presigner | N
     for item in items:
         entry = {k: item[k] for k in INSTANCE_FIELDS if k in item}
         if instance_url:
-            entry["url"] = instance_url(item["s3_key"])
+            entry["url"] = instance_url(object_key(item))
         entry["preview_url"] = preview_url(preview_key(item["study_uid"], item["series_uid"], item["sop_instance_uid"]))
         entries.append(entry)
     return entries
@@ -160,7 +161,7 @@ def ohif_page(study: dict[str, Any], series: dict[str, Any], items: list[dict[st
     used = 0
     for position, (item, dataset) in enumerate(zip(items, metadata)):
         naturalized_ = naturalized(item, dataset)
-        url = f"dicomweb:{instance_url(item['s3_key'])}"
+        url = f"dicomweb:{instance_url(object_key(item))}"
         size = len(json.dumps(naturalized_, separators=(",", ":"))) + len(url) + 40
         frames = int(item.get("number_of_frames") or 1)
         for frame in range(first_frame if position == 0 else 1, frames + 1):
@@ -169,6 +170,11 @@ def ohif_page(study: dict[str, Any], series: dict[str, Any], items: list[dict[st
             entries.append({"metadata": naturalized_, "url": f"{url}&frame={frame}" if frames > 1 else url})
             used += size
     return _ohif_document(study, series, entries), len(items), 1
+
+
+def object_key(item: dict[str, Any]) -> str:
+    """The S3 key of an instance item's DICOM object."""
+    return index.deidentified_object_key(item["study_uid"], item["series_uid"], item["sop_instance_uid"])
 
 
 def _ohif_document(study: dict[str, Any], series: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:

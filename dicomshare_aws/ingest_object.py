@@ -198,7 +198,6 @@ def ingest_object(
     item = index_items.instance_item(
         result.plan.dataset,
         transfer_syntax_uid=str(result.plan.dataset.file_meta.TransferSyntaxUID),
-        s3_key=result.key,
         size=result.size,
         sha256=result.sha256,
         received_at=_now(),

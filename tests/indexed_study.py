@@ -51,7 +51,7 @@ def put_instance(system, ds, *, partner: str, pseudonym: str) -> bytes:
     s3.put_object(Bucket=system.resources.deid_bucket, Key=key, Body=data, ContentType="application/dicom")
     metadata = dicom_json(ds)
     item = instance_item(
-        ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=len(data),
+        ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, size=len(data),
         sha256=hashlib.sha256(data).hexdigest(), received_at=now(), partner=partner,
         patient_pseudonym=pseudonym, metadata_bytes=len(metadata),
     )

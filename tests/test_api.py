@@ -432,7 +432,7 @@ def test_pages_follow_next_and_split_multi_frame_instances(api, studies, monkeyp
 def test_multi_frame_entries_end_with_the_frame_number():
     from dicomshare import manifest as manifest_module
 
-    item = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uid": "1.2.3.4", "s3_key": "k.dcm",
+    item = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uid": "1.2.3.4",
             "number_of_frames": 3}
     study = {"study_uid": "1.2", "study_date": "", "study_time": "", "study_description": "",
              "patient_pseudonym": "P", "modalities": [], "instance_count": 1}
@@ -440,7 +440,8 @@ def test_multi_frame_entries_end_with_the_frame_number():
     document, finished, resume = manifest_module.ohif_page(study, series, [item], [{}],
                                                            instance_url=lambda k: f"https://s3/{k}?sig=1")
     urls = [e["url"] for e in document["studies"][0]["series"][0]["instances"]]
-    assert urls == [f"dicomweb:https://s3/k.dcm?sig=1&frame={k}" for k in (1, 2, 3)] and (finished, resume) == (1, 1)
+    key = "studies/1.2/series/1.2.3/instances/1.2.3.4.dcm"
+    assert urls == [f"dicomweb:https://s3/{key}?sig=1&frame={k}" for k in (1, 2, 3)] and (finished, resume) == (1, 1)
     document, finished, resume = manifest_module.ohif_page(study, series, [item], [{}],
                                                            instance_url=lambda k: f"https://s3/{k}?sig=1",
                                                            first_frame=2, budget=1)

@@ -182,7 +182,7 @@ def test_a_share_serves_only_its_frozen_partner_and_patient(local_system, api):
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_uid, study.series_uids[0]
         key = index.deidentified_object_key(study.study_uid, study.series_uids[0], ds.SOPInstanceUID)
         index_store.put_new(dynamodb, local_system.resources.table_name, instance_item(
-            ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=1, sha256=None,
+            ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, size=1, sha256=None,
             received_at=now(), partner=partner, patient_pseudonym=pseudonym, metadata_bytes=0))
     local_system.wait_idle()
     assert _redeemed_sops(api, share["token"]) == {study.study_uid: set(study.files)}

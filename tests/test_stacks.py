@@ -537,7 +537,7 @@ def test_counts_updates_the_index_and_touches_no_object(ingest):
     (write,) = [s for s in statements if "dynamodb:UpdateItem" in s["Action"]]
     attributes = write["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"]
     assert {"flagged_at", "instance_count", "series_count", "gsi1pk"} <= set(attributes)
-    assert {"s3_key", "dicom_json", "share_id", "reason", "revoked_at", "ttl"}.isdisjoint(attributes)
+    assert {"metadata_bytes", "sop_class_uid", "share_id", "reason", "revoked_at", "ttl"}.isdisjoint(attributes)
     assert not [a for s in statements for a in s["Action"] if a.startswith(("s3:", "secretsmanager:"))]
 
 
