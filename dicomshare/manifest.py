@@ -132,44 +132,63 @@ def instance_entries(items: list[dict[str, Any]], *, instance_url: Presigner | N
 def ohif_items(items: list[dict[str, Any]], *, first_frame: int = 1, budget: int = PAGE_BYTES) -> int:
     """How many of ``items`` one page of the OHIF document (from frame ``first_frame`` of
     the first) may hold, planned from their ``metadata_bytes`` before any metadata object
-    is read: the API reads only these, so a request holds about one page of metadata (or
-    one instance's, when that alone is larger than ``budget``). At least one."""
+    is read (:func:`ohif_page`'s entries: the metadata once, then a URL per frame): the API
+    reads only these, so a request holds about one page of metadata, or one instance's
+    when that alone is larger than ``budget``. At least one."""
     used = 0
     for position, item in enumerate(items):
-        frames = int(item.get("number_of_frames") or 1) - (first_frame - 1 if position == 0 else 0)
-        used += (int(item.get("metadata_bytes") or 0) + ENTRY_BYTES) * max(frames, 1)
+        start = first_frame if position == 0 else 1
+        frames = max(int(item.get("number_of_frames") or 1) - start + 1, 1)
+        used += (int(item.get("metadata_bytes") or 0) if start == 1 else 0) + ENTRY_BYTES * frames
         if used > budget:
             return position + 1
     return len(items)
 
 
 def ohif_page(study: dict[str, Any], series: dict[str, Any], items: list[dict[str, Any]],
-              metadata: Sequence[dict[str, Any] | None], *, instance_url: Presigner, first_frame: int = 1,
+              metadata: dict[str, dict[str, Any] | None], *, instance_url: Presigner, first_frame: int = 1,
               budget: int = PAGE_BYTES) -> tuple[dict[str, Any], int, int]:
     """One page of a series as an OHIF ``dicomjson`` document (a complete document with
     one study and one series; a client appends the pages' instances).
 
     ``study`` and ``series`` are summaries (:func:`study_summary`, :func:`series_summary`);
-    ``metadata`` holds each item's PS3.18 F.2 metadata object, ``None`` where it could not
-    be read (:func:`naturalized`). A multi-frame instance is one entry per frame, its URL
-    ending ``&frame=<k>`` (OHIF reads the frame number there). Entries are added from frame
+    ``metadata`` maps SOP Instance UIDs to their PS3.18 F.2 metadata objects, ``None`` (or
+    absent) where one could not be read (:func:`naturalized`). A multi-frame instance is
+    one entry per frame, its URL ending ``&frame=<k>`` (OHIF reads the frame number there).
+    Only frame 1's entry carries the instance's metadata; the later frames' carry its UIDs
+    and frame count (:func:`frame_metadata`): OHIF keeps the first entry of a SOP Instance
+    UID and derives every frame from it (per-frame functional groups included), so a
+    5,000-frame object is not 5,000 copies of its header. Entries are added from frame
     ``first_frame`` of the first item until the next would cross ``budget`` JSON bytes (at
     least one entry). Returns the document, how many items were finished, and the frame to
     resume the next unfinished item at.
     """
     entries: list[dict[str, Any]] = []
     used = 0
-    for position, (item, dataset) in enumerate(zip(items, metadata)):
-        naturalized_ = naturalized(item, dataset)
+    for position, item in enumerate(items):
         url = f"dicomweb:{instance_url(object_key(item))}"
-        size = len(json.dumps(naturalized_, separators=(",", ":"))) + len(url) + 40
         frames = int(item.get("number_of_frames") or 1)
         for frame in range(first_frame if position == 0 else 1, frames + 1):
+            entry_metadata = naturalized(item, metadata.get(item["sop_instance_uid"])) if frame == 1 \
+                else frame_metadata(item)
+            size = len(json.dumps(entry_metadata, separators=(",", ":"))) + len(url) + 40
             if entries and used + size > budget:
                 return _ohif_document(study, series, entries), position, frame
-            entries.append({"metadata": naturalized_, "url": f"{url}&frame={frame}" if frames > 1 else url})
+            entries.append({"metadata": entry_metadata, "url": f"{url}&frame={frame}" if frames > 1 else url})
             used += size
     return _ohif_document(study, series, entries), len(items), 1
+
+
+def frame_metadata(item: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a multi-frame instance's entries after the first: what OHIF matches
+    them to the instance by."""
+    return {
+        "StudyInstanceUID": item["study_uid"],
+        "SeriesInstanceUID": item["series_uid"],
+        "SOPInstanceUID": item["sop_instance_uid"],
+        "SOPClassUID": item.get("sop_class_uid", ""),
+        "NumberOfFrames": int(item.get("number_of_frames") or 1),
+    }
 
 
 def object_key(item: dict[str, Any]) -> str:

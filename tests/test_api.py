@@ -437,12 +437,12 @@ def test_multi_frame_entries_end_with_the_frame_number():
     study = {"study_uid": "1.2", "study_date": "", "study_time": "", "study_description": "",
              "patient_pseudonym": "P", "modalities": [], "instance_count": 1}
     series = {"series_uid": "1.2.3", "series_description": "", "series_number": 2, "modality": "MR"}
-    document, finished, resume = manifest_module.ohif_page(study, series, [item], [{}],
+    document, finished, resume = manifest_module.ohif_page(study, series, [item], {},
                                                            instance_url=lambda k: f"https://s3/{k}?sig=1")
     urls = [e["url"] for e in document["studies"][0]["series"][0]["instances"]]
     key = "studies/1.2/series/1.2.3/instances/1.2.3.4.dcm"
     assert urls == [f"dicomweb:https://s3/{key}?sig=1&frame={k}" for k in (1, 2, 3)] and (finished, resume) == (1, 1)
-    document, finished, resume = manifest_module.ohif_page(study, series, [item], [{}],
+    document, finished, resume = manifest_module.ohif_page(study, series, [item], {},
                                                            instance_url=lambda k: f"https://s3/{k}?sig=1",
                                                            first_frame=2, budget=1)
     assert [e["url"][-7:] for e in document["studies"][0]["series"][0]["instances"]] == ["frame=2"]
