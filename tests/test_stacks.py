@@ -515,7 +515,7 @@ def test_preview_reads_instances_and_writes_previews_only(ingest):
     statements = role_statements(ingest, "PreviewFunctionRole")
     assert sorted(granted(statements, "s3:GetObject")) == [  # previews: HEAD, so each is rendered once
         "import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*",
-        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*"]
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*.dcm"]  # never the metadata objects
     assert granted(statements, "s3:PutObject") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*"]
     assert granted(statements, "s3:ListBucket") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn"]
     assert not [a for s in statements for a in s["Action"] if a.startswith(("dynamodb:", "secretsmanager:"))]
