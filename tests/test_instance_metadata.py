@@ -150,3 +150,21 @@ def test_an_unreadable_metadata_object_is_served_from_the_item(api, local_system
     warnings = [r for r in caplog.records if r.getMessage() == "instance metadata unreadable"]
     assert sorted(r.sop_instance_uid for r in warnings) == sorted([lost, garbled])
     assert "PSEUDO-META-LOST" not in caplog.text
+
+
+def test_a_page_reads_only_the_metadata_it_can_hold():
+    """The page is planned from the items' ``metadata_bytes`` before any object is read:
+    about one page of metadata, at least one instance, none for a frame-resumed instance."""
+    from dicomshare.manifest import ENTRY_BYTES, PAGE_BYTES, ohif_items
+
+    def item(metadata_bytes: int, frames: int = 1) -> dict:
+        return {"metadata_bytes": metadata_bytes, "number_of_frames": frames}
+
+    assert ohif_items([item(300_000), item(300_000), item(10_000)]) == 2
+    assert ohif_items([item(4 * ONE_MB), item(1_000)]) == 1
+    assert ohif_items([item(1_000)] * 100) == 100
+    huge = item(4 * ONE_MB, frames=100)
+    assert ohif_items([huge, item(1_000)], first_frame=2) == 2  # its metadata was on an earlier page
+    frames_left = 99 * ENTRY_BYTES
+    fitting = (PAGE_BYTES - frames_left) // (1_000 + ENTRY_BYTES)  # small instances after its 99 frames
+    assert ohif_items([huge, *[item(1_000)] * 300], first_frame=2) == 1 + fitting + 1  # + the one crossing
