@@ -6,13 +6,17 @@ The ingest side writes the object (:func:`store`) after the instance's DICOM obj
 the engine's output is deterministic, so a retried or redelivered object rewrites the same
 bytes. The bucket's default encryption (SSE-KMS with the de-identified bucket's key)
 applies, as for the DICOM object; the key ends ``.json``, so the preview notification
-(suffix ``.dcm``) never fires on it.
+(suffix ``.dcm``) never fires on it, nor may the preview function read it. The
+metadata object is never written for an instance the engine refused: another file
+claiming a stored SOP Instance UID is quarantined before this write, so the object always
+describes the stored instance.
 
-No pydicom here: the API imports this module and its cold start stays small. The share
-API reads one page's objects (:func:`read_many`) in parallel, at most
-:data:`READERS` at once (boto3 clients are thread-safe). An object that cannot be read
-(missing, denied, not JSON) is ``None``: the page serves that entry from the instance
-item's own fields (:func:`dicomshare.manifest.naturalized`) and logs its UIDs only.
+The share API reads one page's objects (:func:`read_many`) in parallel, at most
+:data:`READERS` at once (boto3 clients are thread-safe), and only for the instance items
+the share owns. An object that cannot be read (missing, denied, not JSON) is ``None``: the
+page serves that entry from the instance item's own fields
+(:func:`dicomshare.manifest.naturalized`) and logs its UIDs only. No pydicom here: the
+API imports this module, and its cold start stays small.
 """
 
 from __future__ import annotations
