@@ -108,7 +108,7 @@ def seed(system, instances: int) -> tuple[str, list[str]]:
 def call(method: str, path: str, headers: dict[str, str], query: dict[str, str] | None = None,
          body: bytes = b"", admin: bool = False) -> dict:
     """The API handler on one proxy event: status, sizes, seconds, peak Python memory."""
-    from dicomshare_local.gateway import _event
+    from dicomshare_local.gateway import LOCAL_ADMIN_ARN, _event
     from dicomshare_local.pollers import LambdaContext
     from dicomshare_aws import resources
     from lambdas.api.handler import handler
@@ -116,7 +116,7 @@ def call(method: str, path: str, headers: dict[str, str], query: dict[str, str] 
 
     identity = {"sourceIp": "127.0.0.1", "userAgent": "bench"}
     if admin:
-        identity["userArn"] = identity["caller"] = "arn:aws:iam::000000000000:user/bench"
+        identity["userArn"] = identity["caller"] = LOCAL_ADMIN_ARN  # a session of the local admin role
     event = _event(method, path, urlencode(query or {}), headers, body, identity, "127.0.0.1")
     started = time.perf_counter()
     response = handler(event, LambdaContext("api", resources.API_TIMEOUT_SECONDS))
@@ -135,6 +135,7 @@ def call(method: str, path: str, headers: dict[str, str], query: dict[str, str] 
 def measure(study_uid: str, series_uids: list[str], instances: int) -> dict:
     created = call("POST", "/shares", {"Content-Type": "application/json"},
                    body=json.dumps({"study_uid": study_uid}).encode(), admin=True)
+    assert created["status"] == 201, created["sent"][:300]
     token = json.loads(created["sent"])["token"]
     auth = {"Authorization": f"Share {token}"}
     results = {}
