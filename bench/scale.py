@@ -253,7 +253,9 @@ def main() -> None:
         wcu = write_units(system)
     rate = WCU_PER_PARTITION / wcu["study_partition"]
     print("== write units per instance (DynamoDB: 1,000 WCU/s per partition)")
-    print(f"instance item: {wcu['instance_item_bytes']:.0f} bytes; {wcu['instances']} instances counted in batches of 100")
+    print(f"instance item: {wcu['instance_item_bytes']:.0f} bytes (one write unit up to 1,024: "
+          f"{'met' if wcu['instance_item_bytes'] <= 1024 else 'missed'}; the viewer's metadata is an S3 object); "
+          f"{wcu['instances']} instances counted in batches of 100")
     print(f"{'partition':<28}{'WCU/instance':>14}{'files/s at 1,000 WCU':>24}")
     print(f"{'STUDY#<uid> (hottest)':<28}{wcu['study_partition']:>14.2f}{rate:>24.0f}")
     print(f"{'COUNTED#<uid>#<n> (busiest)':<28}{wcu['busiest_mark_partition']:>14.2f}"
