@@ -5,7 +5,8 @@ instances, each against Lambda's 6 MB response limit and the API's 1 MB target.
 - Each study is seeded directly into the local system's table (moto server): instance
   items built by the ingest side's own builder (:func:`dicomshare.index_items.instance_item`,
   from one generated CT header per series, UIDs varied per instance), series of at most
-  10,000 instances, and the study and series items the counts aggregator would write.
+  10,000 instances, and the study and series items the counts aggregator would write;
+  the metadata objects of the instances the pages below read.
   The pipeline's pollers are stopped, so nothing else runs.
 - The API handler is called in this process with API Gateway proxy events (as the local
   gateway does). "as sent" is the body the client receives (JSON, or gzip when the client
@@ -61,11 +62,13 @@ def seed(system, instances: int) -> tuple[str, list[str]]:
     and series items; (StudyInstanceUID, SeriesInstanceUIDs)."""
     from pydicom.uid import generate_uid
 
-    from dicomshare import index
-    from dicomshare.index_items import instance_item
+    from dicomshare import index, manifest
+    from dicomshare.index_items import dicom_json, instance_item
+    from dicomshare_aws import instance_metadata
     from dicomshare_local import demo
 
     table = system.resources.table_name
+    s3 = system.client("s3")
     dynamodb = __import__("boto3").resource("dynamodb").Table(table)
     study_uid, received, pseudonym = generate_uid(), "2024-03-01T10:15:00Z", f"PSEUDO-{uuid.uuid4().hex[:8]}"
     series_uids = []
@@ -76,12 +79,18 @@ def seed(system, instances: int) -> tuple[str, list[str]]:
             series_uids.append(series_uid)
             [ds] = demo.ct_series(1, "20240301", "CT BENCH", size=16)
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = study_uid, series_uid, len(series_uids)
-            for number in range(1, count + 1):
-                ds.SOPInstanceUID, ds.InstanceNumber = generate_uid(), number
+            sops = sorted(generate_uid() for _ in range(count))
+            for number, sop in enumerate(sops, 1):
+                ds.SOPInstanceUID, ds.InstanceNumber = sop, number
                 key = index.deidentified_object_key(study_uid, series_uid, ds.SOPInstanceUID)
-                batch.put_item(Item=instance_item(
-                    ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=540_000,
-                    sha256="0" * 64, received_at=received, partner="bench", patient_pseudonym=pseudonym))
+                metadata = dicom_json(ds)
+                item = instance_item(
+                    ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, size=540_000,
+                    sha256="0" * 64, received_at=received, partner="bench", patient_pseudonym=pseudonym,
+                    metadata_bytes=len(metadata))
+                if len(series_uids) == 1 and number <= PAGES * manifest.INSTANCES_PER_PAGE:  # the pages read
+                    instance_metadata.store(s3, system.resources.deid_bucket, item, metadata)
+                batch.put_item(Item=item)
             batch.put_item(Item={**index.series_key(study_uid, series_uid), "study_uid": study_uid,
                                  "series_uid": series_uid, "modality": "CT", "series_description": "CT BENCH",
                                  "series_number": str(len(series_uids)), "instance_count": count,
@@ -99,7 +108,7 @@ def seed(system, instances: int) -> tuple[str, list[str]]:
 def call(method: str, path: str, headers: dict[str, str], query: dict[str, str] | None = None,
          body: bytes = b"", admin: bool = False) -> dict:
     """The API handler on one proxy event: status, sizes, seconds, peak Python memory."""
-    from dicomshare_local.gateway import _event
+    from dicomshare_local.gateway import LOCAL_ADMIN_ARN, _event
     from dicomshare_local.pollers import LambdaContext
     from dicomshare_aws import resources
     from lambdas.api.handler import handler
@@ -107,7 +116,7 @@ def call(method: str, path: str, headers: dict[str, str], query: dict[str, str] 
 
     identity = {"sourceIp": "127.0.0.1", "userAgent": "bench"}
     if admin:
-        identity["userArn"] = identity["caller"] = "arn:aws:iam::000000000000:user/bench"
+        identity["userArn"] = identity["caller"] = LOCAL_ADMIN_ARN  # a session of the local admin role
     event = _event(method, path, urlencode(query or {}), headers, body, identity, "127.0.0.1")
     started = time.perf_counter()
     response = handler(event, LambdaContext("api", resources.API_TIMEOUT_SECONDS))
@@ -126,6 +135,7 @@ def call(method: str, path: str, headers: dict[str, str], query: dict[str, str] 
 def measure(study_uid: str, series_uids: list[str], instances: int) -> dict:
     created = call("POST", "/shares", {"Content-Type": "application/json"},
                    body=json.dumps({"study_uid": study_uid}).encode(), admin=True)
+    assert created["status"] == 201, created["sent"][:300]
     token = json.loads(created["sent"])["token"]
     auth = {"Authorization": f"Share {token}"}
     results = {}

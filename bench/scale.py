@@ -78,7 +78,7 @@ def units(size: int) -> int:
 
 def _ct_items(count: int) -> list[dict]:
     from dicomshare import index
-    from dicomshare.index_items import instance_item
+    from dicomshare.index_items import dicom_json, instance_item
     from dicomshare_local import demo
 
     items = []
@@ -87,10 +87,9 @@ def _ct_items(count: int) -> list[dict]:
         ds.PixelSpacing = [0.9765625, 0.9765625]
         items.append(instance_item(
             ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            s3_key=index.deidentified_object_key(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
             size=526_000 + int(ds.InstanceNumber), sha256="ab" * 32,
             received_at=f"2026-11-29T12:{int(ds.InstanceNumber) // 60 % 60:02d}:{int(ds.InstanceNumber) % 60:02d}.000Z",
-            partner="st-mary-pacs", patient_pseudonym="DS-" + "7" * 32))
+            partner="st-mary-pacs", patient_pseudonym="DS-" + "7" * 32, metadata_bytes=len(dicom_json(ds))))
     return items
 
 
@@ -254,7 +253,9 @@ def main() -> None:
         wcu = write_units(system)
     rate = WCU_PER_PARTITION / wcu["study_partition"]
     print("== write units per instance (DynamoDB: 1,000 WCU/s per partition)")
-    print(f"instance item: {wcu['instance_item_bytes']:.0f} bytes; {wcu['instances']} instances counted in batches of 100")
+    print(f"instance item: {wcu['instance_item_bytes']:.0f} bytes (one write unit up to 1,024: "
+          f"{'met' if wcu['instance_item_bytes'] <= 1024 else 'missed'}; the viewer's metadata is an S3 object); "
+          f"{wcu['instances']} instances counted in batches of 100")
     print(f"{'partition':<28}{'WCU/instance':>14}{'files/s at 1,000 WCU':>24}")
     print(f"{'STUDY#<uid> (hottest)':<28}{wcu['study_partition']:>14.2f}{rate:>24.0f}")
     print(f"{'COUNTED#<uid>#<n> (busiest)':<28}{wcu['busiest_mark_partition']:>14.2f}"

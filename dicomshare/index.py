@@ -24,6 +24,13 @@ audit record         ``SHARE#<share_id>``                 ``AUDIT#<iso time>#<ev
 
 All UIDs here are the *de-identified* ones; no item holds an identifying value.
 
+An instance lives in the de-identified bucket as two objects named by its new UIDs
+(:func:`deidentified_object_key`, :func:`metadata_object_key`): the DICOM file
+(``studies/<study>/series/<series>/instances/<sop>.dcm``) and its metadata for the viewer
+(the same key ending ``.json``). The instance item holds only what the index, the counts
+and the pages need (under 1 KB for a CT slice), and ``metadata_bytes``, the size of the
+metadata object, so a page of the viewer document is planned before any object is read.
+
 A study belongs to the partner and patient pseudonym of its first instance: the ingest
 side claims the ownership item (``partner``, ``patient_pseudonym``) with a conditional
 write before it stores an instance, and refuses (``study_conflict``) an instance whose
@@ -92,10 +99,10 @@ TABLE = {
 """Table definition shared by ``stacks/storage.py`` and the local system (all keys strings)."""
 
 INSTANCE_ATTRIBUTES = (
-    PK, SK, "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "s3_key", "size", "sha256",
+    PK, SK, "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "size", "sha256",
     "transfer_syntax_uid", "number_of_frames", "rows", "columns", "instance_number", "received_at", "partner",
     "modality", "series_description", "series_number", "patient_pseudonym", "study_date", "study_time",
-    "study_description", "dicom_json",
+    "study_description", "metadata_bytes",
 )
 """Attributes of an instance item (:func:`dicomshare.index_items.instance_item`)."""
 QUARANTINE_ATTRIBUTES = (PK, SK, "reason", "partner", "size", "quarantine_key", "original_key_hmac",
@@ -194,6 +201,13 @@ def token_key(token_sha256: str) -> dict[str, str]:
 def deidentified_object_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
     """S3 key of a de-identified instance: built from the new UIDs only."""
     return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}.dcm"
+
+
+def metadata_object_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """S3 key of a de-identified instance's metadata (PS3.18 F.2 JSON without bulk data,
+    :func:`dicomshare.index_items.dicom_json`), beside the instance: the viewer document is
+    built from it, so instance items stay small whatever the header's size."""
+    return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}.json"
 
 
 def preview_object_key(study_uid: str, series_uid: str, sop_uid: str) -> str:

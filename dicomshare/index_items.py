@@ -9,10 +9,14 @@ Values that name things in paths or in the page are checked against their value
 representation (PS3.5 6.2) before they are indexed: a Modality that is not a code string,
 a Series or Instance Number that is not an integer string, is indexed as empty.
 
-``dicom_json`` is the DICOM JSON Model (PS3.18 Annex F.2) of the de-identified header,
-every attribute but bulk data (:func:`dicom_json`): what a viewer needs to display any
-object we accept (palette lookup tables, segmentation and functional-group sequences
-included), and nothing the de-identification removed.
+An instance's metadata for the viewer is the DICOM JSON Model (PS3.18 Annex F.2) of the
+de-identified header, every attribute but bulk data (:func:`dicom_json`): what a viewer
+needs to display any object we accept (palette lookup tables, segmentation and
+functional-group sequences included), and nothing the de-identification removed. It is
+stored as its own object beside the instance
+(:func:`dicomshare.index.metadata_object_key`), not in the instance item: an enhanced
+multi-frame header outgrows DynamoDB's 400 KB, and every byte of the item is written on
+the study's partition. The item records only its size (``metadata_bytes``).
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ MAX_INLINE_BINARY = 128 * 1024
 """Binary values up to this size are kept inline (a 65,536-entry 16-bit palette lookup
 table is exactly this); larger ones are bulk data and left out."""
 
-MAX_DICOM_JSON = 300 * 1024
-"""Bound of ``dicom_json`` in bytes, so an instance item stays under DynamoDB's 400 KB: past
-it, the largest attributes are left out, one by one, until it fits."""
-
+MAX_DICOM_JSON = 4 * 1024**2
+"""Bound of the metadata in bytes: one instance's entry must fit one response of the viewer
+document (``GET /share/dicomjson``) even uncompressed, within Lambda's 6 MB response, and
+the API holds at most one page of metadata in memory. A 5,000-frame enhanced CT, whose
+per-frame functional groups (frame content, plane position, pixel measures, VOI, pixel
+value transformation) take 0.4–0.8 kB a frame in PS3.18 F.2 JSON, is 2–4 MB and fits.
+Past the bound the largest attributes are left out, one by one, until it fits."""
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -87,7 +94,7 @@ def dicom_json(ds: Dataset) -> str:
     :data:`BULK_DATA_TAGS`, overlay data (60xx,3000) and binary values over
     :data:`MAX_INLINE_BINARY`; attributes pydicom cannot encode (a messy archive's invalid
     values) are left out, and so are the :data:`CHECKED` attributes whose value is not valid
-    for its VR. At most :data:`MAX_DICOM_JSON` bytes."""
+    for its VR. At most :data:`MAX_DICOM_JSON` bytes (ASCII: as many characters as bytes)."""
     elements: dict[str, Any] = {}
     for element in ds:
         tag = int(element.tag)
@@ -115,18 +122,20 @@ def instance_item(
     ds: Dataset,
     *,
     transfer_syntax_uid: str,
-    s3_key: str,
     size: int,
     sha256: str | None,
     received_at: str,
     partner: str,
     patient_pseudonym: str,
+    metadata_bytes: int,
 ) -> dict[str, Any]:
     """The instance item of a de-identified dataset.
 
     ``ds`` is the de-identified header; ``size`` and ``sha256`` describe the stored
-    de-identified object at ``s3_key`` (``sha256`` is ``None``, and the attribute absent,
-    when the pixel data was copied server-side and never hashed). The study and series attributes are repeated on
+    de-identified object (at :func:`dicomshare.index.deidentified_object_key` of its UIDs,
+    not repeated in the item; ``sha256`` is ``None``, and the attribute absent,
+    when the pixel data was copied server-side and never hashed); ``metadata_bytes`` is the
+    size of its stored metadata object (:func:`dicom_json`). The study and series attributes are repeated on
     every instance so the counts aggregator builds study and series items from the table
     stream alone.
     """
@@ -137,7 +146,6 @@ def instance_item(
         "series_uid": series,
         "sop_instance_uid": sop,
         "sop_class_uid": str(ds.SOPClassUID),
-        "s3_key": s3_key,
         "size": size,
         "transfer_syntax_uid": transfer_syntax_uid,
         "number_of_frames": _integer(ds, "NumberOfFrames") or 1,
@@ -152,7 +160,7 @@ def instance_item(
         "study_date": _text(ds, "StudyDate"),
         "study_time": _text(ds, "StudyTime"),
         "study_description": _text(ds, "StudyDescription"),
-        "dicom_json": dicom_json(ds),
+        "metadata_bytes": metadata_bytes,
     }
     if sha256 is not None:
         item["sha256"] = sha256

@@ -1,4 +1,5 @@
-"""What a redeemed share returns, built from index items (no file is read).
+"""What a redeemed share returns, built from index items and, for the OHIF document, the
+instances' metadata objects (no DICOM file is read).
 
 Every response has a size bounded whatever the study's size (Lambda answers at most
 6 MB; studies reach 100,000 instances):
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Sequence
 
+from dicomshare import index
 from dicomshare.shares import Share, iso
 
 ALWAYS_LISTS = frozenset({"PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "ImageType"})
@@ -44,7 +46,13 @@ about 340 kB, 450 kB once base64-encoded as Lambda counts it."""
 
 PAGE_BYTES = 512 * 1024
 """Budget of one page of the OHIF document (``GET /share/dicomjson``) in JSON bytes before
-compression: a page ends before the entry that would cross it (at least one entry)."""
+compression: a page ends before the entry that would cross it (at least one entry, so an
+instance whose metadata alone is larger, up to
+:data:`dicomshare.index_items.MAX_DICOM_JSON`, is a page of its own)."""
+
+ENTRY_BYTES = 2048
+"""What an entry adds to its metadata in :func:`ohif_items`' plan: its presigned URL (about
+1.4 kB with a Lambda function's session token) and the JSON around it."""
 
 KOS_INSTANCES_PER_PAGE = 1000
 """Instances referenced by one Key Object Selection document (one page of the study):
@@ -115,37 +123,77 @@ def instance_entries(items: list[dict[str, Any]], *, instance_url: Presigner | N
     for item in items:
         entry = {k: item[k] for k in INSTANCE_FIELDS if k in item}
         if instance_url:
-            entry["url"] = instance_url(item["s3_key"])
+            entry["url"] = instance_url(object_key(item))
         entry["preview_url"] = preview_url(preview_key(item["study_uid"], item["series_uid"], item["sop_instance_uid"]))
         entries.append(entry)
     return entries
 
 
-def ohif_page(study: dict[str, Any], series: dict[str, Any], items: list[dict[str, Any]], *,
-              instance_url: Presigner, first_frame: int = 1,
+def ohif_items(items: list[dict[str, Any]], *, first_frame: int = 1, budget: int = PAGE_BYTES) -> int:
+    """How many of ``items`` one page of the OHIF document (from frame ``first_frame`` of
+    the first) may hold, planned from their ``metadata_bytes`` before any metadata object
+    is read (:func:`ohif_page`'s entries: the metadata once, then a URL per frame): the API
+    reads only these, so a request holds about one page of metadata, or one instance's
+    when that alone is larger than ``budget``. At least one."""
+    used = 0
+    for position, item in enumerate(items):
+        start = first_frame if position == 0 else 1
+        frames = max(int(item.get("number_of_frames") or 1) - start + 1, 1)
+        used += (int(item.get("metadata_bytes") or 0) if start == 1 else 0) + ENTRY_BYTES * frames
+        if used > budget:
+            return position + 1
+    return len(items)
+
+
+def ohif_page(study: dict[str, Any], series: dict[str, Any], items: list[dict[str, Any]],
+              metadata: dict[str, dict[str, Any] | None], *, instance_url: Presigner, first_frame: int = 1,
               budget: int = PAGE_BYTES) -> tuple[dict[str, Any], int, int]:
     """One page of a series as an OHIF ``dicomjson`` document (a complete document with
     one study and one series; a client appends the pages' instances).
 
-    ``study`` and ``series`` are summaries (:func:`study_summary`, :func:`series_summary`).
-    A multi-frame instance is one entry per frame, its URL ending ``&frame=<k>`` (OHIF
-    reads the frame number there). Entries are added from frame ``first_frame`` of the
-    first item until the next would cross ``budget`` JSON bytes. Returns the document,
-    how many items were finished, and the frame to resume the next unfinished item at.
+    ``study`` and ``series`` are summaries (:func:`study_summary`, :func:`series_summary`);
+    ``metadata`` maps SOP Instance UIDs to their PS3.18 F.2 metadata objects, ``None`` (or
+    absent) where one could not be read (:func:`naturalized`). A multi-frame instance is
+    one entry per frame, its URL ending ``&frame=<k>`` (OHIF reads the frame number there).
+    Only frame 1's entry carries the instance's metadata; the later frames' carry its UIDs
+    and frame count (:func:`frame_metadata`): OHIF keeps the first entry of a SOP Instance
+    UID and derives every frame from it (per-frame functional groups included), so a
+    5,000-frame object is not 5,000 copies of its header. Entries are added from frame
+    ``first_frame`` of the first item until the next would cross ``budget`` JSON bytes (at
+    least one entry). Returns the document, how many items were finished, and the frame to
+    resume the next unfinished item at.
     """
     entries: list[dict[str, Any]] = []
     used = 0
     for position, item in enumerate(items):
-        metadata = naturalized(item)
-        url = f"dicomweb:{instance_url(item['s3_key'])}"
-        size = len(json.dumps(metadata, separators=(",", ":"))) + len(url) + 40
+        url = f"dicomweb:{instance_url(object_key(item))}"
         frames = int(item.get("number_of_frames") or 1)
         for frame in range(first_frame if position == 0 else 1, frames + 1):
+            entry_metadata = naturalized(item, metadata.get(item["sop_instance_uid"])) if frame == 1 \
+                else frame_metadata(item)
+            size = len(json.dumps(entry_metadata, separators=(",", ":"))) + len(url) + 40
             if entries and used + size > budget:
                 return _ohif_document(study, series, entries), position, frame
-            entries.append({"metadata": metadata, "url": f"{url}&frame={frame}" if frames > 1 else url})
+            entries.append({"metadata": entry_metadata, "url": f"{url}&frame={frame}" if frames > 1 else url})
             used += size
     return _ohif_document(study, series, entries), len(items), 1
+
+
+def frame_metadata(item: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a multi-frame instance's entries after the first: what OHIF matches
+    them to the instance by."""
+    return {
+        "StudyInstanceUID": item["study_uid"],
+        "SeriesInstanceUID": item["series_uid"],
+        "SOPInstanceUID": item["sop_instance_uid"],
+        "SOPClassUID": item.get("sop_class_uid", ""),
+        "NumberOfFrames": int(item.get("number_of_frames") or 1),
+    }
+
+
+def object_key(item: dict[str, Any]) -> str:
+    """The S3 key of an instance item's DICOM object."""
+    return index.deidentified_object_key(item["study_uid"], item["series_uid"], item["sop_instance_uid"])
 
 
 def _ohif_document(study: dict[str, Any], series: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,12 +217,21 @@ def _ohif_document(study: dict[str, Any], series: dict[str, Any], entries: list[
     }]}
 
 
-def naturalized(item: dict[str, Any]) -> dict[str, Any]:
-    """An instance item's ``dicom_json`` (PS3.18 F.2) as keyword -> value, OHIF's form:
-    single values as scalars, IS/DS as numbers, person names as their alphabetic form,
+def naturalized(item: dict[str, Any], dataset: dict[str, Any] | None) -> dict[str, Any]:
+    """An instance's metadata object (``dataset``, PS3.18 F.2) as keyword -> value, OHIF's
+    form: single values as scalars, IS/DS as numbers, person names as their alphabetic form,
     sequences as lists of naturalized items, binary values as ``{"InlineBinary": …}``
-    (palette lookup tables). Private and unknown attributes are left out."""
-    metadata = naturalized_dataset(json.loads(item.get("dicom_json") or "{}"))
+    (palette lookup tables). Private and unknown attributes are left out.
+
+    Without a readable metadata object (``None``), the entry is built from the instance
+    item's own fields (:data:`ITEM_METADATA`): the viewer still lists the instance and
+    reads the rest from the DICOM object it loads."""
+    if dataset is None:
+        metadata = {keyword: item[field] for keyword, field in ITEM_METADATA.items() if item.get(field) not in (None, "")}
+        if "SeriesNumber" in metadata:
+            metadata["SeriesNumber"] = integer_string(metadata["SeriesNumber"])
+    else:
+        metadata = naturalized_dataset(dataset)
     metadata.update({
         "StudyInstanceUID": item["study_uid"],
         "SeriesInstanceUID": item["series_uid"],
@@ -182,6 +239,15 @@ def naturalized(item: dict[str, Any]) -> dict[str, Any]:
         "SOPClassUID": item.get("sop_class_uid", metadata.get("SOPClassUID", "")),
     })
     return metadata
+
+
+ITEM_METADATA = {
+    "Modality": "modality", "SeriesNumber": "series_number", "SeriesDescription": "series_description",
+    "InstanceNumber": "instance_number", "NumberOfFrames": "number_of_frames", "Rows": "rows",
+    "Columns": "columns", "StudyDate": "study_date", "StudyTime": "study_time",
+    "StudyDescription": "study_description",
+}
+"""Keyword -> instance item field: the entry of an instance whose metadata object cannot be read."""
 
 
 def naturalized_dataset(dataset: dict[str, Any]) -> dict[str, Any]:

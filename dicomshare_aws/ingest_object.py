@@ -5,8 +5,9 @@ For each object named by an S3 event notification: **validate** and **de-identif
 options and identities scoped to the partner of the key's prefix; an object without
 Patient ID takes the patient its study has in the index,
 :func:`dicomshare_aws.index_store.study_patient`), **store** the result in the de-identified bucket under a key built from the new
-UIDs only (:func:`dicomshare.index.deidentified_object_key`), **index** it (an instance
-item), then delete the original. Before anything is stored, the instance's study is
+UIDs only (:func:`dicomshare.index.deidentified_object_key`), with its metadata for the
+viewer beside it (:mod:`dicomshare_aws.instance_metadata`, written before the item, so no
+item points at missing metadata), **index** it (an instance item), then delete the original. Before anything is stored, the instance's study is
 **claimed** for the uploading partner and the patient pseudonym (a conditional write of
 the study's ownership item): an instance whose study belongs to another partner or
 pseudonym is quarantined as ``study_conflict``, so one partner can never add images to
@@ -58,7 +59,7 @@ from dicomshare.profile import Profile, for_partner
 from dicomshare.settings import (DEID_BUCKET_ENV, EVENT_BUS_NAME_ENV, QUARANTINE_BUCKET_ENV, TABLE_NAME_ENV, Partner,
                                  Settings)
 from dicomshare.validation import DeidentificationRefused
-from dicomshare_aws import index_store, receipt_store
+from dicomshare_aws import index_store, instance_metadata, receipt_store
 from dicomshare_aws.s3_events import S3Object
 from dicomshare_aws.s3_deidentify import deidentify_object
 
@@ -193,16 +194,18 @@ def ingest_object(
         receipt.record(QUARANTINED, reason=refused.reason)
         _delete_original(s3, obj, head)
         return Outcome(QUARANTINED, partner=partner_id, size=size, reason=refused.reason)
+    metadata = index_items.dicom_json(result.plan.dataset)
     item = index_items.instance_item(
         result.plan.dataset,
         transfer_syntax_uid=str(result.plan.dataset.file_meta.TransferSyntaxUID),
-        s3_key=result.key,
         size=result.size,
         sha256=result.sha256,
         received_at=_now(),
         partner=partner_id,
         patient_pseudonym=result.plan.patient_pseudonym,
+        metadata_bytes=len(metadata),
     )
+    instance_metadata.store(s3, destinations.deid_bucket, item, metadata)
     created = index_store.put_new(dynamodb, destinations.table_name, item)
     receipt.record(INGESTED if created else DUPLICATE, study_uid=item["study_uid"], series_uid=item["series_uid"],
                    sop_instance_uid=item["sop_instance_uid"])

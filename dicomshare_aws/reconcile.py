@@ -45,7 +45,7 @@ from dicomshare_aws.index_store import to_attribute_values
 COUNT_ATTRIBUTES = ("pk", "sk", "study_uid", "series_uid", "size", "received_at", "modality",
                     "series_description", "series_number", "partner", "patient_pseudonym", "study_date",
                     "study_time", "study_description")
-"""What a recount reads of each instance item (not ``dicom_json``, the bulk of it)."""
+"""What a recount reads of each instance item (the attributes the counts are built from)."""
 STUDY_TOTALS = ("instance_count", "total_bytes", "series_count")
 SERIES_TOTALS = ("instance_count", "total_bytes")
 FLAG_GRACE_SECONDS = 300

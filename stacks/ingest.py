@@ -121,8 +121,8 @@ class IngestStack(cdk.Stack):
             object_wildcard(storage.exported_arn("IngestBucketArn"), "*"): "Reads and removes any upload: "
             "partners choose their object keys under their own prefixes.",
             object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Writes de-identified "
-            "instances, keyed by their new UIDs, under studies/ only, and reads one back when another upload "
-            "claims its SOP Instance UID.",
+            "instances (.dcm) and their metadata objects (.json), keyed by their new UIDs, under studies/ only, "
+            "and reads an instance back when another upload claims its SOP Instance UID.",
             object_wildcard(storage.exported_arn("QuarantineBucketArn"), "*"): "Writes refused files under "
             "<partner>/<object id>, for any partner.",
         })
@@ -142,8 +142,8 @@ class IngestStack(cdk.Stack):
         )
         self.preview.add_to_role_policy(*preview_permissions(storage))
         acknowledge(self.preview.role.node.find_child("DefaultPolicy"), {
-            object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Reads the "
-            "de-identified instance named in each S3 event, any of them.",
+            object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*.dcm"): "Reads the "
+            "de-identified instance named in each S3 event, any of them (DICOM objects only, not their metadata).",
             object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "previews/*"): "Writes the preview "
             "of each instance it reads, under previews/ only.",
         })
@@ -368,13 +368,14 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
 
 
 def preview_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
-    """Read de-identified instances (ranged GETs), write their previews once (HEAD first:
-    s3:GetObject on previews/, and s3:ListBucket so that a missing preview is a 404)."""
+    """Read de-identified instances (ranged GETs; ``.dcm`` only, the event filter's suffix),
+    write their previews once (HEAD first: s3:GetObject on previews/, and s3:ListBucket so
+    that a missing preview is a 404)."""
     return [
         iam.PolicyStatement(
             sid="ReadDeidentifiedInstances",
             actions=["s3:GetObject"],
-            resources=[objects(storage, "DeidentifiedBucketArn", "studies/*")],
+            resources=[objects(storage, "DeidentifiedBucketArn", "studies/*" + resources.PREVIEW_FILTER["suffix"])],
         ),
         iam.PolicyStatement(
             sid="ListForMissingPreviews",

@@ -86,7 +86,8 @@ class ShareApiStack(cdk.Stack):
                                        resource_name=share_origin_parameter.lstrip("/"))]))
         acknowledge(self.handler.role.node.find_child("DefaultPolicy"), {
             object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "studies/*"): "Presigns GETs of the "
-            "de-identified instances of any shared study; which ones a caller gets is decided per share.",
+            "de-identified instances of any shared study and reads their metadata objects for the viewer "
+            "document; which ones a caller gets is decided per share.",
             object_wildcard(storage.exported_arn("DeidentifiedBucketArn"), "previews/*"): "Presigns GETs of the "
             "previews (PNG) of any shared study's instances, under previews/ only.",
             object_wildcard(storage.exported_arn("TableArn"), "index/*"): "Queries both of the table's global "

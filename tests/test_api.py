@@ -466,15 +466,18 @@ def test_pages_follow_next_and_split_multi_frame_instances(api, studies, monkeyp
 def test_multi_frame_entries_end_with_the_frame_number():
     from dicomshare import manifest as manifest_module
 
-    item = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uid": "1.2.3.4", "s3_key": "k.dcm",
-            "number_of_frames": 3, "dicom_json": "{}"}
+    item = {"study_uid": "1.2", "series_uid": "1.2.3", "sop_instance_uid": "1.2.3.4",
+            "number_of_frames": 3}
     study = {"study_uid": "1.2", "study_date": "", "study_time": "", "study_description": "",
              "patient_pseudonym": "P", "modalities": [], "instance_count": 1}
     series = {"series_uid": "1.2.3", "series_description": "", "series_number": 2, "modality": "MR"}
-    document, finished, resume = manifest_module.ohif_page(study, series, [item], instance_url=lambda k: f"https://s3/{k}?sig=1")
+    document, finished, resume = manifest_module.ohif_page(study, series, [item], {},
+                                                           instance_url=lambda k: f"https://s3/{k}?sig=1")
     urls = [e["url"] for e in document["studies"][0]["series"][0]["instances"]]
-    assert urls == [f"dicomweb:https://s3/k.dcm?sig=1&frame={k}" for k in (1, 2, 3)] and (finished, resume) == (1, 1)
-    document, finished, resume = manifest_module.ohif_page(study, series, [item], instance_url=lambda k: f"https://s3/{k}?sig=1",
+    key = "studies/1.2/series/1.2.3/instances/1.2.3.4.dcm"
+    assert urls == [f"dicomweb:https://s3/{key}?sig=1&frame={k}" for k in (1, 2, 3)] and (finished, resume) == (1, 1)
+    document, finished, resume = manifest_module.ohif_page(study, series, [item], {},
+                                                           instance_url=lambda k: f"https://s3/{k}?sig=1",
                                                            first_frame=2, budget=1)
     assert [e["url"][-7:] for e in document["studies"][0]["series"][0]["instances"]] == ["frame=2"]
     assert (finished, resume) == (0, 3)
@@ -545,14 +548,13 @@ def test_viewer_metadata_is_the_whole_header_without_bulk_data():
     ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
     stored = json.loads(dicom_json(ds))
     assert "7FE00010" not in stored and "00880200" not in stored  # pixel data, icon image
-    metadata = manifest_module.naturalized({"study_uid": "1", "series_uid": "2", "sop_instance_uid": "3",
-                                            "dicom_json": json.dumps(stored)})
+    metadata = manifest_module.naturalized({"study_uid": "1", "series_uid": "2", "sop_instance_uid": "3"}, stored)
     assert metadata["PhotometricInterpretation"] == "PALETTE COLOR"
     assert base64.b64decode(metadata["RedPaletteColorLookupTableData"]["InlineBinary"]) == \
         ds.RedPaletteColorLookupTableData
     assert metadata["RedPaletteColorLookupTableDescriptor"] == [256, 0, 16]
     assert metadata["SeriesNumber"] == 10 and metadata["Rows"] == ds.Rows  # IS as numbers
     assert metadata["ReferencedImageSequence"] == [{"ReferencedSOPInstanceUID": "1.2.3"}]
-    ds.ImageComments = "x" * (MAX_DICOM_JSON + 1000)  # too large for an item: left out, the rest kept
+    ds.ImageComments = "x" * (MAX_DICOM_JSON + 1000)  # too large for one response: left out, the rest kept
     bounded = dicom_json(ds)
     assert len(bounded) <= MAX_DICOM_JSON and "00204000" not in json.loads(bounded) and "00280004" in bounded

@@ -32,9 +32,8 @@ def _items(slices: int, description: str, *, modality: str = "CT", study_uid: st
             ds.StudyInstanceUID = study_uid
         items.append(instance_item(
             ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            s3_key=index.deidentified_object_key(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
             size=1000 + int(ds.InstanceNumber), sha256="0" * 64, received_at=f"2024-01-01T00:00:{ds.InstanceNumber % 60:02d}Z",
-            partner="hospital-a", patient_pseudonym="DS-TESTPSEUDONYM"))
+            partner="hospital-a", patient_pseudonym="DS-TESTPSEUDONYM", metadata_bytes=2000))
     return items
 
 

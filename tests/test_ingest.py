@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_file
 
 from dicomshare import index
 from dicomshare.index_items import key_fingerprint
+from dicomshare.manifest import object_key
 from dicomshare.deidentify.identities import new_uid
 from dicomshare.profile import for_partner
 from dicomshare_aws import batch_deadline, resources
@@ -199,13 +200,19 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
     instances = [i for study in studies for i in pipeline.instances(study)]
     assert len(instances) == len(accepted)
     deid_keys = [k for study in studies for k in pipeline.keys(r.deid_bucket, f"studies/{study}/")]
-    assert sorted(deid_keys) == sorted(i["s3_key"] for i in instances)
-    for item in instances:
-        assert item["s3_key"] == index.deidentified_object_key(item["study_uid"], item["series_uid"],
-                                                               item["sop_instance_uid"])
-        body = s3.get_object(Bucket=r.deid_bucket, Key=item["s3_key"])["Body"].read()
+    metadata_keys = [index.metadata_object_key(i["study_uid"], i["series_uid"], i["sop_instance_uid"])
+                     for i in instances]
+    object_keys = [index.deidentified_object_key(i["study_uid"], i["series_uid"], i["sop_instance_uid"])
+                   for i in instances]
+    assert sorted(deid_keys) == sorted(object_keys + metadata_keys)
+    for item, object_key, metadata_key in zip(instances, object_keys, metadata_keys):
+        body = s3.get_object(Bucket=r.deid_bucket, Key=object_key)["Body"].read()
         assert (len(body), hashlib.sha256(body).hexdigest()) == (item["size"], item["sha256"])
-        assert json.loads(item["dicom_json"])["0020000D"]["Value"] == [item["study_uid"]]
+        stored = s3.get_object(Bucket=r.deid_bucket, Key=metadata_key)
+        metadata = stored["Body"].read()
+        assert (stored["ContentType"], len(metadata)) == ("application/dicom+json", item["metadata_bytes"])
+        assert json.loads(metadata)["0020000D"]["Value"] == [item["study_uid"]]
+        assert "dicom_json" not in item
 
     records = {i["original_key_hmac"]: i for i in pipeline.items() if i[index.SK] == "QUARANTINE"}
     for key, (body, reason) in refused.items():
@@ -235,15 +242,18 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
 
     index_dump = json.dumps(pipeline.items(), default=str)
     stored = b"".join(s3.get_object(Bucket=r.deid_bucket, Key=k)["Body"].read() for k in deid_keys)
+    metadata = json.dumps([json.loads(s3.get_object(Bucket=r.deid_bucket, Key=k)["Body"].read())
+                           for k in metadata_keys], ensure_ascii=False)  # JSON escapes non-ASCII: decoded
     logs = log_lines.getvalue() + capfd.readouterr().out
     assert logs.count('"outcome":"quarantined"') == len(refused)
     assert logs.count('"outcome":"ingested"') == len(accepted)
     assert logs.count('"outcome":"duplicate"') == len(duplicates)
     for planted in PLANTED_STRINGS:
         assert planted.encode() not in stored
+        assert planted not in metadata
         assert planted not in index_dump
         assert planted not in logs
-    assert "Ünïcødé" not in logs and "Ünïcødé" not in index_dump
+    assert "Ünïcødé" not in logs and "Ünïcødé" not in index_dump and "Ünïcødé" not in metadata
 
 
 def test_redelivered_events_and_stream_records_change_nothing(pipeline, log_lines):
@@ -324,7 +334,7 @@ def test_large_object_pixel_data_is_copied_server_side(pipeline, log_lines):
     pipeline.run()
     (instance,) = pipeline.instances(pipeline.study(ds.StudyInstanceUID)["study_uid"])
     assert "sha256" not in instance
-    stored = pipeline.client("s3").get_object(Bucket=pipeline.resources.deid_bucket, Key=instance["s3_key"])
+    stored = pipeline.client("s3").get_object(Bucket=pipeline.resources.deid_bucket, Key=object_key(instance))
     copy = pydicom.dcmread(io.BytesIO(stored["Body"].read()))
     assert copy.PixelData == ds.PixelData and instance["size"] == stored["ContentLength"]
     (line,) = [json.loads(x) for x in log_lines.getvalue().splitlines() if '"ingested"' in x]
@@ -395,16 +405,16 @@ def test_items_hold_only_the_attributes_their_writers_may_write(pipeline):
 def test_code_and_integer_strings_are_validated_before_indexing():
     """A hostile Modality (a path, markup) or a non-integer Series/Instance Number is
     indexed as empty: it never reaches the API, the page or a ZIP entry name."""
-    from dicomshare.index_items import instance_item
+    from dicomshare.index_items import dicom_json, instance_item
 
     ds = pydicom.dcmread(io.BytesIO(_hostile_header()))
-    item = instance_item(ds, transfer_syntax_uid="1.2.840.10008.1.2.1", s3_key="k", size=1, sha256=None,
-                         received_at="t", partner="p", patient_pseudonym="DS-X")
+    item = instance_item(ds, transfer_syntax_uid="1.2.840.10008.1.2.1", size=1, sha256=None,
+                         received_at="t", partner="p", patient_pseudonym="DS-X", metadata_bytes=1)
     assert (item["modality"], item["series_number"], "instance_number" in item) == ("", "", False)
-    assert not {"00080060", "00200011", "00200013"} & set(json.loads(item["dicom_json"]))
+    assert not {"00080060", "00200011", "00200013"} & set(json.loads(dicom_json(ds)))
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", "-3", "+12"
-    item = instance_item(ds, transfer_syntax_uid="1.2.840.10008.1.2.1", s3_key="k", size=1, sha256=None,
-                         received_at="t", partner="p", patient_pseudonym="DS-X")
+    item = instance_item(ds, transfer_syntax_uid="1.2.840.10008.1.2.1", size=1, sha256=None,
+                         received_at="t", partner="p", patient_pseudonym="DS-X", metadata_bytes=1)
     assert (item["modality"], item["series_number"], item["instance_number"]) == ("CT", "-3", 12)
 
 
@@ -501,7 +511,7 @@ def test_identities_are_scoped_per_partner_and_a_file_without_patient_id_joins_i
     assert {i["patient_pseudonym"] for i in pipeline.instances(mine["study_uid"])} == {mine["patient_pseudonym"]}
     s3 = pipeline.client("s3")
     stored = {i["sop_instance_uid"]: pydicom.dcmread(io.BytesIO(
-        s3.get_object(Bucket=pipeline.resources.deid_bucket, Key=i["s3_key"])["Body"].read()))
+        s3.get_object(Bucket=pipeline.resources.deid_bucket, Key=object_key(i))["Body"].read()))
         for i in pipeline.instances(mine["study_uid"])}
     (joined,) = [ds for ds in stored.values() if str(ds.PatientName) == mine["patient_pseudonym"]
                  and ds.SOPInstanceUID == new_uid(pipeline.secret, CLINICAL, no_id.SOPInstanceUID)]

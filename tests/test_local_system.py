@@ -68,7 +68,8 @@ def test_local_up_serves_uploads_and_stops_cleanly(tmp_path):
                                str(folder)], capture_output=True, text=True, timeout=60)
         assert sent.returncode == 0, sent.stderr
         deadline = time.monotonic() + 180
-        while s3.list_objects_v2(Bucket=connection["deid_bucket"], Prefix="studies/").get("KeyCount", 0) < 2:
+        while sum(o["Key"].endswith(".dcm") for o in s3.list_objects_v2(
+                Bucket=connection["deid_bucket"], Prefix="studies/").get("Contents", [])) < 2:
             assert time.monotonic() < deadline, "the uploaded and the sent file were never both de-identified"
             time.sleep(0.2)
         partner_token = connection["partner_tokens"][connection["partner_prefix"].rstrip("/")]

@@ -14,10 +14,9 @@ import pytest
 from boto3.dynamodb.conditions import Attr
 
 from dicomshare import index
-from dicomshare.index_items import instance_item
 from dicomshare_aws import index_store
 from dicomshare_local import demo
-from indexed_study import now, put_study
+from indexed_study import now, put_instance, put_study
 from test_api import all_pages
 from test_end_to_end import all_studies
 
@@ -172,18 +171,31 @@ def test_claims_are_first_writer_wins_and_repeatable(local_system):
 
 def test_a_share_serves_only_its_frozen_partner_and_patient(local_system, api):
     """Defence in depth: an instance item of another partner or pseudonym that reaches a
-    shared study anyway (a defect, a compromised writer) is never served."""
+    shared study anyway (a defect, a compromised writer) is never served, and its metadata
+    object is never even read."""
+    from lambdas.api import dependencies
+
     study = put_study(local_system, pseudonym="PSEUDO-FROZEN", study_date="20240202", slices=2, partner=A)
     local_system.wait_idle()
     share = _share(api, study.study_uid)
-    dynamodb = local_system.client("dynamodb")
+    foreign = []
     for partner, pseudonym in ((B, "PSEUDO-FROZEN"), (A, "PSEUDO-OTHER")):
         ds = next(demo.ct_series(1, "20240202", "CT ABDOMEN", size=16))
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_uid, study.series_uids[0]
-        key = index.deidentified_object_key(study.study_uid, study.series_uids[0], ds.SOPInstanceUID)
-        index_store.put_new(dynamodb, local_system.resources.table_name, instance_item(
-            ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, s3_key=key, size=1, sha256=None,
-            received_at=now(), partner=partner, patient_pseudonym=pseudonym))
+        ds.ImageComments = "ZQXFOREIGNMETA"
+        put_instance(local_system, ds, partner=partner, pseudonym=pseudonym)
+        foreign.append(ds.SOPInstanceUID)
     local_system.wait_idle()
-    assert _redeemed_sops(api, share["token"]) == {study.study_uid: set(study.files)}
-    assert _redeemed_sops(api, share["token"], "dicomjson") == {study.study_uid: set(study.files)}
+    read_keys: list[str] = []
+    s3 = dependencies.s3()
+    s3.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: read_keys.append(params["Key"]),
+                            unique_id="partners-metadata-reads")
+    try:
+        assert _redeemed_sops(api, share["token"]) == {study.study_uid: set(study.files)}
+        assert _redeemed_sops(api, share["token"], "dicomjson") == {study.study_uid: set(study.files)}
+        status, page = api.call("GET", f"/share/dicomjson?study_uid={study.study_uid}&series_uid="
+                                f"{study.series_uids[0]}", admin=False, headers={"Authorization": f"Share {share['token']}"})
+    finally:
+        s3.meta.events.unregister("before-parameter-build.s3.GetObject", unique_id="partners-metadata-reads")
+    assert status == 200 and "ZQXFOREIGNMETA" not in str(page)
+    assert len(read_keys) >= 2 and not [k for k in read_keys for sop in foreign if sop in k]

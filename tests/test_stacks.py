@@ -518,7 +518,7 @@ def test_preview_reads_instances_and_writes_previews_only(ingest):
     statements = role_statements(ingest, "PreviewFunctionRole")
     assert sorted(granted(statements, "s3:GetObject")) == [  # previews: HEAD, so each is rendered once
         "import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*",
-        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*"]
+        "import:dicomshare-dev-storage-DeidentifiedBucketArn/studies/*.dcm"]  # never the metadata objects
     assert granted(statements, "s3:PutObject") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn/previews/*"]
     assert granted(statements, "s3:ListBucket") == ["import:dicomshare-dev-storage-DeidentifiedBucketArn"]
     assert not [a for s in statements for a in s["Action"] if a.startswith(("dynamodb:", "secretsmanager:"))]
@@ -540,7 +540,7 @@ def test_counts_updates_the_index_and_touches_no_object(ingest):
     (write,) = [s for s in statements if "dynamodb:UpdateItem" in s["Action"]]
     attributes = write["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"]
     assert {"flagged_at", "instance_count", "series_count", "gsi1pk"} <= set(attributes)
-    assert {"s3_key", "dicom_json", "share_id", "reason", "revoked_at", "ttl"}.isdisjoint(attributes)
+    assert {"metadata_bytes", "sop_class_uid", "share_id", "reason", "revoked_at", "ttl"}.isdisjoint(attributes)
     assert not [a for s in statements for a in s["Action"] if a.startswith(("s3:", "secretsmanager:"))]
 
 

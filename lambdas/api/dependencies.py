@@ -11,6 +11,7 @@ import boto3
 from aws_lambda_powertools.utilities import parameters
 
 from dicomshare import settings as config
+from dicomshare_aws.instance_metadata import read_many
 from dicomshare_aws.s3_presign import Presigner, bucket_origin
 from dicomshare_aws.share_store import ShareStore
 
@@ -69,6 +70,16 @@ def presigner(expires_in: int) -> Presigner:
         expires_in=expires_in,
         endpoint_url=deid_endpoint_url(),
     )
+
+
+@cache
+def s3() -> Any:
+    return session().client("s3")
+
+
+def instance_metadata(items: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """The instance items' metadata objects, read in parallel (``None`` where unreadable)."""
+    return read_many(s3(), os.environ[config.DEID_BUCKET_ENV], items)
 
 
 @cache

@@ -106,14 +106,16 @@ def dicomjson(study_uid: StudyUid, series_uid: SeriesUid, authorization: Token =
     after, frame = cursor(next, prefix)
     page, more = deps.store().instance_page(study_uid, prefix, after, manifest.INSTANCES_PER_PAGE,
                                             series["instance_count"])
-    items = [i for i in page if shares.owns(share, i)]
+    owned = [i for i in page if shares.owns(share, i)]
+    items = owned[:manifest.ohif_items(owned, first_frame=frame)]
+    described = items[1:] if frame > 1 else items  # a page resuming inside an instance needs not its metadata
     lifetime = shares.presign_seconds(share, now, deps.settings())
     study = {**manifest.study_summary(study_uid, item, [], prior=False),
              "instance_count": int(item.get("instance_count", 0)),
              "modalities": [series["modality"]] if series["modality"] else []}
-    document, finished, resume = manifest.ohif_page(study, series, items,
+    document, finished, resume = manifest.ohif_page(study, series, items, instance_metadata(described),
         instance_url=deps.presigner(lifetime).url, first_frame=frame, budget=manifest.PAGE_BYTES)
-    if finished < len(items):  # the page ended inside the series: resume at the first unfinished item
+    if finished < len(owned):  # the page ended inside the series: resume at the first unfinished item
         following = encode_cursor(items[finished - 1][index.SK] if finished else (after or prefix), resume)
     else:
         following = encode_cursor(page[-1][index.SK]) if more and page else None
@@ -126,6 +128,18 @@ def dicomjson(study_uid: StudyUid, series_uid: SeriesUid, authorization: Token =
 def kos_page(study_uid: StudyUid, authorization: Token = None, pin: Pin = None, next: Next = None):
     share, _ = reader(authorization, pin)
     return key_object_selection(share, study_uid, next)
+
+
+def instance_metadata(items: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """SOP Instance UID -> metadata object of the items (only items the share owns); an
+    unreadable one is logged by its (de-identified) UIDs and served from the item's fields."""
+    found = deps.instance_metadata(items)
+    for item, metadata in zip(items, found):
+        if metadata is None:
+            logger.warning("instance metadata unreadable", extra={
+                "study_uid": item["study_uid"], "series_uid": item["series_uid"],
+                "sop_instance_uid": item["sop_instance_uid"]})
+    return {item["sop_instance_uid"]: metadata for item, metadata in zip(items, found)}
 
 
 def shared(authorization: str | None) -> shares.Share:
