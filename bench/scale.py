@@ -37,6 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -200,7 +201,8 @@ def local_responsiveness(system) -> dict:
     dynamodb = system.client("dynamodb")
     items = _ct_items(STUDY_INSTANCES)
     latencies: list[float] = []
-    failures: list[str] = []
+    statuses: list[int] = []  # API Gateway's own answers: 502, or 504 past 29 s
+    dropped: list[str] = []  # no answer at all: what must never happen
     done = threading.Event()
 
     def list_studies():
@@ -211,8 +213,10 @@ def local_responsiveness(system) -> dict:
             with urllib.request.urlopen(request, timeout=120) as response:
                 response.read()
             latencies.append(time.monotonic() - started)
-        except Exception as error:  # a dropped connection or an error status
-            failures.append(repr(error))
+        except urllib.error.HTTPError as error:
+            statuses.append(error.code)
+        except OSError as error:
+            dropped.append(repr(error))
 
     callers: list[threading.Thread] = []
 
@@ -235,7 +239,8 @@ def local_responsiveness(system) -> dict:
     ticker.join()
     for caller in callers:
         caller.join()
-    return {"requests": len(latencies) + len(failures), "unanswered": len(failures),
+    return {"requests": len(latencies) + len(statuses) + len(dropped), "error_statuses": statuses,
+            "unanswered": len(dropped),
             "p50_s": statistics.median(latencies), "max_s": max(latencies), "counted_after_s": counted_after}
 
 
@@ -279,7 +284,9 @@ def main() -> None:
 
     print(f"\n== local system: GET /studies every 0.5 s while {STUDY_INSTANCES} instances are counted "
           f"(API Gateway: {API_GATEWAY_SECONDS} s)")
-    print(f"{local['requests']} requests, {local['unanswered']} without an answer; latency p50 "
+    print(f"{local['requests']} requests, {local['unanswered']} without an answer, "
+          f"{len(local['error_statuses'])} answered with an error status {sorted(set(local['error_statuses']))}; "
+          f"latency p50 "
           f"{local['p50_s']:.2f} s, max {local['max_s']:.2f} s; study counted after {local['counted_after_s']:.0f} s")
 
     print("\n== redemption response size (Lambda: 6 MB response; target: < 1 MB per response)")
