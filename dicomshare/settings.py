@@ -141,6 +141,13 @@ class GatewayService:
     port: int = 11112
     ae_title: str = "DICOMSHARE"
 
+    @staticmethod
+    def task_role_name(environment: str, region: str) -> str:
+        """Name of the hosted gateway's task role: fixed in advance, so the partner roles
+        (storage stack, deployed first) can trust it by ARN before it exists. At most 64
+        characters."""
+        return f"dicomshare-{environment}-gateway-task-{region}"
+
 
 @dataclass(frozen=True)
 class Settings:

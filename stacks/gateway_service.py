@@ -4,9 +4,10 @@ internal Network Load Balancer, for partners that reach AWS over a VPN.
 Off unless the configuration document has ``"gateway": {"enabled": true, ...}``
 (:class:`dicomshare.settings.GatewayService`). Its own VPC has isolated subnets only (no
 internet route): S3 through a gateway endpoint, ECR, CloudWatch Logs through interface
-endpoints. The spool is an encrypted EFS file system, so a replaced task resumes it. The
-task role may put objects only under the configured partners' prefixes, with SSE-KMS and
-the ingest key, exactly as the partners' own roles; which partner an instance belongs to is
+endpoints (and STS's, to assume the partner roles). The spool is an encrypted EFS file
+system, so a replaced task resumes it. The task role writes nothing to S3 itself: it may
+only assume its partners' upload roles (:mod:`stacks.storage`), and the gateway uploads
+each partner's instances with that partner's role; which partner an instance belongs to is
 decided by its calling AE title (and the security group admits only the partners' VPN
 ranges). The partners' VPN (Site-to-Site VPN or Transit Gateway attachment to this VPC)
 is the hospital's network decision and not created here: docs/gateway.md.
@@ -27,9 +28,9 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from dicomshare.settings import GatewayService
-from stacks.acknowledge import acknowledge, object_wildcard
+from stacks.acknowledge import acknowledge
 from stacks.python_function import allow_cloudwatch_logs, encrypted_log_group
-from stacks.storage import StorageStack, partner_upload_statements
+from stacks.storage import StorageStack, role_arn
 
 SPOOL_PATH = "/var/spool/dicomshare-gateway"
 GATEWAY_CPU = 512
@@ -46,9 +47,18 @@ def gateway_document(service: GatewayService, storage: StorageStack) -> dict:
         "upload_id_secret_file": f"{SPOOL_PATH}/upload-id-secret",
         "upload": {"bucket": storage.ingest_bucket.bucket_name, "region": storage.region,
                    "sse_kms_key_id": storage.ingest_key.key_arn},
-        "partners": [{"id": partner, "calling_ae_titles": list(titles)}
-                     for partner, titles in sorted(service.calling_ae_titles.items())],
+        "partners": [{"id": partner, "calling_ae_titles": list(titles), "role_arn": arn}
+                     for (partner, titles), arn in zip(sorted(service.calling_ae_titles.items()),
+                                                       partner_role_arns(storage, service))],
     }
+
+
+def partner_role_arns(storage: StorageStack, service: GatewayService) -> list[str]:
+    """The upload roles of the gateway's partners, in partner id order: their names are
+    derived (:meth:`dicomshare.settings.Partner.role_name`), so no export is needed."""
+    settings = storage.settings
+    return [role_arn(storage, settings.partner(partner).role_name(settings.environment, storage.region))
+            for partner in sorted(service.calling_ae_titles)]
 
 
 class GatewayServiceStack(cdk.Stack):
@@ -72,7 +82,8 @@ class GatewayServiceStack(cdk.Stack):
         endpoints = [self.vpc.add_interface_endpoint(name, service=endpoint, open=False)
                      for name, endpoint in (("EcrApi", ec2.InterfaceVpcEndpointAwsService.ECR),
                                             ("EcrDocker", ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER),
-                                            ("Logs", ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS))]
+                                            ("Logs", ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS),
+                                            ("Sts", ec2.InterfaceVpcEndpointAwsService.STS))]
 
         self.spool = efs.FileSystem(
             self, "Spool", vpc=self.vpc, encrypted=True, kms_key=self.key, enable_automatic_backups=True,
@@ -81,8 +92,12 @@ class GatewayServiceStack(cdk.Stack):
             "SpoolAccessPoint", path="/gateway", create_acl=efs.Acl(owner_uid="1000", owner_gid="1000", permissions="700"),
             posix_user=efs.PosixUser(uid="1000", gid="1000"))
 
+        task_role = iam.Role(self, "TaskRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+                             role_name=service.task_role_name(settings.environment, self.region),
+                             description=f"dicomshare {settings.environment}: hosted gateway (assumes its partners' "
+                             "upload roles)")
         task = ecs.FargateTaskDefinition(
-            self, "Task", cpu=GATEWAY_CPU, memory_limit_mib=GATEWAY_MEMORY_MB,
+            self, "Task", task_role=task_role, cpu=GATEWAY_CPU, memory_limit_mib=GATEWAY_MEMORY_MB,
             runtime_platform=ecs.RuntimePlatform(cpu_architecture=ecs.CpuArchitecture.ARM64,
                                                  operating_system_family=ecs.OperatingSystemFamily.LINUX))
         task.add_volume(name="spool", efs_volume_configuration=ecs.EfsVolumeConfiguration(
@@ -98,8 +113,8 @@ class GatewayServiceStack(cdk.Stack):
             readonly_root_filesystem=True,
         )
         container.add_mount_points(ecs.MountPoint(container_path=SPOOL_PATH, source_volume="spool", read_only=False))
-        for statement in upload_permissions(storage, service):
-            task.add_to_task_role_policy(statement)
+        task.add_to_task_role_policy(iam.PolicyStatement(
+            sid="AssumePartnerUploadRoles", actions=["sts:AssumeRole"], resources=partner_role_arns(storage, service)))
         task.add_to_task_role_policy(iam.PolicyStatement(
             actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
             resources=[self.spool.file_system_arn],
@@ -124,29 +139,26 @@ class GatewayServiceStack(cdk.Stack):
         listener.add_targets("Gateway", port=service.port, protocol=elbv2.Protocol.TCP, targets=[self.service],
                              deregistration_delay=cdk.Duration.seconds(60))
 
-        self.acknowledge(task, storage, service, removal)
+        self.acknowledge(task, removal)
         cdk.CfnOutput(self, "GatewayAddress", value=self.load_balancer.load_balancer_dns_name,
                       description=f"Partners send C-STORE to {service.ae_title}@<this name>:{service.port} over the VPN")
 
-    def acknowledge(self, task: ecs.FargateTaskDefinition, storage: StorageStack, service: GatewayService,
-                    removal: cdk.RemovalPolicy) -> None:
-        acknowledge(task.task_role.node.find_child("DefaultPolicy"), {
-            object_wildcard(storage.exported_arn("IngestBucketArn"), f"{partner}/gateway/*"): "The gateway writes "
-            "any object under each of its partners' gateway prefixes (keys are content hashes), nothing outside them."
-            for partner in sorted(service.calling_ae_titles)
-        })
+    def acknowledge(self, task: ecs.FargateTaskDefinition, removal: cdk.RemovalPolicy) -> None:
         if task.execution_role is not None:
             acknowledge(task.execution_role, {
                 "AwsSolutions-IAM5[Resource::*]": "ecr:GetAuthorizationToken, which ECR defines on no resource; "
                 "image pulls themselves are granted on the gateway's repository only.",
             })
         acknowledge(task, {
-            "AwsSolutions-ECS2": "The gateway's configuration document (bucket, key ARN, AE titles) and TMPDIR "
-            "(received instances are written to the EFS volume, the root file system is read-only); no secret: "
-            "credentials come from the task role.",
-            "HIPAA.Security-IAMNoInlinePolicy": "The task and execution roles' policies belong to this one task "
-            "definition; managed policies would be attached to nothing else.",
+            "AwsSolutions-ECS2": "The gateway's configuration document (bucket, key ARN, AE titles, partner role "
+            "ARNs) and TMPDIR (received instances are written to the EFS volume, the root file system is "
+            "read-only); no secret: credentials come from the task role and the partner roles it assumes.",
         })
+        for construct in (task, task.task_role):
+            acknowledge(construct, {
+                "HIPAA.Security-IAMNoInlinePolicy": "The task and execution roles' policies belong to this one "
+                "task definition; managed policies would be attached to nothing else.",
+            })
         acknowledge(self.load_balancer, {
             "AwsSolutions-ELB2": "A TCP listener: NLB access logs exist for TLS listeners only; VPC flow logs record "
             "every connection.",
@@ -181,11 +193,3 @@ def container_image(scope: Construct, uri: str) -> ecs.ContainerImage:
         return ecs.ContainerImage.from_registry(uri)
     repository = ecr.Repository.from_repository_name(scope, "GatewayRepository", match["repository"])
     return ecs.ContainerImage.from_ecr_repository(repository, match["tag"])
-
-
-def upload_permissions(storage: StorageStack, service: GatewayService) -> list[iam.PolicyStatement]:
-    """``PutObject`` under the gateway's partners' prefixes, SSE-KMS with the ingest key only
-    (the partner roles' statements: single and multipart uploads, :func:`stacks.storage.partner_upload_statements`)."""
-    objects = [f"{storage.imported_arns['IngestBucketArn']}/{partner}/gateway/*"
-               for partner in sorted(service.calling_ae_titles)]
-    return partner_upload_statements(objects, storage.ingest_key.key_arn, storage.region)

@@ -135,7 +135,9 @@ class StorageStack(cdk.Stack):
             )
         }
 
-        self.partner_roles = {p.id: self.partner_role(p) for p in settings.partners if p.principal}
+        gateway_partners = set(settings.gateway.calling_ae_titles) if settings.gateway else set()
+        self.partner_roles = {p.id: self.partner_role(p, hosted_gateway=p.id in gateway_partners)
+                              for p in settings.partners if p.principal or p.id in gateway_partners}
 
         cdk.CfnOutput(self, "IngestBucketName", value=self.ingest_bucket.bucket_name)
         cdk.CfnOutput(self, "IngestKeyArn", value=self.ingest_key.key_arn,
@@ -178,26 +180,33 @@ class StorageStack(cdk.Stack):
         acknowledge(bucket, {"HIPAA.Security-S3BucketReplicationEnabled": REPLICATION_REASON})
         return bucket
 
-    def partner_role(self, partner: Partner) -> iam.Role:
+    def partner_role(self, partner: Partner, hosted_gateway: bool) -> iam.Role:
         """The role ``partner`` assumes to upload under its prefix (:func:`partner_upload_statements`);
         trusted with the partner's ``sts:ExternalId`` when one is configured (always for an account).
+        With ``hosted_gateway``, the hosted gateway's task role may assume it too
+        (:meth:`hosted_gateway_principal`); a partner with no principal of its own then gets
+        a role that only the gateway assumes.
 
         Its name is derived (:meth:`dicomshare.settings.Partner.role_name`), not generated:
         the API recognises the partner by it in the caller's signed identity and lets the
         role read that partner's receipts only (its ``execute-api:Invoke`` on
         ``GET /receipts`` is granted by the share API stack)."""
+        gateway = self.hosted_gateway_principal() if hosted_gateway else None
         principal = (
-            iam.AccountPrincipal(partner.principal) if partner.principal.isdigit()
+            gateway if not partner.principal
+            else iam.AccountPrincipal(partner.principal) if partner.principal.isdigit()
             else iam.ArnPrincipal(partner.principal)
         )
         role = iam.Role(
             self, f"PartnerRole-{partner.id}",
             assumed_by=principal,
-            external_ids=[partner.external_id] if partner.external_id else None,
+            external_ids=[partner.external_id] if partner.principal and partner.external_id else None,
             role_name=partner.role_name(self.settings.environment, self.region),
             description=f"dicomshare {self.settings.environment}: upload role of partner {partner.id}",
             max_session_duration=cdk.Duration.hours(12),
         )
+        if partner.principal and gateway:
+            role.assume_role_policy.add_statements(iam.PolicyStatement(actions=["sts:AssumeRole"], principals=[gateway]))
         for statement in partner_upload_statements(
                 [self.ingest_bucket.arn_for_objects(f"{partner.prefix}*")], self.ingest_key.key_arn, self.region):
             role.add_to_policy(statement)
@@ -211,6 +220,24 @@ class StorageStack(cdk.Stack):
         cdk.CfnOutput(self, f"PartnerRoleArn{partner.id.replace('-', '')}", value=role.role_arn,
                       description=f"Upload role of partner {partner.id}")
         return role
+
+
+    def hosted_gateway_principal(self) -> iam.IPrincipal:
+        """The hosted gateway's task role (stacks/gateway_service.py), which that stack
+        creates later under a name fixed in advance
+        (:meth:`dicomshare.settings.GatewayService.task_role_name`). Trusted as this account
+        with ``aws:PrincipalArn`` equal to that role's ARN, not as the role ARN itself: IAM
+        refuses a trust policy naming a role that does not exist yet, and would pin a named
+        role to its unique id, so a replaced task role would lose its trust. No
+        ``sts:ExternalId``: the principal is one role of this account, not a third party's
+        account that acts for several customers (docs/gateway.md)."""
+        task_role = role_arn(self, self.settings.gateway.task_role_name(self.settings.environment, self.region))
+        return iam.AccountPrincipal(self.account).with_conditions({"ArnEquals": {"aws:PrincipalArn": task_role}})
+
+
+def role_arn(stack: cdk.Stack, name: str) -> str:
+    """ARN of the role named ``name`` (no path) in ``stack``'s account."""
+    return stack.format_arn(service="iam", region="", resource="role", resource_name=name)
 
 
 def partner_upload_statements(objects: list[str], key_arn: str, region: str) -> list[iam.PolicyStatement]:

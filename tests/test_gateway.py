@@ -371,3 +371,42 @@ def test_one_partners_failing_uploads_do_not_hold_back_another(local_system, tmp
         uploader.drain()
     assert [e.partner for e in spool.entries()] == ["demo-partner"] * 3, "the other partner's spool drained"
     local_system.wait_idle(timeout=120)
+
+
+def test_each_partner_uploads_with_its_own_assumed_role(local_system, tmp_path):
+    """With ``role_arn`` per partner (as the hosted gateway is configured), each partner's
+    uploads are signed by a session of that partner's role, assumed through STS (moto's)
+    with the machine's credentials and the partner's ExternalId, never by the machine's
+    own credentials or another partner's role."""
+    import boto3
+    from moto.sts.models import sts_backends
+
+    from dicomshare_gateway.spool import Spool
+    from dicomshare_gateway.uploader import Uploader
+
+    iam = local_system.client("iam")
+    roles = {}
+    for partner in ("demo-partner", "basic-partner"):
+        name = f"gateway-test-{partner}-{tmp_path.name}"[:64]
+        roles[partner] = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                    "Principal": {"AWS": "arn:aws:iam::123456789012:root"}}]}))["Role"]
+    document = gateway_document(local_system, tmp_path)
+    for partner in document["partners"]:
+        partner.update(role_arn=roles[partner["id"]]["Arn"], external_id=f"external-id-of-{partner['id']}")
+    config = gateway_config.from_document(document)
+    spool = Spool(config.spool_dir, 0)
+    for partner in roles:
+        spool.accept(partner, f"{1:064x}", f"assumed role upload {partner} {tmp_path}".encode())
+
+    uploader = Uploader(spool, config)
+    assert uploader.drain() == 2 and not list(spool.entries())
+    for partner, role in roles.items():
+        signer = uploader.client(partner)._request_signer._credentials.get_frozen_credentials()
+        caller = boto3.client("sts", endpoint_url=local_system.endpoint_url, region_name=local_system.region,
+                              aws_access_key_id=signer.access_key, aws_secret_access_key=signer.secret_key,
+                              aws_session_token=signer.token).get_caller_identity()
+        assert caller["Arn"] == f"arn:aws:sts::123456789012:assumed-role/{role['RoleName']}/dicomshare-gateway-{partner}"
+        assumed = sts_backends["123456789012"]["aws"].get_assumed_role_from_access_key(signer.access_key)
+        assert assumed.external_id == f"external-id-of-{partner}", "the moto server (in this process) saw it"
+    local_system.wait_idle(timeout=120)

@@ -23,7 +23,7 @@ from aws_cdk.assertions import Match, Template  # noqa: E402
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks  # noqa: E402
 
 from dicomshare import index, shares  # noqa: E402
-from dicomshare.settings import ConfigError, from_document  # noqa: E402
+from dicomshare.settings import ConfigError, GatewayService, Partner, from_document  # noqa: E402
 from dicomshare_aws import resources  # noqa: E402
 from stacks.dicomshare_app import build  # noqa: E402
 from stacks.pip_bundling import LAMBDA_PYTHON_VERSION, PROJECT_ROOT, function_code, lambda_python  # noqa: E402
@@ -312,13 +312,14 @@ def test_partner_trusted_by_account_needs_its_external_id(storage):
 def allowed(statements: list[dict], action: str, resource: str, request: dict[str, str]) -> bool:
     """IAM's evaluation of one identity policy, offline: an explicit deny wins, else any
     allow. Condition operators as the IAM reference defines them for a key missing from
-    the request: ``StringEquals`` false, ``StringNotEquals`` true, ``Null`` by presence."""
+    the request: ``StringEquals`` and ``ArnEquals`` (here without wildcards) false,
+    ``StringNotEquals`` true, ``Null`` by presence."""
     def condition_holds(operator: str, key: str, values) -> bool:
         values = [render(v) for v in (values if isinstance(values, list) else [values])]
         present = key in request
         if operator == "Null":
             return (values == ["true"]) != present
-        if operator == "StringEquals":
+        if operator in ("StringEquals", "ArnEquals"):
             return present and request[key] in values
         if operator == "StringNotEquals":
             return not present or request[key] not in values
@@ -995,8 +996,10 @@ def with_gateway(tmp_path_factory):
     """A synthesis with the hosted gateway enabled, both nag packs on."""
     outdir = tmp_path_factory.mktemp("cdk.out.gateway")
     document = partner_document()
+    document["partners"].append({"id": "clinic-c"})
     document["gateway"] = {"enabled": True, "image": GATEWAY_IMAGE, "allowed_cidrs": ["10.1.0.0/16"],
-                           "calling_ae_titles": {"demo-partner": ["DEMO_PACS"], "pacs-b": ["PACS_B", "CT_B"]}}
+                           "calling_ae_titles": {"demo-partner": ["DEMO_PACS"], "pacs-b": ["PACS_B", "CT_B"],
+                                                 "clinic-c": ["CLINIC_C"]}}
     app = cdk.App(context=context(dicomshare=document), outdir=str(outdir))
     build(app)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
@@ -1019,16 +1022,107 @@ def test_hosted_gateway_is_nag_and_cfn_lint_clean(with_gateway):
     assert not errors, "\n".join(errors)
 
 
-def test_hosted_gateway_writes_only_under_its_partners_prefixes_and_listens_only_to_the_vpn(with_gateway):
-    t = Template.from_json(json.loads((with_gateway[0] / "dicomshare-dev-gateway.template.json").read_text()))
-    statements = role_statements(t, "TaskTaskRole")
-    assert sorted(granted(statements, "s3:PutObject")) == [
-        "import:dicomshare-dev-storage-IngestBucketArn/demo-partner/gateway/*",
-        "import:dicomshare-dev-storage-IngestBucketArn/pacs-b/gateway/*"]
-    denies = [s for s in statements if s["Effect"] == "Deny"]
-    assert {d["Condition"]["StringNotEquals"].get("s3:x-amz-server-side-encryption") for d in denies} >= {"aws:kms"}, \
-        "wrong encryption headers denied; none required, so multipart parts (no header) are allowed"
-    assert not granted(statements, "s3:GetObject") and not granted(statements, "s3:DeleteObject")
+GATEWAY_PARTNERS = ("clinic-c", "demo-partner", "pacs-b")
+OWN_ACCOUNT = "arn:<AWS::Partition>:iam::<AWS::AccountId>"
+"""The deploying account, as :func:`render` shows ARNs built from its pseudo parameters."""
+
+
+def gateway_template(with_gateway, stack: str) -> Template:
+    return Template.from_json(json.loads((with_gateway[0] / f"dicomshare-dev-{stack}.template.json").read_text()))
+
+
+def partner_role_arn(partner: str) -> str:
+    return f"{OWN_ACCOUNT}:role/{Partner(id=partner).role_name('dev', '<AWS::Region>')}"
+
+
+TASK_ROLE_ARN = f"{OWN_ACCOUNT}:role/{GatewayService.task_role_name('dev', '<AWS::Region>')}"
+
+
+def trust_statements(storage: Template, partner: str) -> list[dict]:
+    (role,) = [r for k, r in storage.find_resources("AWS::IAM::Role").items()
+               if k.startswith(f"PartnerRole{partner.replace('-', '')}")]
+    return [{**s, "Action": [s["Action"]], "Resource": [render(s["Principal"]["AWS"])]}
+            for s in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]]
+
+
+def may_assume(identity: list[dict], caller: str, role_arn: str, trust: list[dict], request: dict[str, str]) -> bool:
+    """Whether ``caller`` (a role ARN) may assume a role of its own account: its identity
+    policy must allow ``sts:AssumeRole`` on the role, and the role's trust policy must name
+    the caller's account (any principal of it, subject to conditions) or the caller itself.
+    The trust statements' principals stand in for resources in :func:`allowed`."""
+    request = {"aws:PrincipalArn": caller, **request}
+    account = caller.split(":role/")[0] + ":root"
+    return (allowed(identity, "sts:AssumeRole", role_arn, {})
+            and (allowed(trust, "sts:AssumeRole", account, request) or allowed(trust, "sts:AssumeRole", caller, request)))
+
+
+def test_hosted_gateway_task_role_writes_nothing_and_assumes_only_its_partners_roles(with_gateway):
+    t = gateway_template(with_gateway, "gateway")
+    statements = role_statements(t, "TaskRole")
+    actions = {a for s in statements for a in s["Action"]}
+    assert not [a for a in actions if a.startswith(("s3:", "kms:")) or "*" in a], actions
+    assert actions == {"sts:AssumeRole", "elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"}
+    partner_role_arns = [partner_role_arn(p) for p in GATEWAY_PARTNERS]
+    assert sorted(granted(statements, "sts:AssumeRole")) == sorted(partner_role_arns)
+    (role,) = [r["Properties"] for k, r in t.find_resources("AWS::IAM::Role").items() if k.startswith("TaskRole")]
+    assert f"{OWN_ACCOUNT}:role/{render(role['RoleName'])}" == TASK_ROLE_ARN
+    (task,) = t.find_resources("AWS::ECS::TaskDefinition").values()
+    assert task["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0].startswith("TaskRole")
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    (variable,) = [v for v in container["Environment"] if v["Name"] == "DICOMSHARE_GATEWAY_CONFIG"]
+    document = json.loads(render(variable["Value"]))
+    assert [(p["id"], p["role_arn"]) for p in document["partners"]] == list(zip(GATEWAY_PARTNERS, partner_role_arns))
+    assert not [p for p in document["partners"] if p.get("external_id")], "the gateway's trust needs none"
+    services = [render(e["Properties"]["ServiceName"]) for e in t.find_resources("AWS::EC2::VPCEndpoint").values()]
+    assert "com.amazonaws.<AWS::Region>.sts" in services, "the isolated subnets reach STS through an endpoint"
+
+
+def test_partner_roles_trust_the_hosted_gateway_task_role_by_arn_and_partner_accounts_by_external_id(with_gateway):
+    storage = gateway_template(with_gateway, "storage")
+    for partner in GATEWAY_PARTNERS:
+        (gateway,) = [s for s in trust_statements(storage, partner) if s["Resource"] == [f"{OWN_ACCOUNT}:root"]]
+        ((operator, conditions),) = gateway["Condition"].items()
+        assert operator == "ArnEquals" and list(conditions) == ["aws:PrincipalArn"]
+        assert render(conditions["aws:PrincipalArn"]) == TASK_ROLE_ARN
+    assert len(trust_statements(storage, "clinic-c")) == 1, "a partner without a principal: only the gateway"
+    (own,) = [s for s in trust_statements(storage, "demo-partner") if PARTNER_ACCOUNT in s["Resource"][0]]
+    assert own["Condition"] == {"StringEquals": {"sts:ExternalId": PARTNER_EXTERNAL_ID}}
+
+
+def test_a_gateway_task_assuming_one_partners_role_cannot_write_under_anothers_prefix(with_gateway):
+    """The offline IAM model, end to end: the task role, the partner roles' trust, and each
+    partner role's upload statements."""
+    gateway, storage = gateway_template(with_gateway, "gateway"), gateway_template(with_gateway, "storage")
+    task = role_statements(gateway, "TaskRole")
+    ingest_bucket = "arn:aws:s3:::dicomshare-dev-ingest"
+    for partner in GATEWAY_PARTNERS:
+        assert may_assume(task, TASK_ROLE_ARN, partner_role_arn(partner), trust_statements(storage, partner), {})
+        assert not allowed(task, "s3:PutObject", f"{ingest_bucket}/{partner}/gateway/x.dcm", {})
+    other_role = f"{OWN_ACCOUNT}:role/dicomshare-dev-ingest-IngestFunctionRole"
+    assert not may_assume(task + [{"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": ["*"]}], other_role,
+                          partner_role_arn("demo-partner"), trust_statements(storage, "demo-partner"), {}), \
+        "another role of the account, even one allowed to assume anything, is not trusted"
+    assert not may_assume(task, TASK_ROLE_ARN, f"{OWN_ACCOUNT}:role/dicomshare-admin", [], {})
+    partner_account = f"arn:aws:iam::{PARTNER_ACCOUNT}:role/uploader"
+    anything = [{"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": ["*"]}]
+    trust_a = [{**s, "Resource": [r.replace("<AWS::Partition>", "aws") for r in s["Resource"]]}
+               for s in trust_statements(storage, "demo-partner")]
+    assert may_assume(anything, partner_account, partner_role_arn("demo-partner"), trust_a,
+                      {"sts:ExternalId": PARTNER_EXTERNAL_ID})
+    assert not may_assume(anything, partner_account, partner_role_arn("demo-partner"), trust_a, {}), \
+        "the partner's account still presents its ExternalId"
+
+    sessions = {p: role_statements(storage, f"PartnerRole{p.replace('-', '')}") for p in GATEWAY_PARTNERS}
+    for partner, statements in sessions.items():
+        (bucket,) = {r.split(">")[0] + ">" for s in statements for r in s["Resource"] if "IngestBucket" in r}
+        assert allowed(statements, "s3:PutObject", f"{bucket}/{partner}/gateway/{'0' * 32}.dcm", {})
+        for other in set(GATEWAY_PARTNERS) - {partner}:
+            assert not allowed(statements, "s3:PutObject", f"{bucket}/{other}/gateway/{'0' * 32}.dcm", {})
+            assert not allowed(statements, "s3:AbortMultipartUpload", f"{bucket}/{other}/gateway/x.dcm", {})
+
+
+def test_hosted_gateway_listens_only_to_the_vpn(with_gateway):
+    t = gateway_template(with_gateway, "gateway")
     ingress = [rule for group in t.find_resources("AWS::EC2::SecurityGroup").values()
                for rule in group["Properties"].get("SecurityGroupIngress", [])]
     ingress += [r["Properties"] for r in t.find_resources("AWS::EC2::SecurityGroupIngress").values()]
