@@ -55,8 +55,13 @@ def partner_document() -> dict:
 @pytest.fixture(scope="module")
 def synthesized(tmp_path_factory):
     """One synthesis with both nag packs; the templates are written even if nag fails."""
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    app = cdk.App(context=context(dicomshare=partner_document()), outdir=str(outdir))
+    return synthesize(tmp_path_factory.mktemp("cdk.out"), partner_document())
+
+
+def synthesize(outdir: Path, document: dict):
+    """Synthesize the app for ``document`` with both nag packs: ``(outdir, stacks, app,
+    nag_error)``; the templates are written even if nag fails."""
+    app = cdk.App(context=context(dicomshare=document), outdir=str(outdir))
     stacks = build(app)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
     try:
@@ -786,15 +791,8 @@ SHARE_DOMAIN = {"name": "share.example.org",
 @pytest.fixture(scope="module")
 def with_share_domain(tmp_path_factory):
     """A synthesis with a custom domain for the share origin, both nag packs on."""
-    outdir = tmp_path_factory.mktemp("cdk.out.domain")
-    app = cdk.App(context=context(dicomshare={**partner_document(), "share_domain": SHARE_DOMAIN}), outdir=str(outdir))
-    build(app)
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
-    try:
-        app.synth()
-        nag_error = None
-    except RuntimeError as error:
-        nag_error = str(error)
+    outdir, _, _, nag_error = synthesize(tmp_path_factory.mktemp("cdk.out.domain"),
+                                         {**partner_document(), "share_domain": SHARE_DOMAIN})
     return outdir, nag_error
 
 
@@ -1000,14 +998,7 @@ def with_gateway(tmp_path_factory):
     document["gateway"] = {"enabled": True, "image": GATEWAY_IMAGE, "allowed_cidrs": ["10.1.0.0/16"],
                            "calling_ae_titles": {"demo-partner": ["DEMO_PACS"], "pacs-b": ["PACS_B", "CT_B"],
                                                  "clinic-c": ["CLINIC_C"]}}
-    app = cdk.App(context=context(dicomshare=document), outdir=str(outdir))
-    build(app)
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
-    try:
-        app.synth()
-        nag_error = None
-    except RuntimeError as error:
-        nag_error = str(error)
+    _, _, _, nag_error = synthesize(outdir, document)
     return outdir, nag_error
 
 
