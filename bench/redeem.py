@@ -82,7 +82,6 @@ def seed(system, instances: int) -> tuple[str, list[str]]:
             sops = sorted(generate_uid() for _ in range(count))
             for number, sop in enumerate(sops, 1):
                 ds.SOPInstanceUID, ds.InstanceNumber = sop, number
-                key = index.deidentified_object_key(study_uid, series_uid, ds.SOPInstanceUID)
                 metadata = dicom_json(ds)
                 item = instance_item(
                     ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, size=540_000,

@@ -78,7 +78,6 @@ def units(size: int) -> int:
 
 
 def _ct_items(count: int) -> list[dict]:
-    from dicomshare import index
     from dicomshare.index_items import dicom_json, instance_item
     from dicomshare_local import demo
 

@@ -205,8 +205,8 @@ def test_mixed_batch_ends_each_object_in_one_place(pipeline, log_lines, capfd):
     object_keys = [index.deidentified_object_key(i["study_uid"], i["series_uid"], i["sop_instance_uid"])
                    for i in instances]
     assert sorted(deid_keys) == sorted(object_keys + metadata_keys)
-    for item, object_key, metadata_key in zip(instances, object_keys, metadata_keys):
-        body = s3.get_object(Bucket=r.deid_bucket, Key=object_key)["Body"].read()
+    for item, stored_key, metadata_key in zip(instances, object_keys, metadata_keys):
+        body = s3.get_object(Bucket=r.deid_bucket, Key=stored_key)["Body"].read()
         assert (len(body), hashlib.sha256(body).hexdigest()) == (item["size"], item["sha256"])
         stored = s3.get_object(Bucket=r.deid_bucket, Key=metadata_key)
         metadata = stored["Body"].read()
