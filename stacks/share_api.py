@@ -63,6 +63,10 @@ class ShareApiStack(cdk.Stack):
                  share_origin_parameter: str, removal: cdk.RemovalPolicy, **kwargs) -> None:
         super().__init__(scope, id, **kwargs)
         settings = storage.settings
+        # Partners who sign in themselves read their receipts; a role only the hosted gateway
+        # assumes (a partner without a principal) reaches nothing of this API.
+        receipt_readers = {p.id: storage.partner_roles[p.id] for p in settings.partners
+                           if p.principal and p.id in storage.partner_roles}
 
         self.logs_key = kms.Key(self, "ApiLogsKey", description="dicomshare API access and function logs",
                                 enable_key_rotation=True, removal_policy=removal)
@@ -114,7 +118,7 @@ class ShareApiStack(cdk.Stack):
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             default_integration=integration,
-            policy=resource_policy(settings, [role.role_arn for _, role in sorted(storage.partner_roles.items())]),
+            policy=resource_policy(settings, [role.role_arn for _, role in sorted(receipt_readers.items())]),
             default_method_options=apigateway.MethodOptions(authorization_type=apigateway.AuthorizationType.IAM),
             deploy_options=apigateway.StageOptions(
                 stage_name=STAGE_NAME,
@@ -180,15 +184,15 @@ class ShareApiStack(cdk.Stack):
                                    web_acl_arn=self.web_acl.attr_arn)
         web_acl_logging(self, self.web_acl, log_group=f"aws-waf-logs-dicomshare-{settings.environment}",
                         key=self.logs_key, settings=settings, removal=removal)
-        self.allow_partners_receipts(storage)
+        self.allow_partners_receipts(receipt_readers)
 
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url)
         cdk.CfnOutput(self, "SharePageUrl", value=f"{self.api.url}view")
 
-    def allow_partners_receipts(self, storage: StorageStack) -> None:
-        """Each partner's role may call ``GET /receipts`` (and nothing else of this API); the
-        function then shows it that partner's receipts only."""
-        for partner_id, role in sorted(storage.partner_roles.items()):
+    def allow_partners_receipts(self, roles: dict[str, iam.IRole]) -> None:
+        """Each of these partner roles may call ``GET /receipts`` (and nothing else of this
+        API); the function then shows it that partner's receipts only."""
+        for partner_id, role in sorted(roles.items()):
             policy = iam.Policy(self, f"PartnerReceipts-{partner_id}", roles=[role], statements=[iam.PolicyStatement(
                 actions=["execute-api:Invoke"],
                 resources=[self.api.arn_for_execute_api(method, path, STAGE_NAME)

@@ -1080,6 +1080,17 @@ def test_partner_roles_trust_the_hosted_gateway_task_role_by_arn_and_partner_acc
     assert own["Condition"] == {"StringEquals": {"sts:ExternalId": PARTNER_EXTERNAL_ID}}
 
 
+def test_a_role_only_the_gateway_assumes_reaches_nothing_of_the_share_api(with_gateway):
+    share_api = gateway_template(with_gateway, "share-api")
+    readers = sorted(k[len("PartnerReceipts"):-8]
+                     for k in share_api.find_resources("AWS::IAM::Policy") if k.startswith("PartnerReceipts"))
+    assert readers == ["demopartner", "pacsb"], "clinic-c has no principal: no GET /receipts"
+    (api,) = share_api.find_resources("AWS::ApiGateway::RestApi").values()
+    (deny,) = [s for s in api["Properties"]["Policy"]["Statement"] if s["Effect"] == "Deny"]
+    spared = json.dumps(deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"])
+    assert "PartnerRoledemopartner" in spared and "PartnerRoleclinicc" not in spared
+
+
 def test_a_gateway_task_assuming_one_partners_role_cannot_write_under_anothers_prefix(with_gateway):
     """The offline IAM model, end to end: the task role, the partner roles' trust, and each
     partner role's upload statements."""
