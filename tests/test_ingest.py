@@ -393,6 +393,10 @@ def test_items_hold_only_the_attributes_their_writers_may_write(pipeline):
     """The attribute and partition lists of the functions' IAM policies (``dicomshare.index``)
     cover what the pipeline really writes: a list that missed one would make AWS deny the
     write. Each writer's items lie in partitions only that writer may write."""
+    for ds in _series(2, "WRITERS"):
+        pipeline.upload(f"{CLINICAL}/writers/{ds.InstanceNumber}.dcm", _bytes(ds))
+    pipeline.upload(f"{CLINICAL}/writers/empty.dcm", b"")
+    pipeline.run()
     ingest, counts = set(index.INGEST_WRITES["attributes"]), set(index.COUNTS_WRITES["attributes"])
 
     def partition_of(writes: dict, item: dict) -> bool:
