@@ -10,9 +10,9 @@ Items (``pk`` / ``sk``):
 item                 pk                                   sk
 ===================  ===================================  ==================================
 study                ``STUDY#<StudyInstanceUID>``         ``STUDY``
-study ownership      ``STUDY#<StudyInstanceUID>``         ``OWNER``
 series               ``STUDY#<StudyInstanceUID>``         ``SERIES#<SeriesInstanceUID>``
-instance             ``STUDY#<StudyInstanceUID>``         ``INSTANCE#<SeriesUID>#<SOPUID>``
+study ownership      ``OWNER#<StudyInstanceUID>``         ``OWNER``
+instance             ``INSTANCES#<StudyInstanceUID>``     ``INSTANCE#<SeriesUID>#<SOPUID>``
 counted mark         ``COUNTED#<StudyInstanceUID>#<n>``   ``MARK#<SeriesUID>#<SOPUID>``
 reconcile flag       ``RECONCILE``                        ``<StudyInstanceUID>#<flag id>``
 quarantine record    ``QUARANTINE#<object_id>``           ``QUARANTINE``
@@ -23,6 +23,14 @@ audit record         ``SHARE#<share_id>``                 ``AUDIT#<iso time>#<ev
 ===================  ===================================  ==================================
 
 All UIDs here are the *de-identified* ones; no item holds an identifying value.
+
+Partitions follow the functions that write them, because IAM's ``dynamodb:LeadingKeys``
+constrains only the partition key: the ingest function writes instance items
+(``INSTANCES#``), ownership items (``OWNER#``), quarantine records and receipts
+(:data:`INGEST_WRITES`) and cannot touch a study's partition (``STUDY#``), whose study
+and series items only the counts and reconcile functions write (:data:`COUNTS_WRITES`).
+A study's partition therefore takes no per-instance write; its instance partition takes
+one (the instance item) per instance.
 
 An instance lives in the de-identified bucket as two objects named by its new UIDs
 (:func:`deidentified_object_key`, :func:`metadata_object_key`): the DICOM file
@@ -112,13 +120,19 @@ RECEIPT_ATTRIBUTES = (PK, SK, "partner", "object_fingerprint", "key_hmac", "uplo
                       "study_uid", "series_uid", "sop_instance_uid", "size", "recorded_at", "gsi2pk", "gsi2sk")
 """Attributes of a receipt (:func:`dicomshare.receipts.receipt_item`)."""
 
+INSTANCES = "INSTANCES#"
+OWNER = "OWNER#"
+"""Partition key prefixes of a study's instance items and of its ownership item."""
+
 INGEST_WRITES = {
-    "leading_keys": ("STUDY#*", "QUARANTINE#*", "RECEIPT#*"),
+    "leading_keys": (f"{INSTANCES}*", f"{OWNER}*", "QUARANTINE#*", "RECEIPT#*"),
     "attributes": tuple(sorted({*INSTANCE_ATTRIBUTES, *QUARANTINE_ATTRIBUTES, *OWNER_ATTRIBUTES, *RECEIPT_ATTRIBUTES})),
 }
 """What the ingest function may write (its IAM policy): instance items, study ownership
-items, quarantine records and receipts, never a study's listing or priors keys (``gsi1*``), counts,
-shares or tokens."""
+items, quarantine records and receipts, never a study or series item (no ``STUDY#``
+partition), a study's listing or priors keys (``gsi1*``), counts, shares or tokens."""
+INGEST_READS = (f"{OWNER}*", "RECEIPT#*")
+"""What the ingest function may read (``GetItem``): study ownership items and receipts."""
 
 COUNTS_WRITES = {
     "leading_keys": ("STUDY#*", "COUNTED#*", RECONCILE),
@@ -129,8 +143,11 @@ COUNTS_WRITES = {
     ),
 }
 """What the counts and reconcile functions may write (their IAM policies): study and series
-items, counted marks and reconcile flags; never instance items' attributes, shares, tokens
-or quarantine records."""
+items, counted marks and reconcile flags; never instance items, ownership items, shares,
+tokens or quarantine records."""
+RECONCILE_READS = (*COUNTS_WRITES["leading_keys"], f"{INSTANCES}*")
+"""What the reconcile function may query: what it writes, and the instance partitions it
+recounts from."""
 
 
 def patient_partition(partner: str, patient_pseudonym: str) -> str:
@@ -145,15 +162,20 @@ def study_key(study_uid: str) -> dict[str, str]:
 
 def study_owner_key(study_uid: str) -> dict[str, str]:
     """The item naming the partner and patient pseudonym a study belongs to."""
-    return {PK: f"STUDY#{study_uid}", SK: "OWNER"}
+    return {PK: f"{OWNER}{study_uid}", SK: "OWNER"}
 
 
 def series_key(study_uid: str, series_uid: str) -> dict[str, str]:
     return {PK: f"STUDY#{study_uid}", SK: f"SERIES#{series_uid}"}
 
 
+def instances_partition(study_uid: str) -> str:
+    """Partition key of a study's instance items."""
+    return f"{INSTANCES}{study_uid}"
+
+
 def instance_key(study_uid: str, series_uid: str, sop_uid: str) -> dict[str, str]:
-    return {PK: f"STUDY#{study_uid}", SK: f"INSTANCE#{series_uid}#{sop_uid}"}
+    return {PK: instances_partition(study_uid), SK: f"INSTANCE#{series_uid}#{sop_uid}"}
 
 
 def mark_partition(study_uid: str, shard: int) -> str:
@@ -163,7 +185,7 @@ def mark_partition(study_uid: str, shard: int) -> str:
 def mark_key(instance: dict[str, str]) -> dict[str, str]:
     """Key of the counted mark of the instance item with key ``instance``. Its sort key is
     not ``INSTANCE#...``, so marks never pass the counts function's stream filter."""
-    study_uid = instance[PK].removeprefix("STUDY#")
+    study_uid = instance[PK].removeprefix(INSTANCES)
     shard = int.from_bytes(hashlib.sha256(instance[SK].encode()).digest()[:4], "big") % MARK_SHARDS
     return {PK: mark_partition(study_uid, shard), SK: marked_instance_sk(instance[SK], to_mark=True)}
 

@@ -16,7 +16,7 @@ functional-group sequences included), and nothing the de-identification removed.
 stored as its own object beside the instance
 (:func:`dicomshare.index.metadata_object_key`), not in the instance item: an enhanced
 multi-frame header outgrows DynamoDB's 400 KB, and every byte of the item is written on
-the study's partition. The item records only its size (``metadata_bytes``).
+the study's instance partition (``INSTANCES#<study>``), the hottest per study. The item records only its size (``metadata_bytes``).
 """
 
 from __future__ import annotations

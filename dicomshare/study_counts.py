@@ -54,7 +54,8 @@ class StudyDelta:
 
 
 def is_instance_item(item: Mapping[str, Any]) -> bool:
-    return str(item.get(index.SK, "")).startswith("INSTANCE#")
+    return (str(item.get(index.PK, "")).startswith(index.INSTANCES)
+            and str(item.get(index.SK, "")).startswith("INSTANCE#"))
 
 
 def _start(item: Mapping[str, Any]) -> StudyDelta:

@@ -24,11 +24,11 @@ transaction is cancelled with ``ConditionalCheckFailed`` on those marks; the agg
 drops them and applies the rest, and counts do not move.
 
 Marks live off the study's partition (:func:`dicomshare.index.mark_key`: ``COUNTED#<study>#<n>``,
-8 partitions per study). The study's partition then takes, per instance, the ingest
-function's put of the instance item and a share of one study and one series update per
-transaction of up to ~97 instances: at most 3 write units per instance for instance items
-up to 2 KB, against 9 when the mark was written on the instance item itself
-(``python -m bench scale`` measures it).
+8 partitions per study), and so do the instance items (``INSTANCES#<study>``). The study's
+partition then takes, per instance, only a share of one study and one series update per
+transaction of up to ~97 instances; the instance partition takes the ingest function's put
+of the instance item (1 write unit up to 1 KB); against 9 units on one partition when the
+mark was written on the instance item itself (``python -m bench scale`` measures it).
 
 Throttling and conflicts
 ------------------------

@@ -45,8 +45,8 @@ def claim_study(dynamodb, table_name: str, study_uid: str, *, partner: str, pati
     """Claim the study for ``partner`` and ``patient_pseudonym``; ``True`` when the study
     is (now, or already) theirs, ``False`` when another partner or pseudonym owns it.
 
-    A claimed study is only read (a strongly consistent ``GetItem``: no write unit on the
-    study's partition for every instance). An unclaimed one gets one conditional
+    A claimed study is only read (a strongly consistent ``GetItem`` of its ownership
+    partition, ``OWNER#<uid>``: no write unit for every instance). An unclaimed one gets one conditional
     ``UpdateItem``: concurrent first claims race inside DynamoDB, so exactly one owner wins,
     and a repeat by the same owner changes nothing (``claimed_at`` keeps its first value).
     """

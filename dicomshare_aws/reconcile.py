@@ -209,12 +209,13 @@ def _changed_meanwhile(error: ClientError) -> bool:
 
 def _reconcile_once(dynamodb, table_name: str, study_uid: str, dry_run: bool) -> Reconciled:
     partition = index.study_key(study_uid)[index.PK]
+    instances_partition = index.instances_partition(study_uid)
     study = next(iter(_query(dynamodb, table_name, partition, "STUDY")), None)
     series = {i["series_uid"]: i for i in _query(dynamodb, table_name, partition, "SERIES#")}
     instance_sks: set[str] = set()
 
     def instances() -> Iterator[dict]:
-        for item in _query(dynamodb, table_name, partition, "INSTANCE#", COUNT_ATTRIBUTES):
+        for item in _query(dynamodb, table_name, instances_partition, "INSTANCE#", COUNT_ATTRIBUTES):
             instance_sks.add(item[index.SK])
             yield item
 
@@ -229,7 +230,7 @@ def _reconcile_once(dynamodb, table_name: str, study_uid: str, dry_run: bool) ->
     if dry_run or not result.repaired:
         return result
     batch_write(dynamodb, table_name, [{"PutRequest": {"Item": to_attribute_values(
-        index.mark_key({index.PK: partition, index.SK: sk}))}} for sk in unmarked])
+        index.mark_key({index.PK: instances_partition, index.SK: sk}))}} for sk in unmarked])
     updates = [_series_set(table_name, truth, s, series.get(s)) for s in sorted(set(truth.series) | set(series))]
     updates.append(_study_set(table_name, truth, study))
     for i in range(0, len(updates), 100):
@@ -265,11 +266,13 @@ def all_studies(dynamodb, table_name: str) -> list[str]:
     recovering from a counts outage longer than the stream's 24 hours)."""
     found: set[str] = set()
     request: dict[str, Any] = {"TableName": table_name, "ProjectionExpression": "pk",
-                               "FilterExpression": "begins_with(pk, :study)",
-                               "ExpressionAttributeValues": {":study": {"S": "STUDY#"}}}
+                               "FilterExpression": "begins_with(pk, :study) OR begins_with(pk, :instances)",
+                               "ExpressionAttributeValues": {":study": {"S": "STUDY#"},
+                                                             ":instances": {"S": index.INSTANCES}}}
     while True:
         page = dynamodb.scan(**request)
-        found.update(item["pk"]["S"].removeprefix("STUDY#") for item in page.get("Items", []))
+        found.update(item["pk"]["S"].removeprefix("STUDY#").removeprefix(index.INSTANCES)
+                     for item in page.get("Items", []))
         if "LastEvaluatedKey" not in page:
             return sorted(found)
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

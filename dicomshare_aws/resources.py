@@ -8,6 +8,8 @@ creates the same resources on the moto server from these.
 
 from __future__ import annotations
 
+from dicomshare import index
+
 INGEST_TIMEOUT_SECONDS = 120
 PREVIEW_TIMEOUT_SECONDS = 60
 COUNTS_TIMEOUT_SECONDS = 60
@@ -32,11 +34,11 @@ STREAM_RETRY_ATTEMPTS = 5
 
 NEW_INSTANCES_FILTER = {
     "eventName": ["INSERT"],
-    "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "INSTANCE#"}]}}},
+    "dynamodb": {"NewImage": {"pk": {"S": [{"prefix": index.INSTANCES}]}, "sk": {"S": [{"prefix": "INSTANCE#"}]}}},
 }
 """Lambda event filter (EventBridge pattern syntax) of the stream records the counts
-function consumes: new instance items only, so its own study and series updates never
-invoke it (``dicomshare.study_counts.is_instance_item``)."""
+function consumes: new instance items only (an instance partition and an instance sort
+key), so its own study and series updates and counted marks never invoke it (``dicomshare.study_counts.is_instance_item``)."""
 
 INGEST_EVENTS = ("s3:ObjectCreated:*",)
 """Ingest bucket -> ingest queue: every new object, whatever its prefix."""

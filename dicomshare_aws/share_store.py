@@ -177,12 +177,13 @@ class ShareStore:
         cached = self._pages.get(key)
         if cached is not None:
             return cached
+        partition = index.instances_partition(study_uid)
         arguments: dict[str, Any] = {
-            "KeyConditionExpression": Key(index.PK).eq(f"STUDY#{study_uid}") & Key(index.SK).begins_with(prefix),
+            "KeyConditionExpression": Key(index.PK).eq(partition) & Key(index.SK).begins_with(prefix),
             "Limit": limit,
         }
         if after:
-            arguments["ExclusiveStartKey"] = {index.PK: f"STUDY#{study_uid}", index.SK: after}
+            arguments["ExclusiveStartKey"] = {index.PK: partition, index.SK: after}
         response = self.table.query(**arguments)
         page = ([plain(i) for i in response["Items"]], "LastEvaluatedKey" in response)
         self._pages.put(key, page, len(json.dumps(page[0])))

@@ -346,7 +346,7 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             sid="ReadStudyOwnersAndStoredReceipts",
             actions=["dynamodb:GetItem"],
             resources=[storage.imported_arns["TableArn"]],
-            conditions=leading_keys(["STUDY#*", "RECEIPT#*"]),
+            conditions=leading_keys(index.INGEST_READS),
         ),
         iam.PolicyStatement(
             sid="UseTableKey",
@@ -426,14 +426,15 @@ def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
 
 
 def reconcile_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
-    """Query studies' items, marks and reconcile flags; put marks and delete flags
-    (``BatchWriteItem``); set study and series counts (transactions of ``UpdateItem``)."""
+    """Query studies' items, their instance items, marks and reconcile flags
+    (``index.RECONCILE_READS``); put marks and delete flags (``BatchWriteItem``); set study
+    and series counts (transactions of ``UpdateItem``)."""
     return [
         iam.PolicyStatement(
             sid="ReadStudies",
             actions=["dynamodb:Query"],
             resources=[storage.imported_arns["TableArn"]],
-            conditions=leading_keys(index.COUNTS_WRITES["leading_keys"]),
+            conditions=leading_keys(index.RECONCILE_READS),
         ),
         iam.PolicyStatement(
             sid="RecountStudies",

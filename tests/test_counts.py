@@ -202,11 +202,15 @@ def test_marks_live_off_the_study_partition_spread_over_shards(aws):
     study = items[0]["study_uid"]
     _put(aws, items)
     assert _count(aws, items) == {}
-    partition = dynamodb.query(TableName=res.table_name, ConsistentRead=True, KeyConditionExpression="pk = :pk",
-                               ExpressionAttributeValues={":pk": {"S": f"STUDY#{study}"}})["Items"]
-    assert sorted({i["sk"]["S"].split("#")[0] for i in partition}) == ["INSTANCE", "SERIES", "STUDY"]
-    assert all(set(i) - set(items[0]) == set() for i in partition if i["sk"]["S"].startswith("INSTANCE#")), \
-        "counting writes nothing on instance items"
+
+    def partition(pk: str) -> list[dict]:
+        return dynamodb.query(TableName=res.table_name, ConsistentRead=True, KeyConditionExpression="pk = :pk",
+                              ExpressionAttributeValues={":pk": {"S": pk}})["Items"]
+    assert sorted({i["sk"]["S"].split("#")[0] for i in partition(f"STUDY#{study}")}) == ["SERIES", "STUDY"], \
+        "the study's partition holds no instance item"
+    instances = partition(index.instances_partition(study))
+    assert len(instances) == 40 and all(i["sk"]["S"].startswith("INSTANCE#") for i in instances)
+    assert all(set(i) - set(items[0]) == set() for i in instances), "counting writes nothing on instance items"
     shards = Counter()
     for shard in range(index.MARK_SHARDS):
         marks = dynamodb.query(TableName=res.table_name, ConsistentRead=True, KeyConditionExpression="pk = :pk",

@@ -6,6 +6,7 @@ Redeliveries are replayed by calling the handlers directly with the same event s
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
@@ -83,7 +84,8 @@ class Pipeline:
         return next(i for i in self.items() if i[index.PK] == f"STUDY#{new}" and i[index.SK] == "STUDY")
 
     def instances(self, study_uid: str) -> list[dict]:
-        return [i for i in self.items() if i[index.PK] == f"STUDY#{study_uid}" and i[index.SK].startswith("INSTANCE#")]
+        return [i for i in self.items() if i[index.PK] == index.instances_partition(study_uid)
+                and i[index.SK].startswith("INSTANCE#")]
 
     def replay_s3_events(self, keys: list[str]) -> dict:
         """Deliver the S3 notifications of ``keys`` again."""
@@ -388,17 +390,27 @@ def test_a_failing_message_does_not_fail_its_batch(pipeline):
 
 
 def test_items_hold_only_the_attributes_their_writers_may_write(pipeline):
-    """The attribute lists of the functions' IAM policies (``dicomshare.index``) cover what
-    the pipeline really writes: a list that missed one would make AWS deny the write."""
+    """The attribute and partition lists of the functions' IAM policies (``dicomshare.index``)
+    cover what the pipeline really writes: a list that missed one would make AWS deny the
+    write. Each writer's items lie in partitions only that writer may write."""
+    for ds in _series(2, "WRITERS"):
+        pipeline.upload(f"{CLINICAL}/writers/{ds.InstanceNumber}.dcm", _bytes(ds))
+    pipeline.upload(f"{CLINICAL}/writers/empty.dcm", b"")
+    pipeline.run()
     ingest, counts = set(index.INGEST_WRITES["attributes"]), set(index.COUNTS_WRITES["attributes"])
+
+    def partition_of(writes: dict, item: dict) -> bool:
+        return any(fnmatch.fnmatchcase(item[index.PK], p) for p in writes["leading_keys"])
     kinds = set()
     for item in pipeline.items():
         kind = item[index.SK].split("#")[0]
         kinds.add(kind)
         if kind in ("INSTANCE", "OWNER", "QUARANTINE", "RECEIPT"):
             assert set(item) <= ingest, item[index.SK]
+            assert partition_of(index.INGEST_WRITES, item) and not partition_of(index.COUNTS_WRITES, item), kind
         elif kind in ("STUDY", "SERIES", "MARK") or item[index.PK] == index.RECONCILE:
             assert set(item) <= counts, item[index.SK]
+            assert partition_of(index.COUNTS_WRITES, item) and not partition_of(index.INGEST_WRITES, item), kind
     assert {"INSTANCE", "OWNER", "QUARANTINE", "RECEIPT", "STUDY", "SERIES"} <= kinds
 
 

@@ -7,6 +7,7 @@ PyPI, or its cache).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -318,7 +319,9 @@ def allowed(statements: list[dict], action: str, resource: str, request: dict[st
     """IAM's evaluation of one identity policy, offline: an explicit deny wins, else any
     allow. Condition operators as the IAM reference defines them for a key missing from
     the request: ``StringEquals`` and ``ArnEquals`` (here without wildcards) false,
-    ``StringNotEquals`` true, ``Null`` by presence."""
+    ``StringNotEquals`` and ``StringEqualsIfExists`` true, ``Null`` by presence. A
+    multivalued key (a list in ``request``, e.g. ``dynamodb:LeadingKeys``) under
+    ``ForAllValues:`` holds when every value in the request matches."""
     def condition_holds(operator: str, key: str, values) -> bool:
         values = [render(v) for v in (values if isinstance(values, list) else [values])]
         present = key in request
@@ -328,6 +331,12 @@ def allowed(statements: list[dict], action: str, resource: str, request: dict[st
             return present and request[key] in values
         if operator == "StringNotEquals":
             return not present or request[key] not in values
+        if operator == "StringEqualsIfExists":
+            return not present or request[key] in values
+        if operator == "ForAllValues:StringEquals":
+            return all(v in values for v in request.get(key, []))
+        if operator == "ForAllValues:StringLike":
+            return all(any(fnmatch.fnmatchcase(v, p) for p in values) for v in request.get(key, []))
         raise AssertionError(f"operator {operator} not modelled")
 
     def matches(statement: dict) -> bool:
@@ -463,7 +472,8 @@ def test_event_sources_report_batch_item_failures(ingest):
     assert stream["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0].startswith("CountsDeadLetterQueue")
     (only_new_instances,) = stream["FilterCriteria"]["Filters"]
     assert json.loads(only_new_instances["Pattern"]) == {
-        "eventName": ["INSERT"], "dynamodb": {"NewImage": {index.SK: {"S": [{"prefix": "INSTANCE#"}]}}}}
+        "eventName": ["INSERT"], "dynamodb": {"NewImage": {
+            index.PK: {"S": [{"prefix": "INSTANCES#"}]}, index.SK: {"S": [{"prefix": "INSTANCE#"}]}}}}
 
 
 def test_alarms_watch_dead_letters_and_backlogs(ingest):
@@ -506,18 +516,44 @@ def test_ingest_reads_uploads_and_writes_outputs_only(ingest):
     (write,) = [s for s in statements if "dynamodb:PutItem" in s["Action"]]
     assert sorted(write["Action"]) == ["dynamodb:PutItem", "dynamodb:UpdateItem"]
     assert write["Condition"]["ForAllValues:StringLike"] == {
-        "dynamodb:LeadingKeys": ["STUDY#*", "QUARANTINE#*", "RECEIPT#*"]}
+        "dynamodb:LeadingKeys": ["INSTANCES#*", "OWNER#*", "QUARANTINE#*", "RECEIPT#*"]}
     attributes = write["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"]
     assert {"counted", "instance_count", "gsi1pk", "share_id", "ttl"}.isdisjoint(attributes)
     assert {"sop_instance_uid", "reason", "claimed_at"} <= set(attributes)
     assert write["Condition"]["StringEqualsIfExists"] == {"dynamodb:ReturnValues": "NONE"}
     (read,) = [s for s in statements if "dynamodb:GetItem" in s["Action"]]
     assert (read["Action"], read["Condition"]) == (
-        ["dynamodb:GetItem"], {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["STUDY#*", "RECEIPT#*"]}})
+        ["dynamodb:GetItem"], {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["OWNER#*", "RECEIPT#*"]}})
+    assert "STUDY#" not in json.dumps([write["Condition"], read["Condition"]])
     assert not [a for s in statements for a in s["Action"]
                 if a.startswith("dynamodb:") and a not in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem")]
     assert len(granted(statements, "secretsmanager:GetSecretValue")) == 1
     assert not [a for s in statements for a in s["Action"] if a.endswith("*")]
+
+
+def test_ingest_cannot_write_or_read_study_and_series_items(ingest):
+    """The study's partition holds what only counts and reconcile write (issue #13): ingest's
+    policy, evaluated offline, allows its own items and nothing under ``STUDY#``."""
+    statements = role_statements(ingest, "IngestFunctionRole")
+    table = "import:dicomshare-dev-storage-TableArn"
+    study, series, sop = "2.25.1", "2.25.2", "2.25.3"
+
+    def put(key: dict, attributes) -> dict:
+        return {"dynamodb:LeadingKeys": [key[index.PK]], "dynamodb:Attributes": list(attributes)}
+
+    owned = [(index.instance_key(study, series, sop), index.INSTANCE_ATTRIBUTES),
+             (index.study_owner_key(study), index.OWNER_ATTRIBUTES),
+             (index.quarantine_key("o"), index.QUARANTINE_ATTRIBUTES), (index.receipt_key("o"), index.RECEIPT_ATTRIBUTES)]
+    for key, attributes in owned:
+        for action in ("dynamodb:PutItem", "dynamodb:UpdateItem"):
+            assert allowed(statements, action, table, put(key, attributes)), key
+    for key in (index.study_key(study), index.series_key(study, series), {index.PK: f"STUDY#{study}", index.SK: "X"}):
+        for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"):
+            assert not allowed(statements, action, table, put(key, ("pk", "sk", "partner"))), (action, key)
+            assert not allowed(statements, action, table, put(key, ("pk", "sk"))), (action, key)
+    assert allowed(statements, "dynamodb:GetItem", table, {"dynamodb:LeadingKeys": [index.study_owner_key(study)[index.PK]]})
+    assert not allowed(statements, "dynamodb:GetItem", table,
+                       {"dynamodb:LeadingKeys": [index.instance_key(study, series, sop)[index.PK]]})
 
 
 def test_preview_reads_instances_and_writes_previews_only(ingest):
@@ -569,8 +605,9 @@ def test_reconcile_runs_on_a_schedule_and_only_recounts_the_index(ingest):
                 if a.startswith(("s3:", "secretsmanager:", "events:")) or a in ("dynamodb:Scan", "dynamodb:DeleteItem")]
     for statement in statements:
         if any(a.startswith("dynamodb:") for a in statement["Action"]):
-            assert statement["Condition"]["ForAllValues:StringLike"] == {
-                "dynamodb:LeadingKeys": ["STUDY#*", "COUNTED#*", "RECONCILE"]}
+            assert statement["Condition"]["ForAllValues:StringLike"] == {"dynamodb:LeadingKeys": (
+                ["STUDY#*", "COUNTED#*", "RECONCILE", "INSTANCES#*"] if "dynamodb:Query" in statement["Action"]
+                else ["STUDY#*", "COUNTED#*", "RECONCILE"])}
 
 
 def test_api_reads_the_index_and_writes_only_share_items(share_api):
