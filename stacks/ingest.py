@@ -30,7 +30,7 @@ from dicomshare import settings as config
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge, object_wildcard
 from stacks.python_function import PythonFunction, allow_cloudwatch_logs
-from stacks.storage import StorageStack
+from stacks.storage import StorageStack, leading_keys, use_table_key
 
 # Memory sizes: starting points, to be replaced by the measurements of bench/ (see
 # docs/deployment.md, "Function sizing"). Lambda gives CPU in proportion to memory
@@ -280,12 +280,6 @@ def objects(storage: StorageStack, exported_arn: str, pattern: str) -> str:
     return f"{storage.imported_arns[exported_arn]}/{pattern}"
 
 
-def leading_keys(patterns) -> dict:
-    """IAM condition limiting DynamoDB requests to items whose partition key matches one of
-    ``patterns`` (``dynamodb:LeadingKeys``)."""
-    return {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(patterns)}}
-
-
 def item_conditions(writes: dict) -> dict:
     """IAM conditions limiting DynamoDB writes to items whose partition key matches one of
     ``writes["leading_keys"]`` and to the attributes in ``writes["attributes"]``, returning
@@ -348,11 +342,7 @@ def ingest_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             resources=[storage.imported_arns["TableArn"]],
             conditions=leading_keys(index.INGEST_READS),
         ),
-        iam.PolicyStatement(
-            sid="UseTableKey",
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
-            resources=[storage.table_key.key_arn],
-        ),
+        use_table_key(storage),
         iam.PolicyStatement(
             sid="ReadDeidentificationSecret",
             actions=["secretsmanager:GetSecretValue"],
@@ -416,11 +406,7 @@ def counts_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam
             resources=[storage.imported_arns["TableArn"]],
             conditions=item_conditions(index.COUNTS_WRITES),
         ),
-        iam.PolicyStatement(
-            sid="UseTableKey",
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
-            resources=[storage.table_key.key_arn],
-        ),
+        use_table_key(storage),
         iam.PolicyStatement(sid="PublishEvents", actions=["events:PutEvents"], resources=[bus.event_bus_arn]),
     ]
 
@@ -442,9 +428,5 @@ def reconcile_permissions(storage: StorageStack) -> list[iam.PolicyStatement]:
             resources=[storage.imported_arns["TableArn"]],
             conditions=item_conditions(index.COUNTS_WRITES),
         ),
-        iam.PolicyStatement(
-            sid="UseTableKey",
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
-            resources=[storage.table_key.key_arn],
-        ),
+        use_table_key(storage),
     ]

@@ -23,7 +23,7 @@ from dicomshare import shares
 from dicomshare_aws import resources
 from stacks.acknowledge import acknowledge, object_wildcard
 from stacks.python_function import PythonFunction, allow_cloudwatch_logs, encrypted_log_group, log_retention
-from stacks.storage import StorageStack
+from stacks.storage import StorageStack, leading_keys, use_table_key
 
 API_MEMORY_MB = 512
 """JSON in, JSON out, plus an occasional Key Object Selection document (highdicom, imported
@@ -251,13 +251,9 @@ def api_permissions(storage: StorageStack, bus: events.IEventBus) -> list[iam.Po
             sid="WriteSharesTokensAudit",
             actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"],
             resources=[storage.imported_arns["TableArn"]],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(SHARE_ITEM_KEYS)}},
+            conditions=leading_keys(SHARE_ITEM_KEYS),
         ),
-        iam.PolicyStatement(
-            sid="UseTableKey",
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
-            resources=[storage.table_key.key_arn],
-        ),
+        use_table_key(storage),
         iam.PolicyStatement(
             sid="PresignDeidentifiedObjects",
             actions=["s3:GetObject"],

@@ -235,6 +235,21 @@ class StorageStack(cdk.Stack):
         return iam.AccountPrincipal(self.account).with_conditions({"ArnEquals": {"aws:PrincipalArn": task_role}})
 
 
+def leading_keys(patterns) -> dict:
+    """IAM condition limiting DynamoDB requests to items whose partition key matches one of
+    ``patterns`` (``dynamodb:LeadingKeys``)."""
+    return {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(patterns)}}
+
+
+def use_table_key(storage: StorageStack) -> iam.PolicyStatement:
+    """What every function that reads or writes the index needs of the table's KMS key."""
+    return iam.PolicyStatement(
+        sid="UseTableKey",
+        actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+        resources=[storage.table_key.key_arn],
+    )
+
+
 def role_arn(stack: cdk.Stack, name: str) -> str:
     """ARN of the role named ``name`` (no path) in ``stack``'s account."""
     return stack.format_arn(service="iam", region="", resource="role", resource_name=name)
