@@ -32,13 +32,14 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from dicomshare import profile as profiles
 from dicomshare.deidentify import DuplicateInstance, deidentify_file
@@ -80,6 +81,25 @@ class _Options:
 def _profile(name: str, keep_free_text: bool) -> Profile:
     """The named profile, built once per process."""
     return Profile(name=name, options=profiles.PROFILES[name], keep_free_text=keep_free_text)
+
+
+def serve_until_stopped(stop: Callable[[], None]) -> None:
+    """Block until Ctrl-C or SIGTERM, then call ``stop`` with both signals ignored, so a
+    second one cannot interrupt the shutdown (the long-running subcommands: ``local up``,
+    ``local demo``, ``gateway``)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+        stop()
 
 
 def read_secret_file(path: Path) -> bytes:

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -27,12 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=gateway)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def gateway(args: argparse.Namespace) -> int:
-    from dicomshare.cli import UsageError, read_secret_file
+    from dicomshare.cli import UsageError, read_secret_file, serve_until_stopped
     from dicomshare_gateway import config as gateway_config
     from dicomshare_gateway.spool import upload_id
 
@@ -52,16 +47,11 @@ def gateway(args: argparse.Namespace) -> int:
     files, size = server.spool.size()
     print(f"listening {config.ae_title}@{config.bind_address}:{server.port}; spool holds {files} files, {size} bytes",
           file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        while True:
-            signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_IGN)
+
+    def stop():
         server.stop()
         files, size = server.spool.size()
         print(f"stopped; spool holds {files} files, {size} bytes", file=sys.stderr, flush=True)
+
+    serve_until_stopped(stop)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -58,21 +57,15 @@ def _start(args: argparse.Namespace):
     return system
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _serve_until_stopped(system) -> int:
     """Serve until Ctrl-C or SIGTERM, then stop every thread and free the ports."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        while True:
-            signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
+    from dicomshare.cli import serve_until_stopped
+
+    def stop():
         system.stop()
         print("stopped", file=sys.stderr, flush=True)
+
+    serve_until_stopped(stop)
     return 0
 
 
